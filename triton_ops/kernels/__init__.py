@@ -1,0 +1,1 @@
+"""Triton kernels, one module per op family (kernel, launcher, custom op, module wrapper)."""

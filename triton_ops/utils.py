@@ -1,0 +1,82 @@
+"""Small shared helpers: interpreter mode, architecture detection, integer maths."""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+
+#: Largest int32 value. Offsets that can exceed it must be computed in int64 inside kernels.
+INT32_MAX = 2**31 - 1
+
+
+def interpreter_enabled() -> bool:
+    """True when Triton runs kernels through its CPU interpreter (``TRITON_INTERPRET=1``).
+
+    Triton reads the variable when ``@triton.jit`` decorates a kernel, so it must be set before
+    ``triton_ops`` is imported.
+    """
+    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
+
+
+def cdiv(a: int, b: int) -> int:
+    """Ceiling division for non-negative integers."""
+    return -(-a // b)
+
+
+def next_power_of_2(n: int) -> int:
+    """Smallest power of two >= n (1 for n <= 1)."""
+    return 1 if n <= 1 else 1 << (n - 1).bit_length()
+
+
+@functools.lru_cache(maxsize=16)
+def _capability(index: int) -> tuple[int, int]:
+    return torch.cuda.get_device_capability(index)
+
+
+def device_capability(device: torch.device | str | None = None) -> tuple[int, int] | None:
+    """Compute capability ``(major, minor)`` of a CUDA device, or None for CPU / no GPU."""
+    if device is None:
+        if not torch.cuda.is_available():
+            return None
+        device = torch.device("cuda", torch.cuda.current_device())
+    device = torch.device(device)
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return None
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return _capability(index)
+
+
+def device_name(device: torch.device | str | None = None) -> str:
+    """Human name of the device ('NVIDIA H200', 'cpu (Triton interpreter)', 'cpu')."""
+    cap = device_capability(device)
+    if cap is None:
+        return "cpu (Triton interpreter)" if interpreter_enabled() else "cpu"
+    dev = torch.device(device) if device is not None else torch.device("cuda")
+    return torch.cuda.get_device_name(dev)
+
+
+def has_fp8_tensor_cores(device: torch.device | str | None = None) -> bool:
+    """FP8 MMA exists from sm_89 (Ada) on; Hopper (sm_90) adds wgmma."""
+    cap = device_capability(device)
+    return cap is not None and cap >= (8, 9)
+
+
+def is_hopper(device: torch.device | str | None = None) -> bool:
+    cap = device_capability(device)
+    return cap is not None and cap[0] == 9
+
+
+def num_sms(device: torch.device | str | None = None) -> int:
+    """Multiprocessor count (132 on H100/H200 SXM); a nominal 4 on the CPU interpreter."""
+    if device_capability(device) is None:
+        return 4
+    dev = torch.device(device) if device is not None else torch.device("cuda")
+    return torch.cuda.get_device_properties(dev).multi_processor_count
+
+
+def triton_version() -> str:
+    import triton
+
+    return triton.__version__
