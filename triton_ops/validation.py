@@ -104,7 +104,8 @@ def check_positive_finite(value: float, name: str, allow_zero: bool = False) -> 
     except (TypeError, ValueError):
         raise InvalidArgumentError(f"{name} must be a number, got {value!r}") from None
     if not math.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
-        raise NumericalError(f"{name} must be a finite {'non-negative' if allow_zero else 'positive'} number, got {value!r}")
+        kind = "non-negative" if allow_zero else "positive"
+        raise NumericalError(f"{name} must be a finite {kind} number, got {value!r}")
     return v
 
 

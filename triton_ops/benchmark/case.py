@@ -40,6 +40,13 @@ class BenchCase:
     extra: dict[str, Any] = field(default_factory=dict)
     #: cases whose inputs fit in L2 should be timed over several rotating input sets
     rotate_inputs: int = 1
+    #: systems that only make sense on a GPU (torch.compile, cuBLAS-only paths ...): on a machine with no
+    #: GPU the suite reports them as skipped instead of running them in the interpreter/on the CPU
+    gpu_only: tuple[str, ...] = ()
+    #: time with CUDA-graph replays (launches of a few microseconds, where launch overhead dominates)
+    cuda_graph: bool = False
+    #: numeric problem size for the x axis of plots (e.g. tokens or M); None: cases in listed order
+    size: float | None = None
 
 
 def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:

@@ -1,0 +1,549 @@
+"""Fused RMSNorm + rotary position embedding: one read of x, one write of the result.
+
+Each program handles whole rows (tokens). A row of ``hidden = n_heads * head_dim`` channels is held as a
+``[NH_BLOCK, HD_BLOCK]`` register tile (heads x channels), so the full-row norm is one reduction over the
+tile and the per-head norm (QK-norm) is a reduction over its second axis. RoPE needs, for each channel,
+its rotation partner (``d +- rot/2`` for neox, ``d ^ 1`` for gptj): the kernel loads the partner channels
+with a second, shifted load of the same row. That load hits L1 (the row was just read by the same
+program), so HBM traffic stays one read of x (+ residual) and one write of the output.
+
+Rows wider than ``MAX_TILE`` elements are processed in chunks of heads: a first pass accumulates the sum of
+squares, a second pass re-reads the row (from L2) to normalise, rotate and store.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from .. import validation as V
+from ..exceptions import LayoutError, ShapeError
+from ..utils import cdiv, next_power_of_2, num_sms
+
+LAYOUTS = ("neox", "gptj")
+#: Largest head_dim accepted (partner loads and tables are sized by it).
+MAX_HEAD_DIM = 512
+#: Largest row tile held in registers, in bytes of the input dtype: 8192 16-bit elements over 16 warps is
+#: 16 per thread. The compile check showed 16384-element tiles spilling (128 registers/thread is the cap at
+#: 16 warps: x, its partner, two weights and cos/sin per element in fp32 do not fit), and 8192 fp32
+#: elements with residual + gptj spilling too; 16 KB tiles build spill-free on sm_80/89/90.
+MAX_TILE_BYTES = 16384
+
+# Position sources (constexpr POS_MODE).
+_POS_SEQ = 0  # token (b, s) uses table row s
+_POS_IDS = 1  # table row read from position_ids[b, s]
+_POS_ROW = 2  # per-token tables: token r uses table row r
+
+
+# ----------------------------------------------------------------------------------------------------
+# Layer 1: kernel and its jit helpers
+# ----------------------------------------------------------------------------------------------------
+@triton.jit
+def _partner_index(d, ROT_DIM: tl.constexpr, GPTJ: tl.constexpr):
+    """Channel whose value rotates into channel ``d``, and the sign it enters with."""
+    if GPTJ:
+        pd = d ^ 1
+        sign = tl.where((d % 2) == 0, -1.0, 1.0)
+    else:
+        half: tl.constexpr = ROT_DIM // 2
+        pd = tl.where(d < half, d + half, d - half)
+        sign = tl.where(d < half, -1.0, 1.0)
+    rotating = d < ROT_DIM
+    return tl.where(rotating, pd, d), sign, rotating
+
+
+@triton.jit
+def _load_tile(x_ptr, res_ptr, x_off, r_off, cols, pcols, mask, pmask, HAS_RES: tl.constexpr,
+               NEED_PARTNER: tl.constexpr):
+    """x (+ residual, rounded to the input dtype like an unfused ``x + residual``) at cols and pcols."""
+    x = tl.load(x_ptr + x_off + cols, mask=mask, other=0.0)
+    if HAS_RES:
+        x = (x + tl.load(res_ptr + r_off + cols, mask=mask, other=0.0)).to(x_ptr.dtype.element_ty)
+    xp = x
+    if NEED_PARTNER:
+        xp = tl.load(x_ptr + x_off + pcols, mask=pmask, other=0.0)
+        if HAS_RES:
+            xp = (xp + tl.load(res_ptr + r_off + pcols, mask=pmask, other=0.0)).to(x_ptr.dtype.element_ty)
+    return x, xp
+
+
+@triton.jit
+def _rmsnorm_rope_kernel(
+    x_ptr, res_ptr, w_ptr, cos_ptr, sin_ptr, pos_ptr, out_ptr, res_out_ptr,
+    n_rows, seq_len, n_heads, n_table_rows,
+    stride_xb, stride_xs, stride_rb, stride_rs, stride_ob, stride_os, stride_rob, stride_ros,
+    stride_pb, stride_ps, stride_cos, stride_sin,
+    eps, weight_offset,
+    HEAD_DIM: tl.constexpr, ROT_DIM: tl.constexpr, HD_BLOCK: tl.constexpr, NH_BLOCK: tl.constexpr,
+    N_CHUNKS: tl.constexpr, GPTJ: tl.constexpr, PER_HEAD: tl.constexpr, HAS_RES: tl.constexpr,
+    POS_MODE: tl.constexpr, ROWS_PER_PROG: tl.constexpr,
+):
+    pid = tl.program_id(0).to(tl.int64)
+    h_loc = tl.arange(0, NH_BLOCK)[:, None]
+    d = tl.arange(0, HD_BLOCK)[None, :]
+    pd, sign, rotating = _partner_index(d, ROT_DIM, GPTJ)
+    d_ok = d < HEAD_DIM
+    hidden = n_heads * HEAD_DIM
+    if PER_HEAD:
+        w = tl.load(w_ptr + d, mask=d_ok, other=0.0).to(tl.float32) + weight_offset
+        wp = tl.load(w_ptr + pd, mask=d_ok, other=0.0).to(tl.float32) + weight_offset
+
+    for i in range(ROWS_PER_PROG):
+        row = pid * ROWS_PER_PROG + i
+        row_ok = row < n_rows
+        b = row // seq_len
+        s = row % seq_len
+        x_off = b * stride_xb + s * stride_xs
+        r_off = b * stride_rb + s * stride_rs
+        o_off = b * stride_ob + s * stride_os
+        ro_off = b * stride_rob + s * stride_ros
+
+        # Table row for this token. An out-of-range position makes the token's output NaN (checked in
+        # the kernel: a host-side check would cost a device sync on every call).
+        if POS_MODE == 0:
+            pos = s
+        elif POS_MODE == 1:
+            pos = tl.load(pos_ptr + b * stride_pb + s * stride_ps, mask=row_ok, other=0).to(tl.int64)
+        else:
+            pos = row
+        pos_ok = (pos >= 0) & (pos < n_table_rows)
+        safe_pos = tl.where(pos_ok, pos, 0)
+        c_mask = rotating & row_ok
+        cs = tl.load(cos_ptr + safe_pos * stride_cos + d, mask=c_mask, other=0.0).to(tl.float32)
+        sn = tl.load(sin_ptr + safe_pos * stride_sin + d, mask=c_mask, other=0.0).to(tl.float32)
+
+        if PER_HEAD or N_CHUNKS == 1:
+            rstd = 0.0
+        else:
+            # Wide rows: pass 1 accumulates the sum of squares chunk by chunk.
+            acc = tl.zeros([NH_BLOCK, HD_BLOCK], dtype=tl.float32)
+            for c in range(N_CHUNKS):
+                h = c * NH_BLOCK + h_loc
+                mask = (h < n_heads) & d_ok & row_ok
+                x, _ = _load_tile(x_ptr, res_ptr, x_off, r_off, h * HEAD_DIM + d, h * HEAD_DIM + pd,
+                                  mask, mask, HAS_RES, False)
+                xf = x.to(tl.float32)
+                acc += xf * xf
+            rstd = tl.rsqrt(tl.sum(acc) / hidden + eps)
+
+        for c in range(N_CHUNKS):
+            h = c * NH_BLOCK + h_loc
+            mask = (h < n_heads) & d_ok & row_ok
+            cols = h * HEAD_DIM + d
+            pcols = h * HEAD_DIM + pd
+            x, xp = _load_tile(x_ptr, res_ptr, x_off, r_off, cols, pcols, mask, mask & rotating,
+                               HAS_RES, True)
+            if HAS_RES:
+                tl.store(res_out_ptr + ro_off + cols, x, mask=mask)
+            xf = x.to(tl.float32)
+            xpf = xp.to(tl.float32)
+            if PER_HEAD:
+                r = tl.rsqrt(tl.sum(xf * xf, axis=1) / HEAD_DIM + eps)[:, None]
+            elif N_CHUNKS == 1:
+                r = tl.rsqrt(tl.sum(xf * xf) / hidden + eps)
+            else:
+                r = rstd
+            if not PER_HEAD:
+                w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32) + weight_offset
+                wp = tl.load(w_ptr + pcols, mask=mask & rotating, other=0.0).to(tl.float32) + weight_offset
+            n = xf * r * w
+            npart = xpf * r * wp
+            y = tl.where(rotating, n * cs + sign * npart * sn, n)
+            y = tl.where(pos_ok, y, float("nan"))
+            tl.store(out_ptr + o_off + cols, y.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Layer 2: configuration heuristic and launcher
+# ----------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RMSNormRoPEConfig:
+    HD_BLOCK: int
+    NH_BLOCK: int
+    N_CHUNKS: int
+    ROWS_PER_PROG: int
+    num_warps: int
+
+
+def pick_config(n_rows: int, hidden: int, head_dim: int, itemsize: int = 2, has_residual: bool = False,
+                n_sms: int = 132, override: dict | None = None) -> RMSNormRoPEConfig:
+    """Block shape and warps for a problem. Pure: depends only on its arguments.
+
+    * the tile covers all heads of a row up to MAX_TILE_BYTES of input (x, plus the residual when there
+      is one), else chunks of heads (two passes);
+    * about 16 elements per thread (two 16-byte fp16 vectors): warps = tile / 512, in [1, 16];
+    * small rows (per-head norms of narrow tensors, tiny hidden) pack several rows per program so a program
+      moves at least ~4096 elements, but never so many that fewer than 4 programs per SM remain.
+    """
+    n_heads = hidden // head_dim
+    hd_block = next_power_of_2(head_dim)
+    nh_full = next_power_of_2(n_heads)
+    tile_budget = MAX_TILE_BYTES // (itemsize * (2 if has_residual else 1))
+    nh_block = min(nh_full, max(1, tile_budget // hd_block))
+    n_chunks = cdiv(n_heads, nh_block)
+    tile = hd_block * nh_block
+    num_warps = int(min(16, max(1, tile // 512)))
+    rows = 1
+    while n_chunks == 1 and rows < 16 and tile * rows * 2 <= 4096 and cdiv(n_rows, rows * 2) >= 4 * n_sms:
+        rows *= 2
+    if override:
+        rows = int(override.get("ROWS_PER_PROG", rows))
+        num_warps = int(override.get("num_warps", num_warps))
+    return RMSNormRoPEConfig(hd_block, nh_block, n_chunks, rows, num_warps)
+
+
+def _as_3d(t: torch.Tensor, name: str, writable: bool = False) -> torch.Tensor:
+    """View ``[..., S, H]`` as ``[B, S, H]`` keeping strides; copies (inputs only) if leading dims don't
+    collapse. The last dim must be contiguous."""
+    if t.dim() == 1:
+        return t.view(1, 1, -1)
+    if t.dim() == 2:
+        return t.unsqueeze(0)
+    try:
+        return t.view(-1, t.shape[-2], t.shape[-1])
+    except RuntimeError:
+        if writable:
+            raise LayoutError(f"{name} has strides {tuple(t.stride())} whose leading dims cannot be "
+                              "flattened without a copy; pass a contiguous buffer") from None
+        return t.reshape(-1, t.shape[-2], t.shape[-1])
+
+
+def _launch(x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+            position_ids: Optional[torch.Tensor], residual: Optional[torch.Tensor], out: torch.Tensor,
+            residual_out: Optional[torch.Tensor], eps: float, head_dim: int, gptj: bool,
+            weight_offset: float, per_token_tables: bool = False, config: dict | None = None) -> None:
+    """Launch on validated inputs. ``out``/``residual_out`` have x's shape; cos/sin are 2-D tables."""
+    if x.numel() == 0:
+        return
+    hidden = x.shape[-1]
+    x3 = _as_3d(x, "x")
+    n_rows = x3.shape[0] * x3.shape[1]
+    seq = x3.shape[1]
+    o3 = _as_3d(out, "out", writable=True)
+    has_res = residual is not None
+    r3 = _as_3d(residual, "residual") if has_res else x3
+    ro3 = _as_3d(residual_out, "residual_out", writable=True) if has_res else o3
+    if position_ids is None:
+        pos_mode = _POS_ROW if per_token_tables else _POS_SEQ
+        pos, spb, sps = x3, 0, 0
+    else:
+        pos_mode = _POS_IDS
+        p2 = position_ids.reshape(-1, seq) if position_ids.dim() > 1 else position_ids.view(1, seq)
+        pos = p2
+        spb = p2.stride(0) if p2.shape[0] > 1 else 0
+        sps = p2.stride(1)
+    per_head = weight.numel() == head_dim and head_dim != hidden
+    cfg = pick_config(n_rows, hidden, head_dim, x.element_size(), has_res, num_sms(x.device), config)
+    grid = (cdiv(n_rows, cfg.ROWS_PER_PROG),)
+    _rmsnorm_rope_kernel[grid](
+        x3, r3, weight, cos, sin, pos, o3, ro3,
+        n_rows, seq, hidden // head_dim, cos.shape[0],
+        x3.stride(0), x3.stride(1), r3.stride(0), r3.stride(1), o3.stride(0), o3.stride(1),
+        ro3.stride(0), ro3.stride(1), spb, sps, cos.stride(0), sin.stride(0),
+        float(eps), float(weight_offset),
+        HEAD_DIM=head_dim, ROT_DIM=cos.shape[-1], HD_BLOCK=cfg.HD_BLOCK, NH_BLOCK=cfg.NH_BLOCK,
+        N_CHUNKS=cfg.N_CHUNKS, GPTJ=gptj, PER_HEAD=per_head, HAS_RES=has_res, POS_MODE=pos_mode,
+        ROWS_PER_PROG=cfg.ROWS_PER_PROG, num_warps=cfg.num_warps,
+    )
+
+
+# ----------------------------------------------------------------------------------------------------
+# Layer 3: torch.library custom ops (work under torch.compile(fullgraph=True) and CUDA graphs)
+# ----------------------------------------------------------------------------------------------------
+@torch.library.custom_op("triton_ops::rmsnorm_rope", mutates_args=())
+def _rmsnorm_rope_op(x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                     position_ids: Optional[torch.Tensor], eps: float, head_dim: int, gptj: bool,
+                     weight_offset: float, per_token_tables: bool) -> torch.Tensor:
+    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    _launch(x, weight, cos, sin, position_ids, None, out, None, eps, head_dim, gptj, weight_offset,
+            per_token_tables)
+    return out
+
+
+@_rmsnorm_rope_op.register_fake
+def _(x, weight, cos, sin, position_ids, eps, head_dim, gptj, weight_offset, per_token_tables):
+    return torch.empty(x.shape, dtype=x.dtype, device=x.device)
+
+
+@torch.library.custom_op("triton_ops::add_rmsnorm_rope", mutates_args=())
+def _add_rmsnorm_rope_op(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor,
+                         sin: torch.Tensor, position_ids: Optional[torch.Tensor], eps: float, head_dim: int,
+                         gptj: bool, weight_offset: float, per_token_tables: bool
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    res_out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    _launch(x, weight, cos, sin, position_ids, residual, out, res_out, eps, head_dim, gptj, weight_offset,
+            per_token_tables)
+    return out, res_out
+
+
+@_add_rmsnorm_rope_op.register_fake
+def _(x, residual, weight, cos, sin, position_ids, eps, head_dim, gptj, weight_offset, per_token_tables):
+    return (torch.empty(x.shape, dtype=x.dtype, device=x.device),
+            torch.empty(x.shape, dtype=x.dtype, device=x.device))
+
+
+@torch.library.custom_op("triton_ops::rmsnorm_rope_out", mutates_args=("out", "residual_out"))
+def _rmsnorm_rope_out_op(x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                         position_ids: Optional[torch.Tensor], residual: Optional[torch.Tensor],
+                         out: torch.Tensor, residual_out: Optional[torch.Tensor], eps: float, head_dim: int,
+                         gptj: bool, weight_offset: float, per_token_tables: bool) -> None:
+    _launch(x, weight, cos, sin, position_ids, residual, out, residual_out, eps, head_dim, gptj,
+            weight_offset, per_token_tables)
+
+
+@_rmsnorm_rope_out_op.register_fake
+def _(x, weight, cos, sin, position_ids, residual, out, residual_out, eps, head_dim, gptj, weight_offset,
+      per_token_tables):
+    return None
+
+
+# ----------------------------------------------------------------------------------------------------
+# Layer 4: functional API and module
+# ----------------------------------------------------------------------------------------------------
+def _normalize_tables(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                      position_ids: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """cos/sin as 2-D ``[rows, rot]`` tables.
+
+    Accepted: ``[rows, rot]``; Hugging Face's ``[1, seq, rot]`` (leading ones dropped); and per-token
+    tables ``[*x.shape[:-1], rot]`` (e.g. ``[batch, seq, rot]``), flattened to one row per token.
+    """
+    if cos.shape != sin.shape:
+        raise ShapeError(f"cos has shape {tuple(cos.shape)} but sin has shape {tuple(sin.shape)}")
+    if cos.dim() < 2:
+        raise ShapeError(f"cos/sin must be [rows, rotary_dim] tables, got shape {tuple(cos.shape)}")
+    if cos.dim() > 2:
+        lead = tuple(cos.shape[:-1])
+        if x.dim() >= 2 and lead == tuple(x.shape[:-1]):
+            if position_ids is not None:
+                raise ShapeError("per-token cos/sin tables of shape [*x.shape[:-1], rot] already encode the "
+                                 "positions; do not pass position_ids with them")
+            return V.rows_view(cos), V.rows_view(sin), True
+        while cos.dim() > 2 and cos.shape[0] == 1:
+            cos, sin = cos[0], sin[0]
+        if cos.dim() > 2:
+            raise ShapeError(f"cos/sin of shape {tuple(cos.shape)} do not fit x of shape {tuple(x.shape)}: "
+                             "expected [rows, rot], [1, rows, rot] or [*x.shape[:-1], rot]")
+    return cos, sin, False
+
+
+def fused_rmsnorm_rope(x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                       eps: float = 1e-6, *, head_dim: Optional[int] = None,
+                       position_ids: Optional[torch.Tensor] = None, residual: Optional[torch.Tensor] = None,
+                       rotary_layout: str = "neox", weight_offset: float = 0.0,
+                       out: Optional[torch.Tensor] = None):
+    """RMSNorm over the hidden dim, then rotary embedding on every head, in one kernel.
+
+    Args:
+        x: ``[..., seq, hidden]`` activations (fp16, bf16 or fp32); rows may be strided, the last dim must
+            be contiguous.
+        weight: ``[hidden]`` norm weight, or ``[head_dim]`` for a per-head norm (QK-norm); x's dtype or fp32.
+        cos, sin: ``[rows, rotary_dim]`` tables in the layout's convention (see ``rotary_layout``), fp32 or
+            x's dtype; ``[1, rows, rot]`` and per-token ``[*x.shape[:-1], rot]`` are accepted too.
+            ``rotary_dim < head_dim`` rotates only the first ``rotary_dim`` channels of each head.
+        eps: added to the mean square.
+        head_dim: size of one head; defaults to ``cos.shape[-1]``.
+        position_ids: int ``[seq]`` or ``[*x.shape[:-1]]`` table rows per token (KV-cache decoding); default
+            is the token's index along seq. A position outside the table yields NaN for that token.
+        residual: if given, normalises ``x + residual`` and also returns that sum.
+        rotary_layout: ``"neox"`` (rotate-half, Hugging Face Llama) or ``"gptj"`` (interleaved pairs).
+        weight_offset: scale by ``weight_offset + weight`` (Gemma uses 1.0).
+        out: optional output buffer of x's shape and dtype.
+
+    Returns:
+        the normalised and rotated tensor, or ``(out, x + residual)`` when ``residual`` is given.
+    """
+    V.check_tensor(x, "x")
+    V.check_tensor(weight, "weight")
+    V.check_tensor(cos, "cos")
+    V.check_tensor(sin, "sin")
+    V.check_choice(rotary_layout, "rotary_layout", LAYOUTS)
+    V.check_dtype(x, "x", V.FLOAT_DTYPES)
+    V.check_ndim(x, "x", min_ndim=1)
+    device = V.check_same_device({"x": x, "weight": weight, "cos": cos, "sin": sin,
+                                  "position_ids": position_ids, "residual": residual, "out": out})
+    V.check_runnable_device(device, "x")
+    eps = V.check_positive_finite(eps, "eps", allow_zero=True)
+    weight_offset = V.check_finite(weight_offset, "weight_offset")
+    for name, t in (("x", x), ("weight", weight), ("cos", cos), ("sin", sin)):
+        V.check_last_dim_contiguous(t, name)
+    V.check_dtype(weight, "weight", (x.dtype, torch.float32))
+    V.check_dtype(cos, "cos", (x.dtype, torch.float32))
+    if sin.dtype != cos.dtype:
+        raise V.DTypeError(f"sin has dtype {sin.dtype} but cos has dtype {cos.dtype}; they must match")
+    cos, sin, per_token = _normalize_tables(x, cos, sin, position_ids)
+
+    hidden = x.shape[-1]
+    rot = cos.shape[-1]
+    head_dim = rot if head_dim is None else int(head_dim)
+    if head_dim <= 0 or head_dim % 2:
+        raise ShapeError(f"head_dim must be a positive even number, got {head_dim}")
+    if head_dim > MAX_HEAD_DIM:
+        raise ShapeError(f"head_dim={head_dim} exceeds the supported maximum {MAX_HEAD_DIM}")
+    if hidden % head_dim:
+        raise ShapeError(f"hidden size {hidden} (x.shape[-1]) is not a multiple of head_dim={head_dim}")
+    if rot % 2 or rot == 0 or rot > head_dim:
+        raise ShapeError(f"cos/sin have {rot} channels; expected an even rotary_dim in [2, head_dim={head_dim}]")
+    if tuple(weight.shape) not in ((hidden,), (head_dim,)):
+        raise ShapeError(f"weight has shape {tuple(weight.shape)}; expected ({hidden},) for a row norm "
+                         f"or ({head_dim},) for a per-head norm")
+    seq = x.shape[-2] if x.dim() >= 2 else 1
+    if position_ids is not None:
+        V.check_tensor(position_ids, "position_ids")
+        V.check_dtype(position_ids, "position_ids", (torch.int32, torch.int64))
+        ok = tuple(position_ids.shape) in ((seq,), tuple(x.shape[:-1]), (1, seq))
+        if not ok or x.dim() < 2 and position_ids.numel() != 1:
+            raise ShapeError(f"position_ids has shape {tuple(position_ids.shape)}; expected ({seq},) or "
+                             f"{tuple(x.shape[:-1])} for x of shape {tuple(x.shape)}")
+    elif cos.shape[0] < seq and not per_token:
+        raise ShapeError(f"cos/sin have {cos.shape[0]} rows but x has seq={seq} positions; pass a longer "
+                         "table or position_ids")
+    if residual is not None:
+        V.check_tensor(residual, "residual")
+        if residual.shape != x.shape:
+            raise ShapeError(f"residual has shape {tuple(residual.shape)}, expected x's {tuple(x.shape)}")
+        V.check_dtype(residual, "residual", (x.dtype,))
+        V.check_last_dim_contiguous(residual, "residual")
+    gptj = rotary_layout == "gptj"
+    if position_ids is not None and position_ids.dim() == 2 and position_ids.shape[0] == 1 and x.dim() > 2:
+        position_ids = position_ids[0]
+
+    if out is not None:
+        V.check_out(out, "out", x.shape, x.dtype, device)
+        res_out = torch.empty_like(x) if residual is not None else None
+        torch.ops.triton_ops.rmsnorm_rope_out(x, weight, cos, sin, position_ids, residual, out, res_out,
+                                              eps, head_dim, gptj, weight_offset, per_token)
+        return out if residual is None else (out, res_out)
+    if residual is None:
+        return torch.ops.triton_ops.rmsnorm_rope(x, weight, cos, sin, position_ids, eps, head_dim, gptj,
+                                                 weight_offset, per_token)
+    return torch.ops.triton_ops.add_rmsnorm_rope(x, residual, weight, cos, sin, position_ids, eps, head_dim,
+                                                 gptj, weight_offset, per_token)
+
+
+class FusedRMSNormRoPE(torch.nn.Module):
+    """RMSNorm with a learned weight followed by RoPE, as one kernel.
+
+    ``FusedRMSNormRoPE(hidden_dim, head_dim)`` normalises whole rows; ``per_head=True`` makes the weight
+    ``[head_dim]`` and normalises each head on its own (QK-norm).
+    """
+
+    def __init__(self, hidden_dim: int, head_dim: int, eps: float = 1e-6, *, rotary_layout: str = "neox",
+                 weight_offset: float = 0.0, per_head: bool = False, device=None, dtype=None):
+        super().__init__()
+        if hidden_dim <= 0 or head_dim <= 0 or hidden_dim % head_dim:
+            raise ShapeError(f"hidden_dim={hidden_dim} must be a positive multiple of head_dim={head_dim}")
+        V.check_choice(rotary_layout, "rotary_layout", LAYOUTS)
+        self.hidden_dim = hidden_dim
+        self.head_dim = head_dim
+        self.eps = eps
+        self.rotary_layout = rotary_layout
+        self.weight_offset = weight_offset
+        n = head_dim if per_head else hidden_dim
+        # Gemma-style offsets store weights around 0; plain RMSNorm initialises them to 1.
+        init = 0.0 if weight_offset else 1.0
+        self.weight = torch.nn.Parameter(torch.full((n,), init, device=device, dtype=dtype))
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                position_ids: Optional[torch.Tensor] = None, residual: Optional[torch.Tensor] = None):
+        return fused_rmsnorm_rope(x, self.weight, cos, sin, self.eps, head_dim=self.head_dim,
+                                  position_ids=position_ids, residual=residual,
+                                  rotary_layout=self.rotary_layout, weight_offset=self.weight_offset)
+
+    def extra_repr(self) -> str:
+        return (f"hidden_dim={self.hidden_dim}, head_dim={self.head_dim}, eps={self.eps}, "
+                f"rotary_layout={self.rotary_layout!r}, weight_offset={self.weight_offset}")
+
+
+def rmsnorm_rope_reference(x, weight, cos, sin, eps=1e-6, *, head_dim=None, position_ids=None, residual=None,
+                           rotary_layout="neox", weight_offset=0.0):
+    """Unfused PyTorch reference with fp32 math (the baseline the benchmarks compile and time)."""
+    rot = cos.shape[-1]
+    head_dim = rot if head_dim is None else head_dim
+    s = x if residual is None else x + residual
+    xf = s.float()
+    hidden = x.shape[-1]
+    per_head = weight.shape[-1] == head_dim and head_dim != hidden
+    if per_head:
+        xf = xf.unflatten(-1, (hidden // head_dim, head_dim))
+    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps) * (weight_offset + weight.float())
+    xf = xf.reshape(*x.shape[:-1], hidden // head_dim, head_dim)
+    if cos.dim() == x.dim():  # per-token tables
+        c, sn = cos.float().unsqueeze(-2), sin.float().unsqueeze(-2)
+    else:
+        c2, s2 = cos.reshape(-1, rot).float(), sin.reshape(-1, rot).float()
+        if position_ids is None:
+            seq = x.shape[-2] if x.dim() >= 2 else 1
+            idx = torch.arange(seq, device=x.device)
+        else:
+            idx = position_ids.long()
+        c, sn = c2[idx].unsqueeze(-2), s2[idx].unsqueeze(-2)
+    xr, xpass = xf[..., :rot], xf[..., rot:]
+    if rotary_layout == "neox":
+        half = rot // 2
+        partner = torch.cat([-xr[..., half:], xr[..., :half]], dim=-1)
+    else:
+        partner = torch.stack([-xr[..., 1::2], xr[..., 0::2]], dim=-1).flatten(-2)
+    y = torch.cat([xr * c + partner * sn, xpass], dim=-1).reshape(x.shape).to(x.dtype)
+    return y if residual is None else (y, s)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Compile check: every config pick_config can choose, for each architecture
+# ----------------------------------------------------------------------------------------------------
+_TYPE_SIZES = {"fp16": 2, "bf16": 2, "fp32": 4}
+
+
+def _compile_variants():
+    """(dtype, hidden, head_dim, rot, per_head, has_res, gptj, pos_mode, n_rows) combos to build.
+
+    Covers every branch of pick_config (single tile, chunked rows, packed rows) for every head_dim class,
+    and every constexpr switch at least once per dtype class, without building the full cross product
+    (each build takes ~0.3 s of CPU).
+    """
+    out = []
+    for head_dim, rot in ((64, 64), (80, 80), (96, 96), (128, 128), (128, 64), (256, 256), (512, 512)):
+        for hidden in (head_dim * 32, head_dim * 112):  # 32 heads: one tile; 112 heads: chunked (2 passes)
+            out.append(("fp16", hidden, head_dim, rot, False, False, False, 0, 16384))
+            out.append(("bf16", hidden, head_dim, rot, False, True, True, 1, 16384))
+            out.append(("fp32", hidden, head_dim, rot, False, True, True, 1, 16384))
+        out.append(("bf16", head_dim * 32, head_dim, rot, True, True, False, 2, 16384))  # per-head
+        out.append(("fp32", head_dim * 32, head_dim, rot, True, False, True, 0, 16384))
+        out.append(("fp16", head_dim * 2, head_dim, rot, False, False, False, 0, 1 << 20))  # packed rows
+    return out
+
+
+def compile_specs(arch: int):
+    from ..compile_check import CompileSpec
+
+    specs = []
+    sig_types = {
+        "x_ptr": "*{t}", "res_ptr": "*{t}", "w_ptr": "*{t}", "cos_ptr": "*fp32", "sin_ptr": "*fp32",
+        "pos_ptr": "*i64", "out_ptr": "*{t}", "res_out_ptr": "*{t}",
+    }
+    int_args = ["n_rows", "seq_len", "n_heads", "n_table_rows", "stride_xb", "stride_xs", "stride_rb",
+                "stride_rs", "stride_ob", "stride_os", "stride_rob", "stride_ros", "stride_pb", "stride_ps",
+                "stride_cos", "stride_sin"]
+    for tname, hidden, head_dim, rot, per_head, has_res, gptj, pos_mode, n_rows in _compile_variants():
+        cfg = pick_config(n_rows, hidden, head_dim, _TYPE_SIZES[tname], has_res)
+        sig = {k: v.format(t=tname) for k, v in sig_types.items()}
+        sig.update({k: "i64" if k.startswith("stride") else "i32" for k in int_args})
+        sig.update({"eps": "fp32", "weight_offset": "fp32"})
+        const = dict(HEAD_DIM=head_dim, ROT_DIM=rot, HD_BLOCK=cfg.HD_BLOCK, NH_BLOCK=cfg.NH_BLOCK,
+                     N_CHUNKS=cfg.N_CHUNKS, GPTJ=gptj, PER_HEAD=per_head, HAS_RES=has_res,
+                     POS_MODE=pos_mode, ROWS_PER_PROG=cfg.ROWS_PER_PROG)
+        sig.update({k: "constexpr" for k in const})
+        specs.append(CompileSpec(
+            _rmsnorm_rope_kernel, sig, const, num_warps=cfg.num_warps, num_stages=1,
+            label=f"rmsnorm_rope {tname} h={hidden} hd={head_dim} rot={rot} ph={int(per_head)} "
+                  f"res={int(has_res)} gptj={int(gptj)} pos={pos_mode} chunks={cfg.N_CHUNKS} "
+                  f"rows={cfg.ROWS_PER_PROG} w={cfg.num_warps}"))
+    return specs
+
+
+__all__ = ["fused_rmsnorm_rope", "FusedRMSNormRoPE", "rmsnorm_rope_reference", "pick_config",
+           "RMSNormRoPEConfig"]
