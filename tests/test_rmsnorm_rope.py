@@ -37,8 +37,10 @@ def _ref(x, w, cos, sin, *, head_dim=None, pos=None, residual=None, layout="neox
     """float64 reference on the same rounded inputs; a residual sum is rounded to x's dtype first, as the
     unfused `x + residual` of a model in that dtype is."""
     s = x if residual is None else (x + residual)
-    return np_rmsnorm_rope(_np(s), _np(w), _np(cos), _np(sin), eps, head_dim=head_dim, position_ids=None if pos is None else pos.cpu().numpy(),
-                           layout=layout, weight_offset=offset), s
+    pos_np = None if pos is None else pos.cpu().numpy()
+    y = np_rmsnorm_rope(_np(s), _np(w), _np(cos), _np(sin), eps, head_dim=head_dim, position_ids=pos_np,
+                        layout=layout, weight_offset=offset)
+    return y, s
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
