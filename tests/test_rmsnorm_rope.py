@@ -145,7 +145,7 @@ def test_out_buffer_poisoned_is_fully_written(device):
 def test_chunked_wide_rows(device):
     # 8320 fp16 channels exceed one 16 KB register tile: two passes over chunks of heads.
     hidden = 130 * 64
-    assert pick_config(2, hidden, 64, 2).N_CHUNKS == 2
+    assert pick_config(2, hidden, 64, 64, 2).N_CHUNKS == 2
     x = torch.randn(1, 2, hidden, device=device, dtype=torch.float16)
     w = torch.randn(hidden, device=device, dtype=torch.float16)
     r = torch.randn_like(x)
@@ -156,7 +156,7 @@ def test_chunked_wide_rows(device):
 
 def test_packed_rows(device):
     # Narrow rows are packed several per program; the last program's tail must be masked.
-    assert pick_config(150, 128, 64, 2, n_sms=4).ROWS_PER_PROG > 1
+    assert pick_config(150, 128, 64, 64, 2, n_sms=4).ROWS_PER_PROG > 1
     x = torch.randn(3, 50, 128, device=device)
     w = torch.randn(128, device=device)
     cos, sin = tables(50, 64, device=device)
@@ -308,11 +308,14 @@ def test_property_any_size(n_heads, half_rot, extra, rows, layout, per_head, dty
 
 
 def test_pick_config_is_pure_and_bounded():
-    for hidden, hd in ((4096, 64), (4096, 128), (14336, 128), (5120, 128), (3584, 128), (81920, 512)):
+    for hidden, hd, rot in ((4096, 64, 64), (4096, 128, 128), (14336, 128, 128), (5120, 128, 64), (3584, 128, 128),
+                            (81920, 512, 512), (2560, 80, 80)):
         for itemsize in (2, 4):
-            cfg = pick_config(16384, hidden, hd, itemsize)
-            assert cfg == pick_config(16384, hidden, hd, itemsize)
-            assert cfg.NH_BLOCK * cfg.HD_BLOCK * itemsize <= 16384 or cfg.NH_BLOCK == 1
+            cfg = pick_config(16384, hidden, hd, rot, itemsize)
+            assert cfg == pick_config(16384, hidden, hd, rot, itemsize)
+            per_head = 2 * cfg.HALF_BLOCK + (cfg.PASS_BLOCK if rot < hd else 0)
+            assert cfg.NH_BLOCK * per_head * itemsize <= 16384 or cfg.NH_BLOCK == 1
             assert cfg.NH_BLOCK * cfg.N_CHUNKS * hd >= hidden
+            assert 2 * cfg.HALF_BLOCK >= rot and cfg.PASS_BLOCK >= hd - rot
             assert 1 <= cfg.num_warps <= 16
     assert np.all([pick_config(r, 4096, 128).ROWS_PER_PROG == 1 for r in (1, 64, 16384)])

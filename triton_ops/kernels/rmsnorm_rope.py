@@ -1,14 +1,18 @@
 """Fused RMSNorm + rotary position embedding: one read of x, one write of the result.
 
-Each program handles whole rows (tokens). A row of ``hidden = n_heads * head_dim`` channels is held as a
-``[NH_BLOCK, HD_BLOCK]`` register tile (heads x channels), so the full-row norm is one reduction over the
-tile and the per-head norm (QK-norm) is a reduction over its second axis. RoPE needs, for each channel,
-its rotation partner (``d +- rot/2`` for neox, ``d ^ 1`` for gptj): the kernel loads the partner channels
-with a second, shifted load of the same row. That load hits L1 (the row was just read by the same
-program), so HBM traffic stays one read of x (+ residual) and one write of the output.
+Each program handles whole rows (tokens). RoPE rotates channel pairs: ``(d, d + rot/2)`` in the neox
+layout, ``(2i, 2i + 1)`` in the gptj layout. The kernel loads each row directly as its two pair halves,
+``a`` and ``b``, each a ``[NH_BLOCK, HALF_BLOCK]`` register tile (heads x pairs), plus the channels that do
+not rotate (partial rotary) as a third tile. Every element of x, the weight and the cos/sin rows is loaded
+exactly once: an earlier version loaded each channel's rotation partner a second time, which kept HBM
+traffic the same but doubled the L1/L2 traffic and ran at 65% of copy bandwidth on an H200.
 
-Rows wider than ``MAX_TILE`` elements are processed in chunks of heads: a first pass accumulates the sum of
-squares, a second pass re-reads the row (from L2) to normalise, rotate and store.
+* neox: ``a = x[h, i]`` and ``b = x[h, rot/2 + i]``: two contiguous loads.
+* gptj: one contiguous ``[NH_BLOCK, HALF_BLOCK, 2]`` load split on its last axis (``tl.split``).
+
+The full-row norm reduces over all tiles; the per-head norm (QK-norm) reduces over the pair axis. Rows
+wider than the register budget are processed in chunks of heads: pass 1 accumulates the sum of squares,
+pass 2 re-reads the row (mostly from L2) to normalise, rotate and store.
 """
 
 from __future__ import annotations
@@ -25,12 +29,11 @@ from ..exceptions import LayoutError, ShapeError
 from ..utils import cdiv, next_power_of_2, num_sms
 
 LAYOUTS = ("neox", "gptj")
-#: Largest head_dim accepted (partner loads and tables are sized by it).
+#: Largest head_dim accepted.
 MAX_HEAD_DIM = 512
-#: Largest row tile held in registers, in bytes of the input dtype: 8192 16-bit elements over 16 warps is
-#: 16 per thread. The compile check showed 16384-element tiles spilling (128 registers/thread is the cap at
-#: 16 warps: x, its partner, two weights and cos/sin per element in fp32 do not fit), and 8192 fp32
-#: elements with residual + gptj spilling too; 16 KB tiles build spill-free on sm_80/89/90.
+#: Largest row tile held in registers, in bytes of input (x, plus the residual when present): 8192 16-bit
+#: elements over 16 warps is 16 per thread. 16384-element tiles spilled in the compile check (128
+#: registers per thread is the cap at 16 warps); 16 KB tiles build spill-free on sm_80/89/90.
 MAX_TILE_BYTES = 16384
 
 # Position sources (constexpr POS_MODE).
@@ -43,32 +46,68 @@ _POS_ROW = 2  # per-token tables: token r uses table row r
 # Layer 1: kernel and its jit helpers
 # ----------------------------------------------------------------------------------------------------
 @triton.jit
-def _partner_index(d, ROT_DIM: tl.constexpr, GPTJ: tl.constexpr):
-    """Channel whose value rotates into channel ``d``, and the sign it enters with."""
+def _pair_offsets(h, i, HEAD_DIM: tl.constexpr, HALF: tl.constexpr, GPTJ: tl.constexpr):
+    """Offsets of the two halves of each rotation pair (neox: two [NH, HB] grids; gptj: one [NH, HB, 2])."""
     if GPTJ:
-        pd = d ^ 1
-        sign = tl.where((d % 2) == 0, -1.0, 1.0)
+        j = tl.arange(0, 2)[None, None, :]
+        oa = h[:, :, None] * HEAD_DIM + 2 * i[:, :, None] + j
+        ob = oa
     else:
-        half: tl.constexpr = ROT_DIM // 2
-        pd = tl.where(d < half, d + half, d - half)
-        sign = tl.where(d < half, -1.0, 1.0)
-    rotating = d < ROT_DIM
-    return tl.where(rotating, pd, d), sign, rotating
+        oa = h * HEAD_DIM + i
+        ob = h * HEAD_DIM + HALF + i
+    return oa, ob
 
 
 @triton.jit
-def _load_tile(x_ptr, res_ptr, x_off, r_off, cols, pcols, mask, pmask, HAS_RES: tl.constexpr,
-               NEED_PARTNER: tl.constexpr):
-    """x (+ residual, rounded to the input dtype like an unfused ``x + residual``) at cols and pcols."""
-    x = tl.load(x_ptr + x_off + cols, mask=mask, other=0.0)
+def _load_pairs(ptr, offs_a, offs_b, mask, GPTJ: tl.constexpr, EVICT: tl.constexpr):
+    if GPTJ:
+        t = tl.load(ptr + offs_a, mask=mask[:, :, None], other=0.0, eviction_policy=EVICT)
+        a, b = tl.split(t)
+    else:
+        a = tl.load(ptr + offs_a, mask=mask, other=0.0, eviction_policy=EVICT)
+        b = tl.load(ptr + offs_b, mask=mask, other=0.0, eviction_policy=EVICT)
+    return a, b
+
+
+@triton.jit
+def _store_pairs(ptr, offs_a, offs_b, a, b, mask, GPTJ: tl.constexpr):
+    if GPTJ:
+        tl.store(ptr + offs_a, tl.join(a, b).to(ptr.dtype.element_ty), mask=mask[:, :, None])
+    else:
+        tl.store(ptr + offs_a, a.to(ptr.dtype.element_ty), mask=mask)
+        tl.store(ptr + offs_b, b.to(ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _load_row_tiles(x_ptr, res_ptr, res_out_ptr, x_off, r_off, ro_off, h, i, k, n_heads,
+                    HEAD_DIM: tl.constexpr, ROT_DIM: tl.constexpr, HALF_BLOCK: tl.constexpr,
+                    PASS_BLOCK: tl.constexpr, GPTJ: tl.constexpr, HAS_RES: tl.constexpr,
+                    STORE_RES: tl.constexpr, row_ok):
+    """x (+ residual, rounded to x's dtype as an unfused add would) as pair halves a, b and the
+    non-rotating tail p, in fp32. Optionally writes the residual sum."""
+    HALF: tl.constexpr = ROT_DIM // 2
+    PASS: tl.constexpr = HEAD_DIM - ROT_DIM
+    oa, ob = _pair_offsets(h, i, HEAD_DIM, HALF, GPTJ)
+    m = (h < n_heads) & (i < HALF) & row_ok
+    a, b = _load_pairs(x_ptr + x_off, oa, ob, m, GPTJ, "evict_first")
     if HAS_RES:
-        x = (x + tl.load(res_ptr + r_off + cols, mask=mask, other=0.0)).to(x_ptr.dtype.element_ty)
-    xp = x
-    if NEED_PARTNER:
-        xp = tl.load(x_ptr + x_off + pcols, mask=pmask, other=0.0)
+        ra, rb = _load_pairs(res_ptr + r_off, oa, ob, m, GPTJ, "evict_first")
+        a = (a + ra).to(x_ptr.dtype.element_ty)
+        b = (b + rb).to(x_ptr.dtype.element_ty)
+        if STORE_RES:
+            _store_pairs(res_out_ptr + ro_off, oa, ob, a, b, m, GPTJ)
+    p = tl.zeros([1, 1], dtype=tl.float32)
+    if PASS > 0:
+        op = h * HEAD_DIM + ROT_DIM + k
+        mp = (h < n_heads) & (k < PASS) & row_ok
+        p = tl.load(x_ptr + x_off + op, mask=mp, other=0.0, eviction_policy="evict_first")
         if HAS_RES:
-            xp = (xp + tl.load(res_ptr + r_off + pcols, mask=pmask, other=0.0)).to(x_ptr.dtype.element_ty)
-    return x, xp
+            p = (p + tl.load(res_ptr + r_off + op, mask=mp, other=0.0, eviction_policy="evict_first")
+                 ).to(x_ptr.dtype.element_ty)
+            if STORE_RES:
+                tl.store(res_out_ptr + ro_off + op, p, mask=mp)
+        p = p.to(tl.float32)
+    return a.to(tl.float32), b.to(tl.float32), p
 
 
 @triton.jit
@@ -78,83 +117,103 @@ def _rmsnorm_rope_kernel(
     stride_xb, stride_xs, stride_rb, stride_rs, stride_ob, stride_os, stride_rob, stride_ros,
     stride_pb, stride_ps, stride_cos, stride_sin,
     eps, weight_offset,
-    HEAD_DIM: tl.constexpr, ROT_DIM: tl.constexpr, HD_BLOCK: tl.constexpr, NH_BLOCK: tl.constexpr,
-    N_CHUNKS: tl.constexpr, GPTJ: tl.constexpr, PER_HEAD: tl.constexpr, HAS_RES: tl.constexpr,
-    POS_MODE: tl.constexpr, ROWS_PER_PROG: tl.constexpr,
+    HEAD_DIM: tl.constexpr, ROT_DIM: tl.constexpr, HALF_BLOCK: tl.constexpr, PASS_BLOCK: tl.constexpr,
+    NH_BLOCK: tl.constexpr, N_CHUNKS: tl.constexpr, GPTJ: tl.constexpr, PER_HEAD: tl.constexpr,
+    HAS_RES: tl.constexpr, POS_MODE: tl.constexpr, ROWS_PER_PROG: tl.constexpr,
 ):
+    HALF: tl.constexpr = ROT_DIM // 2
+    PASS: tl.constexpr = HEAD_DIM - ROT_DIM
     pid = tl.program_id(0).to(tl.int64)
     h_loc = tl.arange(0, NH_BLOCK)[:, None]
-    d = tl.arange(0, HD_BLOCK)[None, :]
-    pd, sign, rotating = _partner_index(d, ROT_DIM, GPTJ)
-    d_ok = d < HEAD_DIM
+    i = tl.arange(0, HALF_BLOCK)[None, :]
+    k = tl.arange(0, PASS_BLOCK)[None, :]
+    zero_h = tl.zeros([1, 1], dtype=tl.int32)
+    ca, cb = _pair_offsets(zero_h, i, 0, HALF, GPTJ)  # cos/sin row offsets of each pair half
+    m_half = i < HALF
     hidden = n_heads * HEAD_DIM
     if PER_HEAD:
-        w = tl.load(w_ptr + d, mask=d_ok, other=0.0).to(tl.float32) + weight_offset
-        wp = tl.load(w_ptr + pd, mask=d_ok, other=0.0).to(tl.float32) + weight_offset
+        wa, wb = _load_pairs(w_ptr, *_pair_offsets(zero_h, i, HEAD_DIM, HALF, GPTJ), m_half, GPTJ, "evict_last")
+        wa = wa.to(tl.float32) + weight_offset
+        wb = wb.to(tl.float32) + weight_offset
+        wp = tl.load(w_ptr + ROT_DIM + k, mask=k < PASS, other=0.0).to(tl.float32) + weight_offset
 
-    for i in range(ROWS_PER_PROG):
-        row = pid * ROWS_PER_PROG + i
+    for r in range(ROWS_PER_PROG):
+        row = pid * ROWS_PER_PROG + r
         row_ok = row < n_rows
-        b = row // seq_len
-        s = row % seq_len
-        x_off = b * stride_xb + s * stride_xs
-        r_off = b * stride_rb + s * stride_rs
-        o_off = b * stride_ob + s * stride_os
-        ro_off = b * stride_rob + s * stride_ros
+        b_idx = row // seq_len
+        s_idx = row % seq_len
+        x_off = b_idx * stride_xb + s_idx * stride_xs
+        r_off = b_idx * stride_rb + s_idx * stride_rs
+        o_off = b_idx * stride_ob + s_idx * stride_os
+        ro_off = b_idx * stride_rob + s_idx * stride_ros
 
         # Table row for this token. An out-of-range position makes the token's output NaN (checked in
         # the kernel: a host-side check would cost a device sync on every call).
         if POS_MODE == 0:
-            pos = s
+            pos = s_idx
         elif POS_MODE == 1:
-            pos = tl.load(pos_ptr + b * stride_pb + s * stride_ps, mask=row_ok, other=0).to(tl.int64)
+            pos = tl.load(pos_ptr + b_idx * stride_pb + s_idx * stride_ps, mask=row_ok, other=0).to(tl.int64)
         else:
             pos = row
         pos_ok = (pos >= 0) & (pos < n_table_rows)
         safe_pos = tl.where(pos_ok, pos, 0)
-        c_mask = rotating & row_ok
-        cs = tl.load(cos_ptr + safe_pos * stride_cos + d, mask=c_mask, other=0.0).to(tl.float32)
-        sn = tl.load(sin_ptr + safe_pos * stride_sin + d, mask=c_mask, other=0.0).to(tl.float32)
+        cm = m_half & row_ok
+        c1, c2 = _load_pairs(cos_ptr + safe_pos * stride_cos, ca, cb, cm, GPTJ, "evict_last")
+        s1, s2 = _load_pairs(sin_ptr + safe_pos * stride_sin, ca, cb, cm, GPTJ, "evict_last")
+        c1, c2, s1, s2 = c1.to(tl.float32), c2.to(tl.float32), s1.to(tl.float32), s2.to(tl.float32)
 
         if PER_HEAD or N_CHUNKS == 1:
             rstd = 0.0
         else:
             # Wide rows: pass 1 accumulates the sum of squares chunk by chunk.
-            acc = tl.zeros([NH_BLOCK, HD_BLOCK], dtype=tl.float32)
+            acc = tl.zeros([NH_BLOCK, HALF_BLOCK], dtype=tl.float32)
+            acc_p = tl.zeros([NH_BLOCK, PASS_BLOCK], dtype=tl.float32)
             for c in range(N_CHUNKS):
                 h = c * NH_BLOCK + h_loc
-                mask = (h < n_heads) & d_ok & row_ok
-                x, _ = _load_tile(x_ptr, res_ptr, x_off, r_off, h * HEAD_DIM + d, h * HEAD_DIM + pd,
-                                  mask, mask, HAS_RES, False)
-                xf = x.to(tl.float32)
-                acc += xf * xf
-            rstd = tl.rsqrt(tl.sum(acc) / hidden + eps)
+                a, b, p = _load_row_tiles(x_ptr, res_ptr, res_out_ptr, x_off, r_off, ro_off, h, i, k, n_heads,
+                                          HEAD_DIM, ROT_DIM, HALF_BLOCK, PASS_BLOCK, GPTJ, HAS_RES, False, row_ok)
+                acc += a * a + b * b
+                if PASS > 0:
+                    acc_p += p * p
+            rstd = tl.rsqrt((tl.sum(acc) + tl.sum(acc_p)) / hidden + eps)
 
         for c in range(N_CHUNKS):
             h = c * NH_BLOCK + h_loc
-            mask = (h < n_heads) & d_ok & row_ok
-            cols = h * HEAD_DIM + d
-            pcols = h * HEAD_DIM + pd
-            x, xp = _load_tile(x_ptr, res_ptr, x_off, r_off, cols, pcols, mask, mask & rotating,
-                               HAS_RES, True)
-            if HAS_RES:
-                tl.store(res_out_ptr + ro_off + cols, x, mask=mask)
-            xf = x.to(tl.float32)
-            xpf = xp.to(tl.float32)
+            a, b, p = _load_row_tiles(x_ptr, res_ptr, res_out_ptr, x_off, r_off, ro_off, h, i, k, n_heads,
+                                      HEAD_DIM, ROT_DIM, HALF_BLOCK, PASS_BLOCK, GPTJ, HAS_RES, True, row_ok)
             if PER_HEAD:
-                r = tl.rsqrt(tl.sum(xf * xf, axis=1) / HEAD_DIM + eps)[:, None]
+                ss = tl.sum(a * a + b * b, axis=1)
+                if PASS > 0:
+                    ss += tl.sum(p * p, axis=1)
+                rs = tl.rsqrt(ss / HEAD_DIM + eps)[:, None]
             elif N_CHUNKS == 1:
-                r = tl.rsqrt(tl.sum(xf * xf) / hidden + eps)
+                ss = tl.sum(a * a + b * b)
+                if PASS > 0:
+                    ss += tl.sum(p * p)
+                rs = tl.rsqrt(ss / hidden + eps)
             else:
-                r = rstd
+                rs = rstd
+            oa, ob = _pair_offsets(h, i, HEAD_DIM, HALF, GPTJ)
+            m = (h < n_heads) & m_half & row_ok
             if not PER_HEAD:
-                w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32) + weight_offset
-                wp = tl.load(w_ptr + pcols, mask=mask & rotating, other=0.0).to(tl.float32) + weight_offset
-            n = xf * r * w
-            npart = xpf * r * wp
-            y = tl.where(rotating, n * cs + sign * npart * sn, n)
-            y = tl.where(pos_ok, y, float("nan"))
-            tl.store(out_ptr + o_off + cols, y.to(out_ptr.dtype.element_ty), mask=mask)
+                wa, wb = _load_pairs(w_ptr, oa, ob, m, GPTJ, "evict_last")
+                wa = wa.to(tl.float32) + weight_offset
+                wb = wb.to(tl.float32) + weight_offset
+            na = a * rs * wa
+            nb = b * rs * wb
+            ya = na * c1 - nb * s1
+            yb = nb * c2 + na * s2
+            ya = tl.where(pos_ok, ya, float("nan"))
+            yb = tl.where(pos_ok, yb, float("nan"))
+            _store_pairs(out_ptr + o_off, oa, ob, ya, yb, m, GPTJ)
+            if PASS > 0:
+                op = h * HEAD_DIM + ROT_DIM + k
+                mp = (h < n_heads) & (k < PASS) & row_ok
+                if not PER_HEAD:
+                    wp = tl.load(w_ptr + op, mask=mp, other=0.0, eviction_policy="evict_last").to(tl.float32)
+                    wp = wp + weight_offset
+                yp = tl.where(pos_ok, p * rs * wp, float("nan"))
+                tl.store(out_ptr + o_off + op, yp.to(out_ptr.dtype.element_ty), mask=mp)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -162,38 +221,46 @@ def _rmsnorm_rope_kernel(
 # ----------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class RMSNormRoPEConfig:
-    HD_BLOCK: int
+    HALF_BLOCK: int
+    PASS_BLOCK: int
     NH_BLOCK: int
     N_CHUNKS: int
     ROWS_PER_PROG: int
     num_warps: int
 
 
-def pick_config(n_rows: int, hidden: int, head_dim: int, itemsize: int = 2, has_residual: bool = False,
-                n_sms: int = 132, override: dict | None = None) -> RMSNormRoPEConfig:
+def pick_config(n_rows: int, hidden: int, head_dim: int, rot_dim: int | None = None, itemsize: int = 2,
+                has_residual: bool = False, n_sms: int = 132, override: dict | None = None) -> RMSNormRoPEConfig:
     """Block shape and warps for a problem. Pure: depends only on its arguments.
 
     * the tile covers all heads of a row up to MAX_TILE_BYTES of input (x, plus the residual when there
       is one), else chunks of heads (two passes);
-    * about 16 elements per thread (two 16-byte fp16 vectors): warps = tile / 512, in [1, 16];
+    * about 32 bytes of input per thread (two 16-byte vectors): warps = tile bytes / 1024, in [1, 16];
     * small rows (per-head norms of narrow tensors, tiny hidden) pack several rows per program so a program
       moves at least ~4096 elements, but never so many that fewer than 4 programs per SM remain.
     """
+    rot_dim = head_dim if rot_dim is None else rot_dim
     n_heads = hidden // head_dim
-    hd_block = next_power_of_2(head_dim)
-    nh_full = next_power_of_2(n_heads)
+    half_block = next_power_of_2(rot_dim // 2)
+    pass_block = next_power_of_2(head_dim - rot_dim) if head_dim > rot_dim else 1
+    per_head_elems = 2 * half_block + (pass_block if head_dim > rot_dim else 0)
     tile_budget = MAX_TILE_BYTES // (itemsize * (2 if has_residual else 1))
-    nh_block = min(nh_full, max(1, tile_budget // hd_block))
+    nh_block = min(next_power_of_2(n_heads), max(1, 1 << (max(1, tile_budget // per_head_elems).bit_length() - 1)))
+    if nh_block < n_heads:
+        # Two-pass rows keep a sum-of-squares accumulator live across pass 1 as well: halve the tile (the
+        # compile check showed 16 KB chunked tiles spilling 16-48 bytes on sm_80/89/90).
+        nh_block = max(1, nh_block // 2)
     n_chunks = cdiv(n_heads, nh_block)
-    tile = hd_block * nh_block
-    num_warps = int(min(16, max(1, tile // 512)))
+    tile = per_head_elems * nh_block
+    # ~32 bytes of input per thread (16 fp16 values, or 8 with a residual): 16 KB tiles use 16 warps.
+    num_warps = int(min(16, max(1, tile * itemsize * (2 if has_residual else 1) // 1024)))
     rows = 1
     while n_chunks == 1 and rows < 16 and tile * rows * 2 <= 4096 and cdiv(n_rows, rows * 2) >= 4 * n_sms:
         rows *= 2
     if override:
         rows = int(override.get("ROWS_PER_PROG", rows))
         num_warps = int(override.get("num_warps", num_warps))
-    return RMSNormRoPEConfig(hd_block, nh_block, n_chunks, rows, num_warps)
+    return RMSNormRoPEConfig(half_block, pass_block, nh_block, n_chunks, rows, num_warps)
 
 
 def _as_3d(t: torch.Tensor, name: str, writable: bool = False) -> torch.Tensor:
@@ -237,7 +304,8 @@ def _launch(x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor, sin: torch
         spb = p2.stride(0) if p2.shape[0] > 1 else 0
         sps = p2.stride(1)
     per_head = weight.numel() == head_dim and head_dim != hidden
-    cfg = pick_config(n_rows, hidden, head_dim, x.element_size(), has_res, num_sms(x.device), config)
+    rot = cos.shape[-1]
+    cfg = pick_config(n_rows, hidden, head_dim, rot, x.element_size(), has_res, num_sms(x.device), config)
     grid = (cdiv(n_rows, cfg.ROWS_PER_PROG),)
     _rmsnorm_rope_kernel[grid](
         x3, r3, weight, cos, sin, pos, o3, ro3,
@@ -245,7 +313,7 @@ def _launch(x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor, sin: torch
         x3.stride(0), x3.stride(1), r3.stride(0), r3.stride(1), o3.stride(0), o3.stride(1),
         ro3.stride(0), ro3.stride(1), spb, sps, cos.stride(0), sin.stride(0),
         float(eps), float(weight_offset),
-        HEAD_DIM=head_dim, ROT_DIM=cos.shape[-1], HD_BLOCK=cfg.HD_BLOCK, NH_BLOCK=cfg.NH_BLOCK,
+        HEAD_DIM=head_dim, ROT_DIM=rot, HALF_BLOCK=cfg.HALF_BLOCK, PASS_BLOCK=cfg.PASS_BLOCK, NH_BLOCK=cfg.NH_BLOCK,
         N_CHUNKS=cfg.N_CHUNKS, GPTJ=gptj, PER_HEAD=per_head, HAS_RES=has_res, POS_MODE=pos_mode,
         ROWS_PER_PROG=cfg.ROWS_PER_PROG, num_warps=cfg.num_warps,
     )
@@ -529,11 +597,12 @@ def compile_specs(arch: int):
                 "stride_rs", "stride_ob", "stride_os", "stride_rob", "stride_ros", "stride_pb", "stride_ps",
                 "stride_cos", "stride_sin"]
     for tname, hidden, head_dim, rot, per_head, has_res, gptj, pos_mode, n_rows in _compile_variants():
-        cfg = pick_config(n_rows, hidden, head_dim, _TYPE_SIZES[tname], has_res)
+        cfg = pick_config(n_rows, hidden, head_dim, rot, _TYPE_SIZES[tname], has_res)
         sig = {k: v.format(t=tname) for k, v in sig_types.items()}
         sig.update({k: "i64" if k.startswith("stride") else "i32" for k in int_args})
         sig.update({"eps": "fp32", "weight_offset": "fp32"})
-        const = dict(HEAD_DIM=head_dim, ROT_DIM=rot, HD_BLOCK=cfg.HD_BLOCK, NH_BLOCK=cfg.NH_BLOCK,
+        const = dict(HEAD_DIM=head_dim, ROT_DIM=rot, HALF_BLOCK=cfg.HALF_BLOCK, PASS_BLOCK=cfg.PASS_BLOCK,
+                     NH_BLOCK=cfg.NH_BLOCK,
                      N_CHUNKS=cfg.N_CHUNKS, GPTJ=gptj, PER_HEAD=per_head, HAS_RES=has_res,
                      POS_MODE=pos_mode, ROWS_PER_PROG=cfg.ROWS_PER_PROG)
         sig.update({k: "constexpr" for k in const})
