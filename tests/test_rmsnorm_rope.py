@@ -143,9 +143,9 @@ def test_out_buffer_poisoned_is_fully_written(device):
 
 
 def test_chunked_wide_rows(device):
-    # 8320 fp16 channels exceed one 16 KB register tile: two passes over chunks of heads.
+    # 8320 fp16 channels exceed one 16 KB register tile: two passes over chunks of heads (the last one ragged).
     hidden = 130 * 64
-    assert pick_config(2, hidden, 64, 64, 2).N_CHUNKS == 2
+    assert pick_config(2, hidden, 64, 64, 2).N_CHUNKS > 1
     x = torch.randn(1, 2, hidden, device=device, dtype=torch.float16)
     w = torch.randn(hidden, device=device, dtype=torch.float16)
     r = torch.randn_like(x)
@@ -316,6 +316,6 @@ def test_pick_config_is_pure_and_bounded():
             per_head = 2 * cfg.HALF_BLOCK + (cfg.PASS_BLOCK if rot < hd else 0)
             assert cfg.NH_BLOCK * per_head * itemsize <= 16384 or cfg.NH_BLOCK == 1
             assert cfg.NH_BLOCK * cfg.N_CHUNKS * hd >= hidden
-            assert 2 * cfg.HALF_BLOCK >= rot and cfg.PASS_BLOCK >= hd - rot
+            assert rot <= 2 * cfg.HALF_BLOCK and hd - rot <= cfg.PASS_BLOCK
             assert 1 <= cfg.num_warps <= 16
     assert np.all([pick_config(r, 4096, 128).ROWS_PER_PROG == 1 for r in (1, 64, 16384)])
