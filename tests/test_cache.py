@@ -1,0 +1,276 @@
+"""ConfigCache: keys, persistence, concurrency (threads and processes), corrupt files, invalidation."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import threading
+import warnings
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from triton_ops.autotuner import cache as cache_mod
+from triton_ops.autotuner.cache import CacheKey, ConfigCache
+from triton_ops.exceptions import InvalidArgumentError
+from triton_ops.models import KernelMetrics
+
+
+@pytest.fixture(autouse=True)
+def _isolated(monkeypatch):
+    monkeypatch.delenv("TRITON_OPS_CACHE_DIR", raising=False)
+    # corrupt-file reports are once per process and path; forget earlier tests' reports
+    monkeypatch.setattr(cache_mod, "_reported", set())
+
+
+def _file(d, kernel_type="k"):
+    return d / f"configs-{kernel_type}.json"
+
+
+# ---------------------------------------------------------------------------------------------- basics
+
+
+def test_memory_cache_keys_and_copies():
+    c = ConfigCache()
+    assert not c.persistent
+    assert c.get("k", (1, 2), "cuda:0") is None
+    c.set("k", (1, 2), "cuda:0", {"BLOCK": 64})
+    assert c.get("k", [1, 2], "cuda:0") == {"BLOCK": 64}  # list and tuple sizes are one key
+    assert c.get("k", (1, 2), "cuda") is None  # another device string is another entry
+    assert c.get("k", (2, 1), "cuda:0") is None
+    assert c.get("other", (1, 2), "cuda:0") is None
+    got = c.get("k", (1, 2), "cuda:0")
+    got["BLOCK"] = 1  # callers get a copy
+    assert c.get("k", (1, 2), "cuda:0") == {"BLOCK": 64}
+    c.set("k", (1, 2), "cuda:0", {"BLOCK": 128})  # replaces
+    c.set("k", 7, "cpu", {"BLOCK": 8})
+    assert c.get_all_keys() == [CacheKey("k", (1, 2), "cuda:0"), CacheKey("k", (7,), "cpu")]
+    assert ("k", (7,), "cpu") in c and len(c) == 2
+    c.clear()
+    assert c.get_all_keys() == [] and c.get("k", (1, 2), "cuda:0") is None
+
+
+def test_clear_one_kernel_type(tmp_path):
+    c = ConfigCache(tmp_path)
+    c.set("a", (1,), "cpu", {"X": 1})
+    c.set("b", (1,), "cpu", {"X": 2})
+    c.clear("a")
+    assert [k.kernel_type for k in c.get_all_keys()] == ["b"]
+    assert not _file(tmp_path, "a").exists() and _file(tmp_path, "b").exists()
+    assert ConfigCache(tmp_path).get("b", (1,), "cpu") == {"X": 2}
+
+
+@pytest.mark.parametrize("args", [("", (1,), "cpu"), ("k", (1.5,), "cpu"), ("k", (-1,), "cpu"),
+                                  ("k", "12", "cpu"), ("k", (True,), "cpu"), ("k", (1,), ""),
+                                  ("k", (1,), None)])
+def test_bad_keys_raise(args):
+    with pytest.raises(InvalidArgumentError):
+        ConfigCache().get(*args)
+
+
+def test_config_values_must_be_json():
+    c = ConfigCache()
+    with pytest.raises(InvalidArgumentError, match="JSON"):
+        c.set("k", (1,), "cpu", {"fn": object()})
+    with pytest.raises(InvalidArgumentError):
+        c.set("k", (1,), "cpu", [("BLOCK", 1)])
+    c.set("k", (1,), "cpu", {"BLOCK": np.int64(64), "TMA": True, "name": "x", "tiles": (1, 2)})
+    assert c.get("k", (1,), "cpu") == {"BLOCK": 64, "TMA": True, "name": "x", "tiles": [1, 2]}
+
+
+# ---------------------------------------------------------------------------------------------- disk
+
+
+def test_persistence_across_instances(tmp_path):
+    a = ConfigCache(tmp_path)
+    a.set("gemm", (4096, 4096, 4096), "cuda:0", {"BLOCK_M": 128}, metrics=KernelMetrics(0.25, 550.0))
+    b = ConfigCache(tmp_path)
+    assert b.get("gemm", (4096, 4096, 4096), "cuda:0") == {"BLOCK_M": 128}
+    entry = b.get_entry("gemm", (4096, 4096, 4096), "cuda:0")
+    assert entry["metrics"]["latency_ms"] == 0.25 and entry["metrics"]["throughput_tflops"] == 550.0
+    data = json.loads(_file(tmp_path, "gemm").read_text())
+    assert data["format"] == cache_mod.FORMAT_VERSION and len(data["entries"]) == 1
+    # a later write by another instance is seen by the first one without re-creating it
+    b.set("gemm", (1, 1, 1), "cuda:0", {"BLOCK_M": 16})
+    assert a.get("gemm", (1, 1, 1), "cuda:0") == {"BLOCK_M": 16}
+    # and a clear by another instance too
+    b.clear()
+    assert a.get("gemm", (4096, 4096, 4096), "cuda:0") is None
+
+
+def test_env_var_gives_the_default_directory(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRITON_OPS_CACHE_DIR", str(tmp_path / "cfg"))
+    c = ConfigCache()
+    assert c.persistent and c.cache_dir == tmp_path / "cfg"
+    c.set("k", (3,), "cpu", {"A": 1})
+    assert _file(tmp_path / "cfg").exists()
+
+
+def test_unwritable_directory_warns_and_keeps_memory(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    c = ConfigCache(blocker / "sub")
+    with pytest.warns(RuntimeWarning, match="could not write"):
+        c.set("k", (1,), "cpu", {"A": 1})
+    assert c.get("k", (1,), "cpu") == {"A": 1}
+
+
+# ---------------------------------------------------------------------------------------------- concurrency
+
+
+def test_threads_share_one_instance_and_separate_instances(tmp_path):
+    shared = ConfigCache(tmp_path)
+    errors: list[BaseException] = []
+
+    def work(t: int) -> None:
+        try:
+            own = ConfigCache(tmp_path)
+            for i in range(15):
+                (shared if i % 2 else own).set("k", (t, i), "cpu", {"T": t, "I": i})
+                assert shared.get("k", (t, i), "cpu") == {"T": t, "I": i}
+        except BaseException as exc:  # collected and re-raised in the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(6)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors, errors
+    fresh = ConfigCache(tmp_path)
+    assert len(fresh.get_all_keys()) == 6 * 15
+    assert all(fresh.get("k", (t, i), "cpu") == {"T": t, "I": i} for t in range(6) for i in range(15))
+    json.loads(_file(tmp_path).read_text())
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def _process_writer(cache_dir: str, worker: int, n: int, barrier) -> None:
+    c = ConfigCache(cache_dir)
+    barrier.wait()
+    for i in range(n):
+        c.set("k", (worker, i), "cpu", {"W": worker, "I": i})
+        c.set("k", (999,), "cpu", {"last_writer": worker})  # one key every process fights over
+
+
+def test_processes_writing_at_once_lose_nothing(tmp_path):
+    ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context("spawn")
+    n_proc, n = 4, 20
+    barrier = ctx.Barrier(n_proc)
+    procs = [ctx.Process(target=_process_writer, args=(str(tmp_path), w, n, barrier)) for w in range(n_proc)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    c = ConfigCache(tmp_path)
+    assert len(c.get_all_keys()) == n_proc * n + 1
+    for w in range(n_proc):
+        for i in range(n):
+            assert c.get("k", (w, i), "cpu") == {"W": w, "I": i}
+    assert c.get("k", (999,), "cpu")["last_writer"] in range(n_proc)
+    data = json.loads(_file(tmp_path).read_text())
+    assert len(data["entries"]) == n_proc * n + 1
+    assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob("*.corrupt"))
+
+
+# ---------------------------------------------------------------------------------------------- corruption
+
+
+@pytest.mark.parametrize("content", ["{not json", '{"format": 1, "entries": {"k|1|cpu|cpu": {"conf',
+                                     "[1, 2, 3]", "", '{"format": 1}'])
+def test_corrupt_file_is_reported_once_and_rebuilt(tmp_path, content):
+    good = ConfigCache(tmp_path)
+    good.set("k", (5,), "cpu", {"A": 5})
+    _file(tmp_path).write_text(content)  # truncated / garbage / another program's file
+    c = ConfigCache(tmp_path)
+    with pytest.warns(RuntimeWarning, match="corrupt"):
+        assert c.get("k", (1,), "cpu") is None
+    assert (tmp_path / "configs-k.json.corrupt").read_text() == content
+    json.loads(_file(tmp_path).read_text())  # rebuilt: valid again
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # reported once: no second warning
+        assert c.get("k", (1,), "cpu") is None
+        c.set("k", (1,), "cpu", {"A": 1})
+    assert ConfigCache(tmp_path).get("k", (1,), "cpu") == {"A": 1}
+
+
+def test_corrupt_file_met_by_a_writer(tmp_path):
+    _file(tmp_path).write_text("\x00\x01garbage")
+    c = ConfigCache(tmp_path)
+    with pytest.warns(RuntimeWarning, match="corrupt"):
+        c.set("k", (2,), "cpu", {"B": 2})
+    assert ConfigCache(tmp_path).get("k", (2,), "cpu") == {"B": 2}
+
+
+def test_bad_entries_are_skipped_individually(tmp_path):
+    c = ConfigCache(tmp_path)
+    c.set("k", (1,), "cpu", {"A": 1})
+    data = json.loads(_file(tmp_path).read_text())
+    data["entries"]["junk"] = {"kernel_type": "k", "problem_size": "oops"}
+    data["entries"]["junk2"] = 42
+    _file(tmp_path).write_text(json.dumps(data))
+    fresh = ConfigCache(tmp_path)
+    assert fresh.get("k", (1,), "cpu") == {"A": 1}
+    assert fresh.get_all_keys() == [CacheKey("k", (1,), "cpu")]
+
+
+def test_other_format_version_is_ignored(tmp_path):
+    _file(tmp_path).write_text(json.dumps({"format": 99, "entries": {"x": {}}}))
+    c = ConfigCache(tmp_path)
+    assert c.get("k", (1,), "cpu") is None
+    c.set("k", (1,), "cpu", {"A": 1})
+    assert json.loads(_file(tmp_path).read_text())["format"] == cache_mod.FORMAT_VERSION
+
+
+# ---------------------------------------------------------------------------------------------- invalidation
+
+
+@pytest.mark.parametrize("what", ["_library_version", "_triton_version", "_device_model"])
+def test_entries_invalid_when_environment_changes(tmp_path, monkeypatch, what):
+    c = ConfigCache(tmp_path)
+    c.set("k", (1,), "cuda:0", {"A": 1})
+    assert c.get("k", (1,), "cuda:0") == {"A": 1}
+    monkeypatch.setattr(cache_mod, what, lambda *a: "something-else")
+    assert c.get("k", (1,), "cuda:0") is None
+    assert ConfigCache(tmp_path).get("k", (1,), "cuda:0") is None
+    assert c.get_all_keys() == []
+    monkeypatch.undo()
+    monkeypatch.delenv("TRITON_OPS_CACHE_DIR", raising=False)
+    assert c.get("k", (1,), "cuda:0") == {"A": 1}  # back in the original environment
+
+
+def test_new_library_version_prunes_old_entries_on_write(tmp_path, monkeypatch):
+    c = ConfigCache(tmp_path)
+    c.set("k", (1,), "cpu", {"A": 1})
+    monkeypatch.setattr(cache_mod, "_library_version", lambda: "99.0")
+    c2 = ConfigCache(tmp_path)
+    c2.set("k", (2,), "cpu", {"A": 2})
+    entries = json.loads(_file(tmp_path).read_text())["entries"]
+    assert [e["problem_size"] for e in entries.values()] == [[2]]
+
+
+def test_gpu_models_coexist_in_one_file(tmp_path, monkeypatch):
+    monkeypatch.setattr(cache_mod, "_device_model", lambda d: "NVIDIA H100")
+    ConfigCache(tmp_path).set("k", (1,), "cuda:0", {"A": 100})
+    monkeypatch.setattr(cache_mod, "_device_model", lambda d: "NVIDIA H200")
+    ConfigCache(tmp_path).set("k", (1,), "cuda:0", {"A": 200})
+    assert ConfigCache(tmp_path).get("k", (1,), "cuda:0") == {"A": 200}
+    monkeypatch.setattr(cache_mod, "_device_model", lambda d: "NVIDIA H100")
+    assert ConfigCache(tmp_path).get("k", (1,), "cuda:0") == {"A": 100}
+
+
+@given(st.lists(st.tuples(st.sampled_from(["a", "b/c", "d e"]), st.lists(st.integers(0, 5), max_size=3),
+                          st.sampled_from(["cpu", "cuda:0", "cuda"]), st.integers(0, 1 << 20)), max_size=12))
+def test_cache_matches_a_dict_model_through_disk(tmp_path_factory, ops):
+    d = tmp_path_factory.mktemp("model")
+    c = ConfigCache(d)
+    model = {}
+    for kt, size, dev, v in ops:
+        c.set(kt, size, dev, {"V": v})
+        model[(kt, tuple(size), dev)] = {"V": v}
+    fresh = ConfigCache(d)  # everything went through the JSON files
+    assert sorted(fresh.get_all_keys()) == sorted(CacheKey(*k) for k in model)
+    for k, cfg in model.items():
+        assert fresh.get(*k) == cfg

@@ -1,0 +1,64 @@
+"""How a kernel module offers itself to ``triton-ops tune``.
+
+Each kernel module that can be tuned exposes ``tuning_entry() -> TuningEntry`` (or a list of them). The
+entry says which parameters its launcher accepts (``config_space``), how to build arguments for a problem
+size (``make_args``), how to run one launch with a given config (``run``) and what the launch heuristic
+would pick (``default_config``). ``triton-ops tune`` times the default next to every candidate, rejects
+candidates whose output differs from the default's, and stores the winner in the config cache, where
+the op's launcher finds it when tuned configs are switched on (:mod:`triton_ops.autotuner.runtime`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+
+@dataclass
+class TuningEntry:
+    #: cache key family, the same string the launcher passes to ``runtime.lookup``
+    kernel_type: str
+    #: parameter name -> candidate values, as accepted by ``run(**config)``
+    config_space: dict[str, list[Any]]
+    #: ``make_args(problem_size, device, dtype) -> (args, kwargs)``: fresh random inputs (never zeros)
+    make_args: Callable[[tuple[int, ...], str, torch.dtype], tuple[tuple[Any, ...], dict[str, Any]]]
+    #: ``run(*args, **kwargs, **config)``: one launch with that config; returns the output tensor
+    run: Callable[..., Any]
+    #: ``default_config(problem_size) -> dict``: the launch heuristic's own choice for that problem
+    default_config: Callable[[tuple[int, ...]], dict[str, Any]]
+    # ---------------------------------------------------------------- optional
+    #: problem sizes ``triton-ops tune`` uses when none are given (e.g. the README's benchmark shapes)
+    default_shapes: list[tuple[int, ...]] = field(default_factory=list)
+    #: small problem sizes for the CPU interpreter (``triton-ops tune`` with no GPU)
+    cpu_shapes: list[tuple[int, ...]] = field(default_factory=list)
+    #: what the problem-size tuple means, for help text (e.g. "batch x seq x hidden")
+    shape_doc: str = ""
+    #: dtype used when none is given
+    dtype: torch.dtype = torch.float16
+    #: ``valid_configs(problem_size, configs) -> configs``: drop configs that cannot run for this problem
+    valid_configs: Callable[[tuple[int, ...], list[dict[str, Any]]], list[dict[str, Any]]] | None = None
+    #: ``profile(problem_size, dtype) -> PerformanceProfile`` for TFLOPS / GB/s in tuning reports
+    profile: Callable[[tuple[int, ...], torch.dtype], Any] | None = None
+    #: relative L2 error allowed between a candidate's output and the default config's output
+    #: (accumulation order changes with tile sizes: ~1e-3 for fp16 outputs, 1e-2 covers bf16 and FP8)
+    rtol: float = 1e-2
+
+
+def parse_shape(text: str) -> tuple[int, ...]:
+    """``"8x2048x4096"`` (or ``"8,2048,4096"``) -> ``(8, 2048, 4096)``."""
+    from ..exceptions import InvalidArgumentError
+
+    parts = [p for p in text.replace(",", "x").replace("X", "x").split("x") if p.strip()]
+    try:
+        dims = tuple(int(p) for p in parts)
+    except ValueError:
+        raise InvalidArgumentError(f"shape {text!r} is not a list of integers like 8x2048x4096") from None
+    if not dims or any(d < 0 for d in dims):
+        raise InvalidArgumentError(f"shape {text!r} must list non-negative integers like 8x2048x4096")
+    return dims
+
+
+__all__ = ["TuningEntry", "parse_shape"]

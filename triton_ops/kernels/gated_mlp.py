@@ -1,0 +1,957 @@
+"""Fused gated MLP: ``act(x @ Wg^T + bg) * (x @ Wu^T + bu)`` in one GEMM kernel.
+
+Each output tile ``[BLOCK_M, BLOCK_N]`` of ``[M, intermediate]`` keeps two fp32 accumulators, gate and
+up, fed from the *same* x tile at every k-step (two ``tl.dot`` per step, one x load), and applies
+``act(gate) * up`` in the epilogue. Only the gated ``[M, intermediate]`` result is written: the two
+``[M, intermediate]`` projections of the unfused form never reach memory.
+
+Layers:
+
+1. ``_gated_mlp_kernel``: a persistent, grouped-order GEMM. On Hopper it reads tiles through TMA
+   tensor descriptors and Triton lowers the dots to wgmma; elsewhere (or when a stride is not 16-byte
+   aligned) it uses masked pointer loads, so every size is legal. ``FP8=True`` takes e4m3 x with a
+   per-row scale and e4m3 weights with per-output-channel scales, applied in the epilogue.
+2. Launcher: validation, flattening, :func:`pick_config` (a pure function of the problem whose
+   candidate list is also what :func:`compile_specs` builds), launch.
+3. ``torch.library`` custom ops ``triton_ops::fused_gated_mlp`` (+ ``_out`` and ``_fp8`` variants) with
+   fake implementations, so the op traces under ``torch.compile(fullgraph=True)``.
+4. :func:`fused_gated_mlp` and :class:`FusedGatedMLP`.
+
+Small M (decode) is bound by reading the weights (2 * I * H elements): the heuristics then use one
+tile per program, narrow N tiles so there are at least ~2 tiles per SM, small M tiles and deep enough
+pipelines that each SM keeps ~100 KB of weight loads in flight.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from ..compile_check import CompileSpec
+from ..exceptions import InvalidArgumentError, ShapeError, UnsupportedError
+from ..utils import cdiv, device_capability, interpreter_enabled, next_power_of_2, num_sms
+from ..validation import (
+    FLOAT_DTYPES,
+    check_choice,
+    check_dtype,
+    check_last_dim_contiguous,
+    check_ndim,
+    check_out,
+    check_runnable_device,
+    check_same_device,
+    check_same_dtype,
+    check_tensor,
+    rows_view,
+)
+
+#: Activation names and the constexpr id the kernel switches on.
+ACTIVATIONS = {"silu": 0, "gelu": 1, "gelu_tanh": 2}
+#: Largest finite e4m3 value (the FP8 scales map each row's absmax onto it).
+FP8_E4M3_MAX = 448.0
+
+_TORCH_TO_TL = {
+    torch.float16: "fp16",
+    torch.bfloat16: "bf16",
+    torch.float32: "fp32",
+    torch.float8_e4m3fn: "fp8e4nv",
+}
+
+
+# ----------------------------------------------------------------------------------------------------
+# 1. Kernel
+# ----------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _activation(g, ACTIVATION: tl.constexpr):
+    """act(g) in fp32. 0: silu, 1: exact (erf) gelu, 2: tanh gelu."""
+    if ACTIVATION == 0:
+        return g * tl.sigmoid(g)
+    elif ACTIVATION == 1:
+        return 0.5 * g * (1.0 + tl.math.erf(g * 0.7071067811865476))
+    else:
+        # 0.5 * g * (1 + tanh(u)) == g * sigmoid(2u): one exp instead of a tanh, no cancellation.
+        u = 0.7978845608028654 * (g + 0.044715 * g * g * g)
+        return g * tl.sigmoid(2.0 * u)
+
+
+@triton.jit
+def _tile_coords(tile_id, num_pid_m, num_pid_n, GROUP_M: tl.constexpr):
+    """Grouped ordering: GROUP_M row-tiles sweep the N tiles together so their weight tiles stay in L2."""
+    num_pid_in_group = GROUP_M * num_pid_n
+    group_id = tile_id // num_pid_in_group
+    first_pid_m = group_id * GROUP_M
+    group_size_m = tl.minimum(num_pid_m - first_pid_m, GROUP_M)
+    pid_m = first_pid_m + (tile_id % group_size_m)
+    pid_n = (tile_id % num_pid_in_group) // group_size_m
+    return pid_m, pid_n
+
+
+@triton.jit
+def _load_tiles(x, wg, wu, off_m, off_n, k0, M, N, K, stride_xm, stride_wgn, stride_wun,
+                USE_TMA: tl.constexpr, ALIGN_IN: tl.constexpr,
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """The x tile [BLOCK_M, BLOCK_K] and the gate/up weight tiles [BLOCK_N, BLOCK_K] at k0.
+
+    TMA zero-fills out-of-bounds boxes; the pointer path masks rows, columns and the K tail to 0, so the
+    padded products add nothing to the accumulators.
+    """
+    if USE_TMA:
+        a = x.load([off_m, k0])
+        bg = wg.load([off_n, k0])
+        bu = wu.load([off_n, k0])
+    else:
+        offs_m = off_m + tl.arange(0, BLOCK_M)
+        offs_n = off_n + tl.arange(0, BLOCK_N)
+        offs_k = tl.arange(0, BLOCK_K)
+        k_rem = K - k0
+        # Row offsets in int64: row * stride passes 2^31 for weights of 2^31 elements (e.g. I*H > 2.1e9).
+        row_x = offs_m.to(tl.int64) * stride_xm
+        row_g = offs_n.to(tl.int64) * stride_wgn
+        row_u = offs_n.to(tl.int64) * stride_wun
+        if ALIGN_IN > 1:
+            # The launcher checked that base pointers, row strides and K are 16-byte multiples. Stating it
+            # here lets the loads become 16-byte cp.async copies that Triton pipelines; argument
+            # specialisation tells the JIT the same at run time, but an ahead-of-time build (the compile
+            # check) sees no argument values and would otherwise get 2-byte, unpipelined loads.
+            k_rem = tl.multiple_of(k_rem, ALIGN_IN)
+            row_x = tl.multiple_of(row_x, ALIGN_IN)
+            row_g = tl.multiple_of(row_g, ALIGN_IN)
+            row_u = tl.multiple_of(row_u, ALIGN_IN)
+        cols = k0 + offs_k
+        px = x + row_x[:, None] + cols[None, :]
+        pg = wg + row_g[:, None] + cols[None, :]
+        pu = wu + row_u[:, None] + cols[None, :]
+        if ALIGN_IN > 1:
+            px = tl.max_contiguous(tl.multiple_of(px, [16, 16]), [1, BLOCK_K])
+            pg = tl.max_contiguous(tl.multiple_of(pg, [16, 16]), [1, BLOCK_K])
+            pu = tl.max_contiguous(tl.multiple_of(pu, [16, 16]), [1, BLOCK_K])
+        k_ok = offs_k < k_rem
+        a = tl.load(px, mask=(offs_m < M)[:, None] & k_ok[None, :], other=0.0)
+        w_mask = (offs_n < N)[:, None] & k_ok[None, :]
+        bg = tl.load(pg, mask=w_mask, other=0.0)
+        bu = tl.load(pu, mask=w_mask, other=0.0)
+    return a, bg, bu
+
+
+@triton.jit
+def _epilogue(acc_g, acc_u, out, bg_ptr, bu_ptr, xs_ptr, wgs_ptr, wus_ptr, off_m, off_n, M, N, stride_om,
+              ACTIVATION: tl.constexpr, HAS_BIAS: tl.constexpr, FP8: tl.constexpr, USE_TMA: tl.constexpr,
+              ALIGN_OUT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Scales (FP8), bias, act(gate) * up in fp32, one store of the gated tile."""
+    offs_m = off_m + tl.arange(0, BLOCK_M)
+    offs_n = off_n + tl.arange(0, BLOCK_N)
+    m_ok = offs_m < M
+    n_ok = offs_n < N
+    if FP8:
+        sx = tl.load(xs_ptr + offs_m, mask=m_ok, other=0.0)
+        sg = tl.load(wgs_ptr + offs_n, mask=n_ok, other=0.0)
+        su = tl.load(wus_ptr + offs_n, mask=n_ok, other=0.0)
+        acc_g = acc_g * sx[:, None] * sg[None, :]
+        acc_u = acc_u * sx[:, None] * su[None, :]
+    if HAS_BIAS:
+        acc_g += tl.load(bg_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+        acc_u += tl.load(bu_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+    h = _activation(acc_g, ACTIVATION) * acc_u
+    if USE_TMA:
+        out.store([off_m, off_n], h.to(out.dtype))
+    else:
+        row_o = offs_m.to(tl.int64) * stride_om
+        n_rem = N - off_n
+        if ALIGN_OUT > 1:
+            row_o = tl.multiple_of(row_o, ALIGN_OUT)
+            n_rem = tl.multiple_of(n_rem, ALIGN_OUT)
+        ptrs = out + row_o[:, None] + offs_n[None, :]
+        if ALIGN_OUT > 1:
+            ptrs = tl.max_contiguous(tl.multiple_of(ptrs, [16, 16]), [1, BLOCK_N])
+        n_ok_v = tl.arange(0, BLOCK_N) < n_rem
+        tl.store(ptrs, h.to(out.dtype.element_ty), mask=m_ok[:, None] & n_ok_v[None, :])
+
+
+@triton.jit
+def _gated_mlp_kernel(
+    x, wg, wu, out,  # pointers, or TMA tensor descriptors when USE_TMA
+    bg_ptr, bu_ptr,  # biases [N] (unused unless HAS_BIAS)
+    xs_ptr, wgs_ptr, wus_ptr,  # FP8 scales: x per row [M], weights per output channel [N] (unless FP8)
+    M, N, K,
+    stride_xm, stride_wgn, stride_wun, stride_om,
+    num_progs,
+    ACTIVATION: tl.constexpr, HAS_BIAS: tl.constexpr, FP8: tl.constexpr, USE_TMA: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, FLATTEN: tl.constexpr, ALIGN_IN: tl.constexpr, ALIGN_OUT: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    num_pid_m = tl.cdiv(M, BLOCK_M)
+    num_pid_n = tl.cdiv(N, BLOCK_N)
+    num_tiles = num_pid_m * num_pid_n
+    k_tiles = tl.cdiv(K, BLOCK_K)
+    # Persistent loop: with num_progs == number of tiles every program runs one tile (decode); with
+    # num_progs == number of SMs each program walks tiles in grouped order. FLATTEN lets Triton
+    # pipeline across tile boundaries, so the next tile's loads overlap this tile's epilogue.
+    for tile_id in tl.range(pid, num_tiles, num_progs, flatten=FLATTEN):
+        pid_m, pid_n = _tile_coords(tile_id, num_pid_m, num_pid_n, GROUP_M)
+        off_m = pid_m * BLOCK_M
+        off_n = pid_n * BLOCK_N
+        acc_g = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        acc_u = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for ki in range(k_tiles):
+            a, bg, bu = _load_tiles(x, wg, wu, off_m, off_n, ki * BLOCK_K, M, N, K, stride_xm, stride_wgn,
+                                    stride_wun, USE_TMA, ALIGN_IN, BLOCK_M, BLOCK_N, BLOCK_K)
+            acc_g = tl.dot(a, bg.T, acc_g, input_precision=DOT_PRECISION)
+            acc_u = tl.dot(a, bu.T, acc_u, input_precision=DOT_PRECISION)
+        _epilogue(acc_g, acc_u, out, bg_ptr, bu_ptr, xs_ptr, wgs_ptr, wus_ptr, off_m, off_n, M, N, stride_om,
+                  ACTIVATION, HAS_BIAS, FP8, USE_TMA, ALIGN_OUT, BLOCK_M, BLOCK_N)
+
+
+# ----------------------------------------------------------------------------------------------------
+# 2. Configs and launcher
+# ----------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GatedMLPConfig:
+    """One launch configuration. ``block_n`` is the width of *each* of the gate/up accumulators."""
+
+    block_m: int
+    block_n: int
+    block_k: int
+    group_m: int = 8
+    num_warps: int = 4
+    num_stages: int = 3
+    #: True: grid = min(#SMs, #tiles) programs looping over tiles; False: one tile per program.
+    persistent: bool = False
+    #: TMA tensor descriptors (Hopper); the launcher falls back to pointers when strides forbid it.
+    use_tma: bool = False
+    #: flatten the tile loop into the k loop for cross-tile pipelining (persistent configs only).
+    flatten: bool = False
+
+    def label(self) -> str:
+        tag = "tma" if self.use_tma else "ptr"
+        p = "P" if self.persistent else "G"
+        f = "F" if self.flatten else ""
+        return (f"{self.block_m}x{self.block_n}x{self.block_k}_g{self.group_m}_w{self.num_warps}"
+                f"_s{self.num_stages}_{p}{f}_{tag}")
+
+
+def _arch_family(arch: int | None) -> int:
+    """Map a compute capability (major*10+minor) to the family the heuristics are written for.
+
+    None (CPU interpreter) uses the Hopper family so the default interpreter runs exercise the TMA and
+    persistent code. sm_86/87/89 have ~99 KB of shared memory per block (vs 163 KB on sm_80, 227 KB on
+    sm_90), hence their own family.
+    """
+    if arch is None or arch >= 90:
+        return 90
+    if arch in (86, 87, 89) or arch < 80:
+        return 89
+    return 80
+
+
+def _kind(dtype: torch.dtype) -> str:
+    if dtype == torch.float32:
+        return "fp32"
+    if dtype == torch.float8_e4m3fn:
+        return "fp8"
+    return "fp16"  # fp16 and bf16 share tile shapes: same element size, same MMA rates
+
+
+def _decode_configs(family: int, kind: str) -> list[GatedMLPConfig]:
+    """Small-M configs: BLOCK_M in {16, 32, 64} x BLOCK_N in {64, 32}.
+
+    Shared memory per stage is (BLOCK_M + 2 * BLOCK_N) * BLOCK_K * elem bytes. Hopper: BLOCK_K = 128
+    (fp16) / 256 (fp8) with 3 stages for BLOCK_M <= 32 (ptxas: 74 KB at 16x64, so three CTAs share an
+    SM's 228 KB and keep ~6 weight tiles of 16 KB in flight per SM); BLOCK_M=64 uses BLOCK_K=64/128 with
+    4 stages (104 KB, two CTAs per SM). sm_80/89: BLOCK_K = 64 (fp16) / 128 (fp8), 3 stages (<= 72 KB,
+    fits sm_89's 99 KB).
+    """
+    tma = family == 90
+    out = []
+    for bm in (16, 32, 64):
+        for bn in (64, 32):
+            if family == 90:
+                bk = 128 if bm < 64 else 64
+                stages = 3 if bm < 64 else 4
+            else:
+                bk, stages = 64, 3
+            if kind == "fp8":
+                bk *= 2
+            # GROUP_M is irrelevant with one row of tiles; 8 keeps these identical to the mid config on
+            # sm_80/89 where the shapes coincide (group 1 also measured 8 bytes of ptxas spills there).
+            out.append(GatedMLPConfig(bm, bn, bk, group_m=8, num_warps=4, num_stages=stages, use_tma=tma))
+    return out
+
+
+def _mid_config(family: int, kind: str) -> GatedMLPConfig:
+    """64 < M <= 256: still bound by the weight read (arithmetic intensity ~M flop/byte < the ~295 of an
+    H100). BLOCK_N=64 doubles the tile count over 128 (224 tiles for I=14336 at M=128, > 132 SMs);
+    Hopper: 128x64 tiles, 3 stages of 32 KB plus the TMA store buffer (ptxas: 112 KB), so two CTAs
+    share an SM."""
+    bk = 128 if kind == "fp8" else 64
+    if family == 90:
+        return GatedMLPConfig(128, 64, bk, group_m=8, num_warps=4, num_stages=3, use_tma=True)
+    return GatedMLPConfig(64, 64, bk, group_m=8, num_warps=4, num_stages=3)
+
+
+def _large_configs(family: int, kind: str) -> list[GatedMLPConfig]:
+    """Compute-bound M > 256. Hopper: 128 x (2 x 128) outputs per tile, i.e. the 128x256 wgmma tile of a
+    plain GEMM, 8 warps (two warpgroups, 128 fp32 accumulator registers per thread), 3 stages of 48 KB
+    (fp16 with BLOCK_K=64, or fp8 with BLOCK_K=128) plus the 32 KB TMA store tile (ptxas: 176 KB),
+    persistent over the SMs. The flattened loop (next tile's loads overlap this tile's epilogue) is the
+    default; the nested-loop variant is a candidate for the benchmark sweep and the GPU tests."""
+    if family == 90:
+        bk = 128 if kind == "fp8" else 64
+        base = GatedMLPConfig(128, 128, bk, group_m=8, num_warps=8, num_stages=3, persistent=True,
+                              use_tma=True, flatten=True)
+        return [base, replace(base, flatten=False)]
+    # sm_80/89 (mma.sync, operands staged through registers): 128 x (2 x 128) tiles on 8 warps spill
+    # 256+ bytes in ptxas (two 128x128 fp32 accumulators plus operand fragments), 128 x (2 x 64) on 4
+    # warps does not. fp16: 4 stages x (128 + 128) x 32 x 2 B = 64 KB (fits sm_89's 99 KB); fp8: 8 warps,
+    # BLOCK_K=128, 3 stages (ptxas: 64 KB of shared memory, no spills; 4 warps spill 8 bytes).
+    if kind == "fp8":
+        return [GatedMLPConfig(128, 64, 128, group_m=8, num_warps=8, num_stages=3, persistent=True)]
+    return [GatedMLPConfig(128, 64, 32, group_m=8, num_warps=4, num_stages=4, persistent=True)]
+
+
+#: fp32 inputs use exact fp32 dots (``input_precision="ieee"``, FMA, not tensor cores): small tiles keep
+#: the two accumulators plus operands in registers (64x64 spills ~240 bytes with unaligned operands).
+_FP32_CONFIG = GatedMLPConfig(64, 32, 32, group_m=8, num_warps=4, num_stages=2)
+
+
+def _unaligned_config(kind: str) -> GatedMLPConfig:
+    """Operands whose rows are not 16-byte aligned (odd hidden or intermediate sizes, odd strides) load
+    element by element with no cp.async pipelining, so the operand tiles live in registers: a small
+    64 x (2 x 32) tile keeps the two accumulators plus operands within 255 registers without spills."""
+    return GatedMLPConfig(64, 32, 64 if kind == "fp8" else 32, group_m=8, num_warps=4, num_stages=2)
+
+
+def candidate_configs(arch: int | None, dtype: torch.dtype) -> list[GatedMLPConfig]:
+    """Every config :func:`pick_config` can return for this architecture and dtype (aligned operands;
+    :func:`_unaligned_config` covers the rest)."""
+    family, kind = _arch_family(arch), _kind(dtype)
+    if kind == "fp32":
+        return [_FP32_CONFIG]
+    return [*_decode_configs(family, kind), _mid_config(family, kind), *_large_configs(family, kind)]
+
+
+def pick_config(M: int, N: int, K: int, dtype: torch.dtype, arch: int | None,
+                sms: int = 132, aligned: bool = True) -> GatedMLPConfig:
+    """Launch configuration for ``[M, K] x [N, K]^T`` (N = intermediate). Pure: no device queries.
+
+    ``aligned``: every operand's base address, row stride and row length are 16-byte multiples (the
+    launcher checks it); otherwise the small unaligned config.
+
+    * fp32: one exact-fp32 config.
+    * M <= 64 (decode): BLOCK_M = the next power of two >= M (min 16, the smallest MMA M), BLOCK_N = 64
+      unless that leaves fewer tiles than SMs (then 32), one tile per program.
+    * M <= 256: the weight-bound mid config, one tile per program.
+    * else: the persistent large-tile config.
+    """
+    family, kind = _arch_family(arch), _kind(dtype)
+    if kind == "fp32":
+        return _FP32_CONFIG
+    if not aligned:
+        return _unaligned_config(kind)
+    if M <= 64:
+        bm = max(16, next_power_of_2(M))
+        bn = 64 if cdiv(N, 64) >= sms else 32
+        for c in _decode_configs(family, kind):
+            if c.block_m == bm and c.block_n == bn:
+                return c
+    if M <= 256:
+        return _mid_config(family, kind)
+    return _large_configs(family, kind)[0]
+
+
+def _device_arch(device: torch.device) -> int | None:
+    cap = device_capability(device)
+    return None if cap is None else cap[0] * 10 + cap[1]
+
+
+def _aligned16(*tensors: torch.Tensor) -> bool:
+    """16-byte aligned base addresses, row strides and row lengths, unit last stride (2-D tensors).
+
+    TMA descriptors require it, and it is what lets the pointer path use 16-byte vector loads."""
+    for t in tensors:
+        es = t.element_size()
+        if (t.data_ptr() % 16 or t.stride(-1) != 1 or (t.stride(0) * es) % 16
+                or (t.shape[1] * es) % 16):
+            return False
+    return True
+
+
+def _launch(x2: torch.Tensor, wg: torch.Tensor, wu: torch.Tensor, out2: torch.Tensor, act_id: int,
+            bg: torch.Tensor | None = None, bu: torch.Tensor | None = None,
+            x_scale: torch.Tensor | None = None, wg_scale: torch.Tensor | None = None,
+            wu_scale: torch.Tensor | None = None, config: GatedMLPConfig | None = None) -> None:
+    """Launch the kernel on validated 2-D operands: x2 [M, K], wg/wu [N, K], out2 [M, N]; M, N, K > 0."""
+    M, K = x2.shape
+    N = wg.shape[0]
+    arch = _device_arch(x2.device)
+    sms = num_sms(x2.device)
+    fp8 = x_scale is not None
+    in_aligned = _aligned16(x2, wg, wu)
+    out_aligned = _aligned16(out2)
+    cfg = config or pick_config(M, N, K, x2.dtype, arch, sms, aligned=in_aligned and out_aligned)
+    use_tma = cfg.use_tma and in_aligned and out_aligned
+    if use_tma:
+        from triton.tools.tensor_descriptor import TensorDescriptor
+
+        bm, bn, bk = cfg.block_m, cfg.block_n, cfg.block_k
+        x_arg = TensorDescriptor(x2, list(x2.shape), list(x2.stride()), [bm, bk])
+        wg_arg = TensorDescriptor(wg, list(wg.shape), list(wg.stride()), [bn, bk])
+        wu_arg = TensorDescriptor(wu, list(wu.shape), list(wu.stride()), [bn, bk])
+        out_arg = TensorDescriptor(out2, list(out2.shape), list(out2.stride()), [bm, bn])
+    else:
+        x_arg, wg_arg, wu_arg, out_arg = x2, wg, wu, out2
+    num_tiles = cdiv(M, cfg.block_m) * cdiv(N, cfg.block_n)
+    grid_size = min(num_tiles, sms) if cfg.persistent else num_tiles
+    dummy = out2  # never read: the constexpr switches compile those loads away
+    _gated_mlp_kernel[(grid_size,)](
+        x_arg, wg_arg, wu_arg, out_arg,
+        bg if bg is not None else dummy, bu if bu is not None else dummy,
+        x_scale if fp8 else dummy, wg_scale if fp8 else dummy, wu_scale if fp8 else dummy,
+        M, N, K,
+        x2.stride(0), wg.stride(0), wu.stride(0), out2.stride(0),
+        grid_size,
+        ACTIVATION=act_id, HAS_BIAS=bg is not None, FP8=fp8, USE_TMA=use_tma,
+        DOT_PRECISION="ieee" if x2.dtype == torch.float32 else "tf32",
+        FLATTEN=cfg.flatten and cfg.persistent,
+        ALIGN_IN=16 // x2.element_size() if in_aligned else 1,
+        ALIGN_OUT=16 // out2.element_size() if out_aligned else 1,
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+
+
+def _zero_k_result(M: int, N: int, act: str, bg: torch.Tensor | None, bu: torch.Tensor | None,
+                   dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """hidden == 0: both projections are their biases (or 0); no kernel is needed."""
+    g = torch.zeros(N, dtype=torch.float32, device=device) if bg is None else bg.float()
+    u = torch.zeros(N, dtype=torch.float32, device=device) if bu is None else bu.float()
+    return gated_mlp_reference_torch(g[None, :], None, None, act, u_pre=u[None, :]).expand(M, N).to(dtype)
+
+
+def _run(x: torch.Tensor, wg: torch.Tensor, wu: torch.Tensor, out: torch.Tensor, activation: str,
+         bg: torch.Tensor | None, bu: torch.Tensor | None, x_scale: torch.Tensor | None = None,
+         wg_scale: torch.Tensor | None = None, wu_scale: torch.Tensor | None = None,
+         config: GatedMLPConfig | None = None) -> None:
+    """Flatten x/out to rows and launch (inputs already validated)."""
+    N, K = wg.shape
+    M = math.prod(x.shape[:-1])
+    if M == 0 or N == 0:
+        return
+    if K == 0:
+        out.copy_(_zero_k_result(M, N, activation, bg, bu, out.dtype, out.device).view(out.shape))
+        return
+    x2 = rows_view(x)
+    out2 = out.view(-1, N) if out.is_contiguous() else None
+    if out2 is None and out.dim() == 2:
+        out2 = out  # strided rows, contiguous last dim: written in place through stride_om
+    target = out2 if out2 is not None else torch.empty((M, N), dtype=out.dtype, device=out.device)
+    xs = x_scale.reshape(-1) if x_scale is not None else None
+    _launch(x2, wg, wu, target, ACTIVATIONS[activation], bg, bu, xs, wg_scale, wu_scale, config)
+    if out2 is None:
+        out.copy_(target.view(out.shape))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Validation
+# ----------------------------------------------------------------------------------------------------
+
+
+def _validate(x, gate_weight, up_weight, activation, gate_bias=None, up_bias=None,
+              allowed=FLOAT_DTYPES) -> None:
+    check_tensor(x, "x")
+    check_tensor(gate_weight, "gate_weight")
+    check_tensor(up_weight, "up_weight")
+    if not isinstance(activation, str):
+        raise InvalidArgumentError(f"activation must be a string, got {type(activation).__name__}")
+    check_choice(activation, "activation", tuple(ACTIVATIONS))
+    check_ndim(x, "x", min_ndim=1)
+    check_ndim(gate_weight, "gate_weight", 2)
+    check_ndim(up_weight, "up_weight", 2)
+    if gate_weight.shape != up_weight.shape:
+        raise ShapeError(f"gate_weight has shape {tuple(gate_weight.shape)} but up_weight has shape "
+                         f"{tuple(up_weight.shape)}; both must be [intermediate, hidden]")
+    if x.shape[-1] != gate_weight.shape[1]:
+        raise ShapeError(f"x has hidden size {x.shape[-1]} (shape {tuple(x.shape)}) but the weights are "
+                         f"{tuple(gate_weight.shape)} = [intermediate, hidden]; expected x[..., "
+                         f"{gate_weight.shape[1]}]")
+    biases = {"gate_bias": gate_bias, "up_bias": up_bias}
+    for name, b in biases.items():
+        if b is None:
+            continue
+        check_tensor(b, name)
+        if tuple(b.shape) != (gate_weight.shape[0],):
+            raise ShapeError(f"{name} has shape {tuple(b.shape)}, expected ({gate_weight.shape[0]},)")
+        check_last_dim_contiguous(b, name)
+    if (gate_bias is None) != (up_bias is None):
+        raise InvalidArgumentError("give both gate_bias and up_bias, or neither")
+    check_dtype(x, "x", allowed)
+    check_same_dtype({"x": x, "gate_weight": gate_weight, "up_weight": up_weight, **biases})
+    device = check_same_device({"x": x, "gate_weight": gate_weight, "up_weight": up_weight, **biases})
+    check_runnable_device(device, "x")
+    check_last_dim_contiguous(x, "x")
+    check_last_dim_contiguous(gate_weight, "gate_weight")
+    check_last_dim_contiguous(up_weight, "up_weight")
+
+
+def _out_shape(x: torch.Tensor, w: torch.Tensor) -> tuple[int, ...]:
+    return (*x.shape[:-1], w.shape[0])
+
+
+# ----------------------------------------------------------------------------------------------------
+# 3. Custom ops
+# ----------------------------------------------------------------------------------------------------
+
+
+@torch.library.custom_op("triton_ops::fused_gated_mlp", mutates_args=())
+def _fused_gated_mlp_op(x: torch.Tensor, gate_weight: torch.Tensor, up_weight: torch.Tensor,
+                        activation: str, gate_bias: Optional[torch.Tensor],
+                        up_bias: Optional[torch.Tensor]) -> torch.Tensor:
+    out = torch.empty(_out_shape(x, gate_weight), dtype=x.dtype, device=x.device)
+    _run(x, gate_weight, up_weight, out, activation, gate_bias, up_bias)
+    return out
+
+
+@_fused_gated_mlp_op.register_fake
+def _(x, gate_weight, up_weight, activation, gate_bias, up_bias):
+    return x.new_empty(_out_shape(x, gate_weight))
+
+
+def _activation_and_grad(g: torch.Tensor, activation: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """act(g) and act'(g) in g's dtype (the backward computes in fp32)."""
+    if activation == "silu":
+        s = torch.sigmoid(g)
+        return g * s, s * (1 + g * (1 - s))
+    if activation == "gelu":
+        cdf = 0.5 * (1 + torch.erf(g * 0.7071067811865476))
+        pdf = torch.exp(-0.5 * g * g) * 0.3989422804014327
+        return g * cdf, cdf + g * pdf
+    c = 0.7978845608028654
+    t = torch.tanh(c * (g + 0.044715 * g * g * g))
+    return 0.5 * g * (1 + t), 0.5 * (1 + t) + 0.5 * g * (1 - t * t) * c * (1 + 3 * 0.044715 * g * g)
+
+
+def _setup_context(ctx, inputs, output):
+    x, gate_weight, up_weight, activation, gate_bias, up_bias = inputs
+    ctx.activation = activation
+    ctx.has_bias = gate_bias is not None
+    ctx.save_for_backward(x, gate_weight, up_weight, gate_bias, up_bias)
+
+
+def _backward(ctx, grad_out):
+    """Recompute both projections in fp32 (no [M, I] activations were kept) and apply the chain rule:
+    dG = dH * up * act'(G), dU = dH * act(G); dx = dG Wg + dU Wu; dWg = dG^T x; dWu = dU^T x."""
+    x, wg, wu, bg, bu = ctx.saved_tensors
+    xf = x.reshape(-1, x.shape[-1]).float()
+    g = xf @ wg.float().t()
+    u = xf @ wu.float().t()
+    if ctx.has_bias:
+        g = g + bg.float()
+        u = u + bu.float()
+    a, da = _activation_and_grad(g, ctx.activation)
+    dh = grad_out.reshape(-1, wg.shape[0]).float()
+    dg = dh * u * da
+    du = dh * a
+    dx = (dg @ wg.float() + du @ wu.float()).to(x.dtype).reshape(x.shape)
+    dwg = (dg.t() @ xf).to(wg.dtype)
+    dwu = (du.t() @ xf).to(wu.dtype)
+    dbg = dg.sum(0).to(bg.dtype) if ctx.has_bias else None
+    dbu = du.sum(0).to(bu.dtype) if ctx.has_bias else None
+    return dx, dwg, dwu, None, dbg, dbu
+
+
+_fused_gated_mlp_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+@torch.library.custom_op("triton_ops::fused_gated_mlp_out", mutates_args=("out",))
+def _fused_gated_mlp_out_op(x: torch.Tensor, gate_weight: torch.Tensor, up_weight: torch.Tensor,
+                            activation: str, gate_bias: Optional[torch.Tensor],
+                            up_bias: Optional[torch.Tensor], out: torch.Tensor) -> None:
+    _run(x, gate_weight, up_weight, out, activation, gate_bias, up_bias)
+
+
+@_fused_gated_mlp_out_op.register_fake
+def _(x, gate_weight, up_weight, activation, gate_bias, up_bias, out):
+    return None
+
+
+@torch.library.custom_op("triton_ops::fused_gated_mlp_fp8", mutates_args=())
+def _fused_gated_mlp_fp8_op(x_q: torch.Tensor, x_scale: torch.Tensor, gate_q: torch.Tensor,
+                            gate_scale: torch.Tensor, up_q: torch.Tensor, up_scale: torch.Tensor,
+                            activation: str, out_dtype: torch.dtype) -> torch.Tensor:
+    out = torch.empty(_out_shape(x_q, gate_q), dtype=out_dtype, device=x_q.device)
+    _run(x_q, gate_q, up_q, out, activation, None, None, x_scale, gate_scale, up_scale)
+    return out
+
+
+@_fused_gated_mlp_fp8_op.register_fake
+def _(x_q, x_scale, gate_q, gate_scale, up_q, up_scale, activation, out_dtype):
+    return torch.empty(_out_shape(x_q, gate_q), dtype=out_dtype, device=x_q.device)
+
+
+# ----------------------------------------------------------------------------------------------------
+# 4. Functional API
+# ----------------------------------------------------------------------------------------------------
+
+
+def fused_gated_mlp(x: torch.Tensor, gate_weight: torch.Tensor, up_weight: torch.Tensor,
+                    activation: str = "silu", *, gate_bias: torch.Tensor | None = None,
+                    up_bias: torch.Tensor | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``act(x @ gate_weight.T + gate_bias) * (x @ up_weight.T + up_bias)`` in one fused kernel.
+
+    Args:
+        x: ``[..., hidden]`` fp16, bf16 or fp32, last dim contiguous (rows may be strided).
+        gate_weight, up_weight: ``[intermediate, hidden]`` (the ``nn.Linear`` layout), same dtype as x.
+        activation: ``"silu"`` (SwiGLU), ``"gelu"`` (exact erf, GeGLU) or ``"gelu_tanh"``.
+        gate_bias, up_bias: optional ``[intermediate]`` biases (both or neither).
+        out: optional ``[..., intermediate]`` output buffer of x's dtype.
+
+    Returns:
+        ``[..., intermediate]`` in x's dtype. Accumulation and the activation are fp32.
+    """
+    _validate(x, gate_weight, up_weight, activation, gate_bias, up_bias)
+    if out is not None:
+        check_out(out, "out", _out_shape(x, gate_weight), x.dtype, x.device)
+        torch.ops.triton_ops.fused_gated_mlp_out(x, gate_weight, up_weight, activation, gate_bias, up_bias, out)
+        return out
+    return torch.ops.triton_ops.fused_gated_mlp(x, gate_weight, up_weight, activation, gate_bias, up_bias)
+
+
+def quantize_rows_fp8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row (per-token / per-output-channel) e4m3 quantization: ``x ~= q.float() * scale``.
+
+    Returns ``q`` (e4m3, x's shape) and ``scale`` (fp32, ``[..., 1]``). Uses the library's FP8 quantizer
+    when it is available and a few torch ops otherwise (all-zero rows get scale 1).
+    """
+    try:
+        from .fp8_quantize import quantize_fp8
+    except ImportError:
+        quantize_fp8 = None
+    if quantize_fp8 is not None and x.numel() and (x.is_cuda or interpreter_enabled()):
+        q, scale = quantize_fp8(x, dtype=torch.float8_e4m3fn, granularity="row")
+        return q, scale.reshape(*x.shape[:-1], 1).float()
+    amax = x.detach().abs().amax(dim=-1, keepdim=True).float() if x.numel() else \
+        torch.zeros((*x.shape[:-1], 1), device=x.device)
+    scale = torch.where(amax > 0, amax / FP8_E4M3_MAX, torch.ones_like(amax))
+    q = (x.float() / scale).clamp(-FP8_E4M3_MAX, FP8_E4M3_MAX).to(torch.float8_e4m3fn)
+    return q, scale
+
+
+def fused_gated_mlp_fp8(x_q: torch.Tensor, x_scale: torch.Tensor, gate_q: torch.Tensor,
+                        gate_scale: torch.Tensor, up_q: torch.Tensor, up_scale: torch.Tensor,
+                        activation: str = "silu", out_dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+    """FP8 fused gated MLP on pre-quantized operands.
+
+    ``x_q`` ``[..., hidden]`` e4m3 with ``x_scale`` ``[..., 1]`` (or ``[rows]``) fp32 per row;
+    ``gate_q``/``up_q`` ``[intermediate, hidden]`` e4m3 with ``gate_scale``/``up_scale``
+    ``[intermediate]`` (or ``[intermediate, 1]``) fp32 per output channel. The scales multiply the fp32
+    accumulators in the epilogue, before the activation. Needs FP8 tensor cores (sm_89+) or the
+    interpreter.
+    """
+    _validate(x_q, gate_q, up_q, activation, allowed=(torch.float8_e4m3fn,))
+    check_dtype(torch.empty(0, dtype=out_dtype), "out_dtype", FLOAT_DTYPES)
+    rows = math.prod(x_q.shape[:-1])
+    inter = gate_q.shape[0]
+    for name, s, n in (("x_scale", x_scale, rows), ("gate_scale", gate_scale, inter),
+                       ("up_scale", up_scale, inter)):
+        check_tensor(s, name)
+        check_dtype(s, name, (torch.float32,))
+        if s.numel() != n:
+            raise ShapeError(f"{name} has shape {tuple(s.shape)} ({s.numel()} values); expected one scale "
+                             f"per {'row of x' if name == 'x_scale' else 'output channel'} ({n})")
+    check_same_device({"x_q": x_q, "x_scale": x_scale, "gate_q": gate_q, "gate_scale": gate_scale,
+                       "up_q": up_q, "up_scale": up_scale})
+    arch = _device_arch(x_q.device)
+    if arch is not None and arch < 89:
+        raise UnsupportedError(f"the FP8 gated MLP needs FP8 tensor cores (sm_89 or newer); this device is "
+                               f"sm_{arch}. Use the fp16/bf16 path (FusedGatedMLP without fp8) instead")
+    return torch.ops.triton_ops.fused_gated_mlp_fp8(
+        x_q, x_scale.reshape(-1).contiguous(), gate_q, gate_scale.reshape(-1).contiguous(), up_q,
+        up_scale.reshape(-1).contiguous(), activation, out_dtype)
+
+
+def gated_mlp_reference_torch(x: torch.Tensor, gate_weight: torch.Tensor | None,
+                              up_weight: torch.Tensor | None, activation: str = "silu",
+                              gate_bias: torch.Tensor | None = None, up_bias: torch.Tensor | None = None,
+                              *, u_pre: torch.Tensor | None = None) -> torch.Tensor:
+    """The unfused torch form: two projections, then ``act(gate) * up`` (computes in x's dtype).
+
+    With ``gate_weight=None`` x is taken as the gate pre-activation and ``u_pre`` as the up projection.
+    """
+    g = x if gate_weight is None else torch.nn.functional.linear(x, gate_weight, gate_bias)
+    u = u_pre if up_weight is None else torch.nn.functional.linear(x, up_weight, up_bias)
+    if activation == "silu":
+        a = torch.nn.functional.silu(g)
+    elif activation == "gelu":
+        a = torch.nn.functional.gelu(g)
+    elif activation == "gelu_tanh":
+        a = torch.nn.functional.gelu(g, approximate="tanh")
+    else:
+        raise InvalidArgumentError(f"activation={activation!r} is not supported; expected one of "
+                                   f"{tuple(ACTIVATIONS)}")
+    return a * u
+
+
+# ----------------------------------------------------------------------------------------------------
+# Module
+# ----------------------------------------------------------------------------------------------------
+
+
+class FusedGatedMLP(torch.nn.Module):
+    """``act(x @ Wg^T + bg) * (x @ Wu^T + bu)`` (the gate/up half of a LLaMA-style MLP) as one kernel.
+
+    Storage: one ``weight`` parameter ``[2 * intermediate, hidden]`` holding the gate rows then the up
+    rows (one allocation, the layout of the concatenated GEMM; the kernel reads the two halves as
+    views with no copy), and with ``bias=True`` one ``bias`` ``[2 * intermediate]`` in the same order.
+    :meth:`gate_up_weights` / :meth:`to_hf_state_dict` give the two ``[intermediate, hidden]`` weights
+    back; :meth:`from_linear` and :meth:`from_hf_state_dict` build the module from them.
+
+    ``fp8=True`` (or :meth:`to_fp8`) stores e4m3 weights with one fp32 scale per output channel and
+    quantizes activations per token at each call; outputs keep the input's dtype.
+    """
+
+    def __init__(self, hidden_dim: int, intermediate_dim: int, activation: str = "silu", bias: bool = False,
+                 *, fp8: bool = False, device=None, dtype=None) -> None:
+        super().__init__()
+        for name, v in (("hidden_dim", hidden_dim), ("intermediate_dim", intermediate_dim)):
+            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+                raise InvalidArgumentError(f"{name} must be a positive int, got {v!r}")
+        check_choice(activation, "activation", tuple(ACTIVATIONS))
+        self.hidden_dim = hidden_dim
+        self.intermediate_dim = intermediate_dim
+        self.activation = activation
+        self.is_fp8 = False
+        factory = {"device": device, "dtype": dtype}
+        self.weight = torch.nn.Parameter(torch.empty(2 * intermediate_dim, hidden_dim, **factory))
+        self.bias = torch.nn.Parameter(torch.empty(2 * intermediate_dim, **factory)) if bias else None
+        self.reset_parameters()
+        if fp8:
+            self.to_fp8()
+
+    def reset_parameters(self) -> None:
+        """nn.Linear's initialisation, applied to the gate and up halves independently."""
+        if self.is_fp8:
+            raise UnsupportedError("reset_parameters on an FP8 module; build a new module instead")
+        inter = self.intermediate_dim
+        bound = 1.0 / math.sqrt(self.hidden_dim)
+        with torch.no_grad():
+            for half in (self.weight[:inter], self.weight[inter:]):
+                torch.nn.init.kaiming_uniform_(half, a=math.sqrt(5))
+            if self.bias is not None:
+                self.bias.uniform_(-bound, bound)
+
+    # --- conversions --------------------------------------------------------------------------------
+
+    @classmethod
+    def from_weights(cls, gate_weight: torch.Tensor, up_weight: torch.Tensor, activation: str = "silu",
+                     gate_bias: torch.Tensor | None = None, up_bias: torch.Tensor | None = None,
+                     fp8: bool = False) -> FusedGatedMLP:
+        """Build from two ``[intermediate, hidden]`` weights (copied into the packed layout)."""
+        check_tensor(gate_weight, "gate_weight")
+        check_tensor(up_weight, "up_weight")
+        check_ndim(gate_weight, "gate_weight", 2)
+        if gate_weight.shape != up_weight.shape:
+            raise ShapeError(f"gate_weight has shape {tuple(gate_weight.shape)} but up_weight has shape "
+                             f"{tuple(up_weight.shape)}; both must be [intermediate, hidden]")
+        if (gate_bias is None) != (up_bias is None):
+            raise InvalidArgumentError("give both gate_bias and up_bias, or neither")
+        check_same_dtype({"gate_weight": gate_weight, "up_weight": up_weight})
+        inter, hidden = gate_weight.shape
+        mod = cls(hidden, inter, activation, bias=gate_bias is not None, device=gate_weight.device,
+                  dtype=gate_weight.dtype)
+        with torch.no_grad():
+            mod.weight[:inter].copy_(gate_weight)
+            mod.weight[inter:].copy_(up_weight)
+            if gate_bias is not None:
+                mod.bias[:inter].copy_(gate_bias)
+                mod.bias[inter:].copy_(up_bias)
+        if fp8:
+            mod.to_fp8()
+        return mod
+
+    @classmethod
+    def from_linear(cls, gate_proj: torch.nn.Linear, up_proj: torch.nn.Linear, activation: str = "silu",
+                    fp8: bool = False) -> FusedGatedMLP:
+        """Build from two ``nn.Linear(hidden, intermediate)`` layers (``gate_proj``, ``up_proj``)."""
+        for name, lin in (("gate_proj", gate_proj), ("up_proj", up_proj)):
+            if not isinstance(lin, torch.nn.Linear):
+                raise InvalidArgumentError(f"{name} must be an nn.Linear, got {type(lin).__name__}")
+        return cls.from_weights(gate_proj.weight.detach(), up_proj.weight.detach(), activation,
+                                None if gate_proj.bias is None else gate_proj.bias.detach(),
+                                None if up_proj.bias is None else up_proj.bias.detach(), fp8=fp8)
+
+    @classmethod
+    def from_hf_state_dict(cls, state_dict: dict[str, torch.Tensor], prefix: str = "",
+                           activation: str = "silu", fp8: bool = False) -> FusedGatedMLP:
+        """Build from a Hugging Face style MLP state dict: ``{prefix}gate_proj.weight``,
+        ``{prefix}up_proj.weight`` (and ``.bias`` when present). ``down_proj`` entries are ignored."""
+        keys = [f"{prefix}gate_proj.weight", f"{prefix}up_proj.weight"]
+        missing = [k for k in keys if k not in state_dict]
+        if missing:
+            raise InvalidArgumentError(f"state dict lacks {missing}; it has {sorted(state_dict)[:8]}")
+        gb = state_dict.get(f"{prefix}gate_proj.bias")
+        ub = state_dict.get(f"{prefix}up_proj.bias")
+        return cls.from_weights(state_dict[keys[0]], state_dict[keys[1]], activation, gb, ub, fp8=fp8)
+
+    def gate_up_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The gate and up weights ``[intermediate, hidden]`` in the ``nn.Linear`` layout (copies;
+        dequantized to fp32 for an FP8 module)."""
+        inter = self.intermediate_dim
+        if self.is_fp8:
+            w = self.weight_fp8.float() * self.weight_scale[:, None]
+        else:
+            w = self.weight.detach()
+        return w[:inter].clone(), w[inter:].clone()
+
+    def to_hf_state_dict(self, prefix: str = "") -> dict[str, torch.Tensor]:
+        """``{prefix}gate_proj.weight``, ``{prefix}up_proj.weight`` (+ biases) in the original layout."""
+        g, u = self.gate_up_weights()
+        sd = {f"{prefix}gate_proj.weight": g, f"{prefix}up_proj.weight": u}
+        if self.bias is not None:
+            inter = self.intermediate_dim
+            sd[f"{prefix}gate_proj.bias"] = self.bias.detach()[:inter].clone()
+            sd[f"{prefix}up_proj.bias"] = self.bias.detach()[inter:].clone()
+        return sd
+
+    @torch.no_grad()
+    def to_fp8(self) -> FusedGatedMLP:
+        """Quantize the weights to e4m3 with one scale per output channel (in place; returns self).
+
+        The fp16/bf16 ``weight`` parameter is replaced by the buffers ``weight_fp8`` and
+        ``weight_scale``; the module then runs the FP8 kernel and returns the input's dtype.
+        """
+        if self.is_fp8:
+            return self
+        if self.bias is not None:
+            raise UnsupportedError("the FP8 gated MLP has no bias path; build the module with bias=False")
+        q, scale = quantize_rows_fp8(self.weight.detach().float())
+        del self.weight
+        self.register_buffer("weight_fp8", q.contiguous())
+        self.register_buffer("weight_scale", scale.reshape(-1).contiguous())
+        self.is_fp8 = True
+        return self
+
+    # --- forward ------------------------------------------------------------------------------------
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        inter = self.intermediate_dim
+        if not self.is_fp8:
+            gb = ub = None
+            if self.bias is not None:
+                gb, ub = self.bias[:inter], self.bias[inter:]
+            return fused_gated_mlp(x, self.weight[:inter], self.weight[inter:], self.activation,
+                                   gate_bias=gb, up_bias=ub)
+        check_tensor(x, "x")
+        check_dtype(x, "x", FLOAT_DTYPES)
+        if x.shape[-1] != self.hidden_dim:
+            raise ShapeError(f"x has hidden size {x.shape[-1]} (shape {tuple(x.shape)}); this module expects "
+                             f"{self.hidden_dim}")
+        check_same_device({"x": x, "weight_fp8": self.weight_fp8})
+        check_runnable_device(x.device, "x")
+        check_last_dim_contiguous(x, "x")
+        x_q, x_scale = quantize_rows_fp8(x)
+        w, s = self.weight_fp8, self.weight_scale
+        return fused_gated_mlp_fp8(x_q, x_scale, w[:inter], s[:inter], w[inter:], s[inter:], self.activation,
+                                   out_dtype=x.dtype)
+
+    def extra_repr(self) -> str:
+        return (f"hidden_dim={self.hidden_dim}, intermediate_dim={self.intermediate_dim}, "
+                f"activation={self.activation!r}, bias={self.bias is not None}, fp8={self.is_fp8}")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Compile check
+# ----------------------------------------------------------------------------------------------------
+
+
+def _spec(arch: int, dtype: torch.dtype, cfg: GatedMLPConfig, act: str = "silu", has_bias: bool = False,
+          out_dtype: torch.dtype | None = None, aligned: bool = True) -> CompileSpec:
+    fp8 = dtype == torch.float8_e4m3fn
+    t = _TORCH_TO_TL[dtype]
+    to = _TORCH_TO_TL[out_dtype or dtype]
+    bm, bn, bk = cfg.block_m, cfg.block_n, cfg.block_k
+    if cfg.use_tma:
+        xs, wgs, ous = f"tensordesc<{t}[{bm}, {bk}]>", f"tensordesc<{t}[{bn}, {bk}]>", f"tensordesc<{to}[{bm}, {bn}]>"
+    else:
+        xs, wgs, ous = f"*{t}", f"*{t}", f"*{to}"
+    sig = {
+        "x": xs, "wg": wgs, "wu": wgs, "out": ous,
+        "bg_ptr": f"*{t}", "bu_ptr": f"*{t}", "xs_ptr": "*fp32", "wgs_ptr": "*fp32", "wus_ptr": "*fp32",
+        "M": "i32", "N": "i32", "K": "i32",
+        "stride_xm": "i32", "stride_wgn": "i32", "stride_wun": "i32", "stride_om": "i32",
+        "num_progs": "i32",
+    }
+    constexprs = {
+        "ACTIVATION": ACTIVATIONS[act], "HAS_BIAS": has_bias, "FP8": fp8, "USE_TMA": cfg.use_tma,
+        "DOT_PRECISION": "ieee" if dtype == torch.float32 else "tf32", "FLATTEN": cfg.flatten and cfg.persistent,
+        "ALIGN_IN": 16 // dtype.itemsize if aligned else 1,
+        "ALIGN_OUT": 16 // (out_dtype or dtype).itemsize if aligned else 1,
+        "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": cfg.group_m,
+    }
+    for name in ("ACTIVATION", "HAS_BIAS", "FP8", "USE_TMA", "DOT_PRECISION", "FLATTEN", "ALIGN_IN", "ALIGN_OUT",
+                 "BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M"):
+        sig[name] = "constexpr"
+    must = []
+    # wgmma needs a 64-row warpgroup tile: every Hopper config with BLOCK_M >= 64 must use it.
+    if arch == 90 and bm >= 64 and dtype != torch.float32:
+        must.append(r"wgmma\.mma_async.*e4m3" if fp8 else r"wgmma\.mma_async")
+    align = "" if aligned or cfg.use_tma else " unaligned"
+    label = (f"gated_mlp{align} {str(dtype).replace('torch.', '')}->{str(out_dtype or dtype).replace('torch.', '')} "
+             f"{act}{' bias' if has_bias else ''} {cfg.label()}")
+    return CompileSpec(_gated_mlp_kernel, sig, constexprs, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+                       label=label, ptx_must_contain=must)
+
+
+def compile_specs(arch: int) -> list[CompileSpec]:
+    """Every config :func:`pick_config` can choose for ``sm_<arch>`` (80, 89, 90).
+
+    fp16 and bf16: every candidate block config with silu, plus the unaligned-operand config (with and
+    without 16-byte alignment, the latter being an aligned input with an odd intermediate size); the
+    other activations and the bias path change only the epilogue, so they are built on the large and
+    mid configs. fp32: its single config. FP8 (sm_89+): every candidate with bf16 output, fp16 output
+    on the large config, and the unaligned config.
+    """
+    specs: list[CompileSpec] = []
+    family = _arch_family(arch)
+    for dtype in (torch.float16, torch.bfloat16):
+        for cfg in candidate_configs(arch, dtype):
+            specs.append(_spec(arch, dtype, cfg))
+        un = _unaligned_config("fp16")
+        specs.append(_spec(arch, dtype, un, aligned=False))
+        specs.append(_spec(arch, dtype, un, aligned=True))
+    large = _large_configs(family, "fp16")[0]
+    mid = _mid_config(family, "fp16")
+    for cfg in (large, mid):
+        for act in ("gelu", "gelu_tanh"):
+            specs.append(_spec(arch, torch.float16, cfg, act=act))
+        specs.append(_spec(arch, torch.bfloat16, cfg, has_bias=True))
+    specs.append(_spec(arch, torch.float32, _FP32_CONFIG, has_bias=True))
+    specs.append(_spec(arch, torch.float32, _FP32_CONFIG, has_bias=True, aligned=False))
+    if arch >= 89:
+        fp8 = torch.float8_e4m3fn
+        for cfg in candidate_configs(arch, fp8):
+            specs.append(_spec(arch, fp8, cfg, out_dtype=torch.bfloat16))
+        specs.append(_spec(arch, fp8, _large_configs(family, "fp8")[0], act="gelu", out_dtype=torch.float16))
+        specs.append(_spec(arch, fp8, _unaligned_config("fp8"), out_dtype=torch.bfloat16, aligned=False))
+    return specs
+
+
+__all__ = [
+    "ACTIVATIONS",
+    "FusedGatedMLP",
+    "GatedMLPConfig",
+    "candidate_configs",
+    "compile_specs",
+    "fused_gated_mlp",
+    "fused_gated_mlp_fp8",
+    "gated_mlp_reference_torch",
+    "pick_config",
+    "quantize_rows_fp8",
+]
