@@ -1,0 +1,585 @@
+"""FP8 GEMM: ``out = (a * a_scale) @ (b * b_scale) + bias`` with fp32 accumulation.
+
+One Triton kernel, ``_fp8_gemm_kernel``, covers every path; constexpr switches pick the variant:
+
+* **native FP8** (sm_89 Ada, sm_90 Hopper): fp8 operands go straight into ``tl.dot`` (``wgmma ... e4m3`` on
+  Hopper when the tile has >= 64 rows, ``mma ... e4m3`` on Ada), persistent grid (one program per SM
+  walking tiles in grouped order so neighbouring programs share A rows / B columns in L2).
+* **weight-only** (sm_80, and small M everywhere): B holds FP8 *bits* (read as uint8: Triton refuses the
+  fp8 types on sm_80) decoded in registers to fp16/bf16 with two shifts and a mask, then an fp16/bf16 dot.
+  Weight bytes are halved against fp16, so FP8Linear saves memory on Ampere too, and small-M (decode)
+  GEMMs read the weights once at near copy speed without quantizing the activations.
+
+Scales: a per tensor (``[]``/``[1]``), per row (``[M, 1]``) or per (1, 128) block (``[M, ceil(K/128)]``);
+b per tensor, per column (``[1, N]``) or per (128, 128) block (``[ceil(K/128), ceil(N/128)]``). Row/column
+scales are applied once in the epilogue; block scales multiply each K step's partial product (the K step
+is then fixed at 128).
+
+From fp16/bf16/fp32 inputs (``fp8_gemm(a, b)``) the quantization is per row for a and per column for b,
+dynamic. Bytes per element, the choice made on paper (M = N = K = 4096, fp16, H100 copy ~2.9 TB/s):
+
+* fused quantize-in-the-GEMM (fp16 tiles loaded and converted in registers) re-converts every A element
+  N/BLOCK_N times and every B element M/BLOCK_M times: ~0.8 G conversions at ~2.5 ALU ops each, ~70 us of
+  ALU work competing with a ~110 us GEMM; with on-the-fly per-tile amax it would be several times that.
+* separate passes convert each element once: a per-row one-pass quantize (read 2 B + write 1 B), b a
+  column-amax pass (read 2 B) plus a quantize pass that also transposes b to K-major (read 2 B + write
+  1 B, the layout FP8 wgmma wants): 128 MB, ~44 us, then a pure FP8 GEMM at full tensor-core rate.
+
+The separate passes win on paper and keep the GEMM at the cuBLASLt-class rate, so that is the path.
+
+Weights may be given transposed (``b = w.t()`` with ``w [N, K]`` contiguous) at no cost: the kernel takes
+any strides; K-major B (``stride_bk == 1``) is the fast layout for FP8 on Hopper.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ..compile_check import CompileSpec
+from ..exceptions import InvalidArgumentError, ShapeError
+from ..utils import cdiv, device_capability, num_sms
+from ..validation import (
+    FLOAT_DTYPES,
+    FP8_DTYPES,
+    check_dtype,
+    check_runnable_device,
+    check_same_device,
+    check_tensor,
+)
+from .fp8_quantize import _quantize_impl, check_scale_values
+
+# ---------------------------------------------------------------------------------------------------
+# Layer 1: kernel
+# ---------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _tile_coords(tile, num_pid_m, num_pid_n, GROUP_M: tl.constexpr):
+    """Grouped order: GROUP_M row-tiles share each column sweep, so A and B tiles are reused from L2."""
+    width = GROUP_M * num_pid_n
+    group = tile // width
+    first_m = group * GROUP_M
+    size_m = tl.minimum(num_pid_m - first_m, GROUP_M)
+    pid_m = first_m + (tile % width) % size_m
+    pid_n = (tile % width) // size_m
+    return pid_m, pid_n
+
+
+@triton.jit
+def _decode_fp8_bits(bits, E5M2: tl.constexpr, TY: tl.constexpr):
+    """FP8 bit patterns (uint8) -> fp16 (then TY), exact, with no FP8 instruction (works on sm_80).
+
+    e5m2 is the top byte of an fp16. For e4m3, ``(bits & 0x7F) << 7`` read as fp16 is the value divided
+    by 2^8 for normals and subnormals alike (fp16 exponent bias 15 vs 7); the launcher folds the 2^8
+    back into the epilogue scale. The e4m3 NaN code decodes to a finite value: quantized weights never
+    hold NaN (quantization saturates).
+    """
+    b = bits.to(tl.uint16)
+    if E5M2:
+        h = (b << 8).to(tl.float16, bitcast=True)
+    else:
+        h = (((b & 0x7F) << 7) | ((b & 0x80) << 8)).to(tl.float16, bitcast=True)
+    return h.to(TY)
+
+
+@triton.jit
+def _fp8_gemm_kernel(a_ptr, b_ptr, c_ptr, as_ptr, bs_ptr, bias_ptr, M, N, K,
+                     stride_am, stride_ak, stride_bk, stride_bn, stride_cm, stride_cn,
+                     stride_asm, stride_ask, stride_bsk, stride_bsn, out_factor, NUM_PROGS,
+                     A_SCALE: tl.constexpr, B_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr,
+                     A_DECODE: tl.constexpr, B_DECODE: tl.constexpr, A_E5M2: tl.constexpr,
+                     B_E5M2: tl.constexpr, DOT_TY: tl.constexpr,
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                     GROUP_M: tl.constexpr, FLATTEN: tl.constexpr):
+    """Persistent tiled GEMM. Scale modes (A_SCALE / B_SCALE): 0 one scale, 1 per row of a / per column
+    of b, 2 per (1, BLOCK_K) block of a / per (BLOCK_K, 128) block of b (BLOCK_K == 128).
+    *_DECODE: the operand holds FP8 bits (uint8) decoded to DOT_TY in registers; otherwise it feeds
+    ``tl.dot`` as loaded (fp8 on sm_89+, or fp16/bf16 for the weight-only path). ``out_factor`` folds
+    the decode's power of two into the epilogue."""
+    pid = tl.program_id(0)
+    num_pid_m = tl.cdiv(M, BLOCK_M)
+    num_pid_n = tl.cdiv(N, BLOCK_N)
+    num_tiles = num_pid_m * num_pid_n
+    k_tiles = tl.cdiv(K, BLOCK_K)
+    offs_k = tl.arange(0, BLOCK_K)
+    for tile in tl.range(pid, num_tiles, NUM_PROGS, flatten=FLATTEN):
+        pid_m, pid_n = _tile_coords(tile, num_pid_m, num_pid_n, GROUP_M)
+        rm = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+        rn = pid_n.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
+        mmask = rm < M
+        nmask = rn < N
+        # Clamp out-of-range rows/cols to a valid one instead of masking the loads on M/N: unmasked
+        # loads along M and N keep the pipeline's loads vectorised; the store masks them out.
+        rm_c = tl.where(mmask, rm, 0)
+        rn_c = tl.where(nmask, rn, 0)
+        a_ptrs = a_ptr + rm_c[:, None] * stride_am + offs_k[None, :] * stride_ak
+        b_ptrs = b_ptr + offs_k[:, None] * stride_bk + rn_c[None, :] * stride_bn
+        acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+        for kt in range(0, k_tiles):
+            kmask = offs_k < K - kt * BLOCK_K
+            if A_DECODE:
+                a = _decode_fp8_bits(tl.load(a_ptrs, mask=kmask[None, :], other=0), A_E5M2, DOT_TY)
+            else:
+                a = tl.load(a_ptrs, mask=kmask[None, :], other=0.0)
+            if B_DECODE:
+                b = _decode_fp8_bits(tl.load(b_ptrs, mask=kmask[:, None], other=0), B_E5M2, DOT_TY)
+            else:
+                b = tl.load(b_ptrs, mask=kmask[:, None], other=0.0)
+            if A_SCALE == 2 or B_SCALE == 2:
+                part = tl.dot(a, b)
+                if A_SCALE == 2:
+                    sa = tl.load(as_ptr + rm_c * stride_asm + kt * stride_ask)
+                    part = part * sa[:, None]
+                if B_SCALE == 2:
+                    sb = tl.load(bs_ptr + kt * stride_bsk + (rn_c // 128) * stride_bsn)
+                    part = part * sb[None, :]
+                acc += part
+            else:
+                acc = tl.dot(a, b, acc)
+            a_ptrs += BLOCK_K * stride_ak
+            b_ptrs += BLOCK_K * stride_bk
+        # Epilogue: per-tensor / per-row / per-column scales, decode factor, bias, cast, store.
+        acc = acc * out_factor
+        if A_SCALE == 0:
+            acc = acc * tl.load(as_ptr)
+        elif A_SCALE == 1:
+            acc = acc * tl.load(as_ptr + rm_c * stride_asm)[:, None]
+        if B_SCALE == 0:
+            acc = acc * tl.load(bs_ptr)
+        elif B_SCALE == 1:
+            acc = acc * tl.load(bs_ptr + rn_c * stride_bsn)[None, :]
+        if HAS_BIAS:
+            acc = acc + tl.load(bias_ptr + rn_c).to(tl.float32)[None, :]
+        c_ptrs = c_ptr + rm[:, None] * stride_cm + rn[None, :] * stride_cn
+        tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=mmask[:, None] & nmask[None, :])
+
+
+# ---------------------------------------------------------------------------------------------------
+# Layer 2: configs and launcher
+# ---------------------------------------------------------------------------------------------------
+
+#: (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) per name. Shared memory per stage for fp8 operands
+#: is (BM + BN) * BK bytes: 48 KB for "h_256" (4 stages = 192 KB of the H100's 227 KB).
+CONFIGS = {
+    # Hopper, native FP8: 128x256 accumulator = 128 fp32 registers/thread over 8 warps (two warpgroups).
+    "h_256": (128, 256, 128, 8, 4),
+    "h_128": (128, 128, 128, 8, 4),  # fewer tiles than SMs with 128x256, or block-scaled b
+    # Ada (sm_89, ~99 KB shared memory per block): 16 KB/stage for fp8 at 128x128x64.
+    "ada_128": (128, 128, 64, 8, 4),
+    # Ampere weight-only / both decoded: fp16 A 128x64 (16 KB) + uint8 B 64x128 (8 KB) per stage.
+    "amp_128": (128, 128, 64, 8, 4),
+    # Small M (decode): one M tile, narrow N tiles so N/64 programs cover the SMs; deep K for bytes in flight.
+    "small_16": (16, 64, 256, 4, 4),
+    "small_32": (32, 64, 256, 4, 4),
+    "small_64": (64, 64, 128, 4, 4),
+    # Block-scaled (K step fixed at 128 by the scale groups): the per-step partial product doubles the
+    # accumulator registers, so one warpgroup owns a 64x128 tile (128x128 over 8 warps spilled 1.5 KB).
+    "h_blk": (64, 128, 128, 4, 4),
+    "blk_ada": (64, 128, 128, 4, 3),
+    "amp_blk": (64, 128, 128, 8, 3),  # both operands decoded: 4 warps spilled 100 B on sm_80
+}
+#: M at or below this takes the small-M configs.
+SMALL_M = 64
+
+
+def gemm_config(M: int, N: int, K: int, arch: int, *, weight_only: bool = False, block_scaled: bool = False,
+                sms: int = 132, out_fp32: bool = False) -> dict:
+    """Pure function of the problem -> kernel config (name, block sizes, warps, stages, grid size)."""
+    if M <= SMALL_M and not block_scaled:
+        name = "small_16" if M <= 16 else "small_32" if M <= 32 else "small_64"
+    elif arch >= 90 and not weight_only:
+        tiles_256 = cdiv(M, 128) * cdiv(N, 256)
+        # fp32 output: the 128x256 epilogue staging (128 KB) plus 4 stages needs 320 KB > 227 KB.
+        name = "h_blk" if block_scaled else "h_128" if (tiles_256 < sms or out_fp32) else "h_256"
+    elif arch >= 89 and not weight_only:
+        name = "blk_ada" if block_scaled else "ada_128"
+    else:
+        name = "amp_blk" if block_scaled else "amp_128"
+    bm, bn, bk, warps, stages = CONFIGS[name]
+    tiles = cdiv(M, bm) * cdiv(N, bn)
+    persistent = not name.startswith("small")
+    return {"name": name, "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "num_warps": warps, "num_stages": stages,
+            "GROUP_M": 8, "NUM_PROGS": max(1, min(tiles, sms) if persistent else tiles),
+            "FLATTEN": persistent and arch >= 90}
+
+
+def _arch(device: torch.device) -> int:
+    """Compute capability as an int (90, 89, 80); the interpreter runs the Hopper path."""
+    cap = device_capability(device)
+    if cap is None:
+        return 90
+    return cap[0] * 10 + cap[1]
+
+
+def _scale_mode(s: torch.Tensor, rows: int, groups: int, name: str, row_like: bool) -> int:
+    """0 tensor, 1 row/column, 2 block. ``rows``: M for a / N for b; ``groups``: ceil(K/128)."""
+    if s.numel() == 1:
+        return 0
+    if row_like and (tuple(s.shape) in ((rows, 1), (rows,))):
+        return 1
+    if not row_like and (tuple(s.shape) in ((1, rows), (rows,))):
+        return 1
+    if row_like and tuple(s.shape) == (rows, groups):
+        return 2
+    if not row_like and tuple(s.shape) == (groups, cdiv(rows, 128)):
+        return 2
+    want = (f"[] or [1] (tensor), [{rows}, 1] (row) or [{rows}, {groups}] ((1, 128) blocks)" if row_like else
+            f"[] or [1] (tensor), [1, {rows}] (column) or [{groups}, {cdiv(rows, 128)}] ((128, 128) blocks)")
+    raise ShapeError(f"{name} has shape {tuple(s.shape)}; expected {want}")
+
+
+def _scale_strides(s: torch.Tensor, mode: int, row_like: bool) -> tuple[int, int]:
+    if mode == 0:
+        return 0, 0
+    if mode == 1:
+        st = s.stride(0) if (row_like or s.dim() == 1) else s.stride(-1)
+        return (st, 0) if row_like else (0, st)
+    return s.stride(0), s.stride(1)
+
+
+def _launch(a2: torch.Tensor, b: torch.Tensor, a_s: torch.Tensor, b_s: torch.Tensor, bias, out: torch.Tensor,
+            a_mode: int, b_mode: int, *, a_decode: bool, b_decode: bool, weight_only: bool, arch: int):
+    M, K = a2.shape
+    N = b.shape[1]
+    cfg = gemm_config(M, N, K, arch, weight_only=weight_only or a_decode, block_scaled=2 in (a_mode, b_mode),
+                      sms=num_sms(a2.device), out_fp32=out.dtype == torch.float32)
+    if 2 in (a_mode, b_mode) and cfg["BLOCK_K"] != 128:
+        raise AssertionError("block-scaled configs must use BLOCK_K == 128")  # config table invariant
+    factor = 1.0
+    a_e5 = a2.dtype == torch.float8_e5m2
+    b_e5 = b.dtype == torch.float8_e5m2
+    if a_decode:
+        factor *= 1.0 if a_e5 else 256.0
+        a2 = a2.view(torch.uint8)
+    if b_decode:
+        factor *= 1.0 if b_e5 else 256.0
+        b = b.view(torch.uint8)
+    dot_ty = tl.bfloat16 if (a2.dtype == torch.bfloat16) else tl.float16
+    sam, sak = _scale_strides(a_s, a_mode, True)
+    sbk, sbn = _scale_strides(b_s, b_mode, False)
+    if b_mode == 2:
+        sbk, sbn = b_s.stride(0), b_s.stride(1)
+    grid = (cfg["NUM_PROGS"],)
+    _fp8_gemm_kernel[grid](
+        a2, b, out, a_s, b_s, bias if bias is not None else a_s, M, N, K,
+        a2.stride(0), a2.stride(1), b.stride(0), b.stride(1), out.stride(0), out.stride(1),
+        sam, sak, sbk, sbn, factor, cfg["NUM_PROGS"],
+        A_SCALE=a_mode, B_SCALE=b_mode, HAS_BIAS=bias is not None, A_DECODE=a_decode, B_DECODE=b_decode,
+        A_E5M2=a_e5, B_E5M2=b_e5, DOT_TY=dot_ty, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
+        BLOCK_K=cfg["BLOCK_K"], GROUP_M=cfg["GROUP_M"], FLATTEN=cfg["FLATTEN"],
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+    return out
+
+
+def _gemm_impl(a: torch.Tensor, b: torch.Tensor, a_scale, b_scale, bias, out_dtype: torch.dtype,
+               path: str) -> torch.Tensor:
+    """Launcher (inputs validated). ``path``: "auto", or "native" / "decode" to force a variant (tests)."""
+    lead = a.shape[:-1]
+    K = a.shape[-1]
+    N = b.shape[1]
+    M = 1
+    for d in lead:
+        M *= d
+    a2 = a.reshape(M, K)
+    out = torch.empty(M, N, dtype=out_dtype, device=a.device)
+    if M == 0 or N == 0:
+        return out.reshape(*lead, N)
+    if K == 0:
+        out.zero_()
+        if bias is not None:
+            out += bias.to(out_dtype)
+        return out.reshape(*lead, N)
+    arch = _arch(a.device)
+    decode = path == "decode" or (path == "auto" and arch < 89)
+    # Quantize float operands: a per row (one pass), b per column written K-major (transposed).
+    if a.dtype in FLOAT_DTYPES:
+        a2, a_scale = _quantize_impl(a2, "e4m3fn", "row", 1, 1, None)
+    if b.dtype in FLOAT_DTYPES:
+        b, b_scale = _quantize_impl(b, "e4m3fn", "column", 1, 1, None, transpose_out=True)
+    a_mode = _scale_mode(a_scale, M, cdiv(K, 128), "a_scale", True)
+    b_mode = _scale_mode(b_scale, N, cdiv(K, 128), "b_scale", False)
+    a_s = a_scale.to(torch.float32)
+    b_s = b_scale.to(torch.float32)
+    _launch(a2, b, a_s, b_s, bias, out, a_mode, b_mode, a_decode=decode, b_decode=decode, weight_only=False,
+            arch=arch)
+    return out.reshape(*lead, N)
+
+
+def _weight_only_impl(x: torch.Tensor, w_t: torch.Tensor, w_scale: torch.Tensor, bias, out_dtype) -> torch.Tensor:
+    """``x [.., K]`` fp16/bf16 times FP8 ``w_t [K, N]`` (decoded in registers) times per-column/tensor scales."""
+    lead = x.shape[:-1]
+    K = x.shape[-1]
+    N = w_t.shape[1]
+    M = 1
+    for d in lead:
+        M *= d
+    x2 = x.reshape(M, K)
+    out = torch.empty(M, N, dtype=out_dtype, device=x.device)
+    if M == 0 or N == 0:
+        return out.reshape(*lead, N)
+    if K == 0:
+        out.zero_()
+        if bias is not None:
+            out += bias.to(out_dtype)
+        return out.reshape(*lead, N)
+    if x2.dtype == torch.float32:
+        x2 = x2.to(torch.float16)  # the tensor-core dot takes fp16/bf16; weights carry 4 significant bits
+    b_mode = _scale_mode(w_scale, N, cdiv(K, 128), "w_scale", False)
+    a_s = torch.ones(1, dtype=torch.float32, device=x.device)
+    _launch(x2, w_t, a_s, w_scale.to(torch.float32), bias, out, 0, b_mode, a_decode=False, b_decode=True,
+            weight_only=True, arch=_arch(x.device))
+    return out.reshape(*lead, N)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Layer 3: custom ops
+# ---------------------------------------------------------------------------------------------------
+
+
+@torch.library.custom_op("triton_ops::fp8_gemm", mutates_args=())
+def _fp8_gemm_op(a: torch.Tensor, b: torch.Tensor, a_scale: torch.Tensor | None, b_scale: torch.Tensor | None,
+                 bias: torch.Tensor | None, out_dtype: torch.dtype, path: str) -> torch.Tensor:
+    return _gemm_impl(a, b, a_scale, b_scale, bias, out_dtype, path)
+
+
+@_fp8_gemm_op.register_fake
+def _(a, b, a_scale, b_scale, bias, out_dtype, path):
+    return a.new_empty(*a.shape[:-1], b.shape[1], dtype=out_dtype)
+
+
+@torch.library.custom_op("triton_ops::fp8_weight_only_gemm", mutates_args=())
+def _fp8_weight_only_op(x: torch.Tensor, w_t: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None,
+                        out_dtype: torch.dtype) -> torch.Tensor:
+    return _weight_only_impl(x, w_t, w_scale, bias, out_dtype)
+
+
+@_fp8_weight_only_op.register_fake
+def _(x, w_t, w_scale, bias, out_dtype):
+    return x.new_empty(*x.shape[:-1], w_t.shape[1], dtype=out_dtype)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Layer 4: functional API
+# ---------------------------------------------------------------------------------------------------
+
+_OUT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def _check_operands(a, b, bias, out_dtype):
+    check_tensor(a, "a")
+    check_tensor(b, "b")
+    check_dtype(a, "a", FLOAT_DTYPES + FP8_DTYPES)
+    check_dtype(b, "b", FLOAT_DTYPES + FP8_DTYPES)
+    if a.dim() < 2:
+        raise ShapeError(f"a must be [M, K] (or [..., K]), got shape {tuple(a.shape)}")
+    if b.dim() != 2:
+        raise ShapeError(f"b must be [K, N] (a weight w [N, K] is passed as w.t()), got shape {tuple(b.shape)}")
+    if a.shape[-1] != b.shape[0]:
+        raise ShapeError(f"inner dims differ: a is {tuple(a.shape)} (K={a.shape[-1]}) but b is {tuple(b.shape)} "
+                         f"(K={b.shape[0]}); a @ b needs a [M, K] and b [K, N]")
+    if out_dtype is not None and out_dtype not in _OUT_DTYPES:
+        raise InvalidArgumentError(f"out_dtype={out_dtype!r} is not supported; expected float16, bfloat16 or "
+                                   "float32")
+    if bias is not None:
+        check_tensor(bias, "bias")
+        check_dtype(bias, "bias", FLOAT_DTYPES)
+        if tuple(bias.shape) != (b.shape[1],):
+            raise ShapeError(f"bias has shape {tuple(bias.shape)}, expected ({b.shape[1]},)")
+
+
+def fp8_gemm(a: torch.Tensor, b: torch.Tensor, *, a_scale: torch.Tensor | None = None,
+             b_scale: torch.Tensor | None = None, bias: torch.Tensor | None = None,
+             out_dtype: torch.dtype | None = None, check_scales: bool = True,
+             _path: str = "auto") -> torch.Tensor:
+    """``a @ b`` in FP8 with fp32 accumulation; ``a [M, K]`` (or ``[..., K]``), ``b [K, N]``.
+
+    * fp16/bf16/fp32 operands are quantized automatically to e4m3 (dynamic: a per row, b per column).
+    * FP8 operands (e4m3fn or e5m2) come with their dequantization scales (``x ~= q.float() * scale``):
+      ``a_scale`` ``[]``/``[1]``, ``[M, 1]`` or ``[M, ceil(K/128)]`` (1x128 blocks); ``b_scale`` ``[]``/``[1]``,
+      ``[1, N]`` or ``[ceil(K/128), ceil(N/128)]`` (128x128 blocks).
+    * ``bias [N]`` and the output dtype (fp16/bf16/fp32; default: a's dtype for float a, bf16 for FP8 a)
+      are applied in the epilogue. ``b`` may be a transposed view (``w.t()``): no copy is made.
+    * ``check_scales`` verifies given scales are finite and positive (one host sync; skipped under
+      torch.compile and CUDA-graph capture). Pass False on hot paths whose scales come from quantize_fp8.
+    """
+    _check_operands(a, b, bias, out_dtype)
+    tensors = {"a": a, "b": b, "a_scale": a_scale, "b_scale": b_scale, "bias": bias}
+    for name, t in (("a_scale", a_scale), ("b_scale", b_scale)):
+        if t is not None:
+            check_tensor(t, name)
+            check_dtype(t, name, FLOAT_DTYPES)
+    check_same_device(tensors)
+    for name, x, s in (("a", a, a_scale), ("b", b, b_scale)):
+        if x.dtype in FP8_DTYPES and s is None:
+            raise InvalidArgumentError(f"{name} is {x.dtype} and needs {name}_scale (its dequantization scale)")
+        if x.dtype in FLOAT_DTYPES and s is not None:
+            raise InvalidArgumentError(f"{name}_scale is only accepted with an FP8 {name}; {name} is {x.dtype} "
+                                       f"and is quantized automatically (or quantize it with quantize_fp8 first)")
+    M = 1
+    for d in a.shape[:-1]:
+        M *= d
+    K, N = b.shape
+    if a_scale is not None:
+        _scale_mode(a_scale, M, cdiv(K, 128), "a_scale", True)
+    if b_scale is not None:
+        _scale_mode(b_scale, N, cdiv(K, 128), "b_scale", False)
+    if _path not in ("auto", "native", "decode"):
+        raise InvalidArgumentError(f"_path={_path!r}; expected 'auto', 'native' or 'decode'")
+    check_runnable_device(a.device, "a")
+    if check_scales:
+        for name, s in (("a_scale", a_scale), ("b_scale", b_scale)):
+            if s is not None:
+                check_scale_values(s, name)
+    if out_dtype is None:
+        out_dtype = a.dtype if a.dtype in FLOAT_DTYPES else torch.bfloat16
+    return _fp8_gemm_op(a, b, a_scale, b_scale, bias, out_dtype, _path)
+
+
+def fp8_weight_only_gemm(x: torch.Tensor, w_t: torch.Tensor, w_scale: torch.Tensor, *,
+                         bias: torch.Tensor | None = None, out_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``x @ dequant(w_t)``: fp16/bf16/fp32 activations, FP8 weights ``w_t [K, N]`` (usually ``w.t()`` of an
+    ``[N, K]`` weight) decoded inside the kernel; ``w_scale`` per tensor or per column ``[1, N]``.
+
+    Works on every GPU from sm_80 (no FP8 instruction is used); the small-M (decode) path of FP8Linear.
+    """
+    _check_operands(x, w_t, bias, out_dtype)
+    check_dtype(x, "x", FLOAT_DTYPES)
+    check_dtype(w_t, "w_t", FP8_DTYPES)
+    check_tensor(w_scale, "w_scale")
+    check_dtype(w_scale, "w_scale", FLOAT_DTYPES)
+    check_same_device({"x": x, "w_t": w_t, "w_scale": w_scale, "bias": bias})
+    mode = _scale_mode(w_scale, w_t.shape[1], cdiv(w_t.shape[0], 128), "w_scale", False)
+    if mode == 2:
+        raise ShapeError(f"w_scale has shape {tuple(w_scale.shape)}; the weight-only path takes a per-tensor or "
+                         f"per-column scale ([1, {w_t.shape[1]}])")
+    check_runnable_device(x.device, "x")
+    if out_dtype is None:
+        out_dtype = x.dtype
+    return _fp8_weight_only_op(x, w_t, w_scale, bias, out_dtype)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Compile specs: every config gemm_config can pick, per architecture
+# ---------------------------------------------------------------------------------------------------
+
+_SIG_BASE = {
+    "a_ptr": None, "b_ptr": None, "c_ptr": "*bf16", "as_ptr": "*fp32", "bs_ptr": "*fp32", "bias_ptr": "*bf16",
+    "M": "i32", "N": "i32", "K": "i32", "stride_am": "i64", "stride_ak": "constexpr", "stride_bk": "constexpr",
+    "stride_bn": "i64", "stride_cm": "i64", "stride_cn": "constexpr", "stride_asm": "i64", "stride_ask": "i64",
+    "stride_bsk": "i64", "stride_bsn": "i64", "out_factor": "fp32", "NUM_PROGS": "i32",
+}
+_CONSTEXPR_NAMES = ("A_SCALE", "B_SCALE", "HAS_BIAS", "A_DECODE", "B_DECODE", "A_E5M2", "B_E5M2", "DOT_TY",
+                    "BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "FLATTEN")
+
+
+def _spec(name: str, arch: int, *, a_ty: str, b_ty: str, a_decode: bool, b_decode: bool, a_mode: int, b_mode: int,
+          bias: bool, dot_ty=tl.float16, flatten: bool = False, out_ty: str = "bf16",
+          must: list[str] | None = None) -> CompileSpec:
+    bm, bn, bk, warps, stages = CONFIGS[name]
+    sig = dict(_SIG_BASE)
+    sig["a_ptr"], sig["b_ptr"], sig["c_ptr"] = f"*{a_ty}", f"*{b_ty}", f"*{out_ty}"
+    for n in _CONSTEXPR_NAMES:
+        sig[n] = "constexpr"
+    # Unit strides are what the JIT specialises at run time (K-contiguous a, K-major b, row-major out).
+    const = {"stride_ak": 1, "stride_bk": 1, "stride_cn": 1, "A_SCALE": a_mode, "B_SCALE": b_mode,
+             "HAS_BIAS": bias, "A_DECODE": a_decode, "B_DECODE": b_decode, "A_E5M2": False, "B_E5M2": False,
+             "DOT_TY": dot_ty, "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "FLATTEN": flatten}
+    return CompileSpec(_fp8_gemm_kernel, sig, const, num_warps=warps, num_stages=stages,
+                       label=f"fp8_gemm {name} a{a_ty}{'(dec)' if a_decode else ''} b{b_ty}"
+                             f"{'(dec)' if b_decode else ''} s{a_mode}{b_mode} bias{int(bias)} ->{out_ty}",
+                       ptx_must_contain=must or [])
+
+
+def compile_specs(arch: int) -> list[CompileSpec]:
+    specs: list[CompileSpec] = []
+    wgmma = [r"wgmma\.mma_async\S*\.e4m3\.e4m3"]
+    if arch >= 89:
+        big = ["h_256", "h_128"] if arch >= 90 else ["ada_128"]
+        blk = "h_blk" if arch >= 90 else "blk_ada"
+        must = wgmma if arch >= 90 else [r"mma\S*e4m3"]
+        for name in big:
+            for a_mode, b_mode, bias, out in ((0, 0, False, "bf16"), (1, 1, True, "fp16"), (1, 1, False, "fp32")):
+                if name == "h_256" and out == "fp32":
+                    continue  # gemm_config never pairs them (shared memory)
+                specs.append(_spec(name, arch, a_ty="fp8e4nv", b_ty="fp8e4nv", a_decode=False, b_decode=False,
+                                   a_mode=a_mode, b_mode=b_mode, bias=bias, flatten=arch >= 90, out_ty=out,
+                                   must=must))
+        specs.append(_spec(blk, arch, a_ty="fp8e4nv", b_ty="fp8e4nv", a_decode=False, b_decode=False, a_mode=2,
+                           b_mode=2, bias=False, flatten=arch >= 90, must=must))
+        for name in ("small_16", "small_32", "small_64"):
+            specs.append(_spec(name, arch, a_ty="fp8e4nv", b_ty="fp8e4nv", a_decode=False, b_decode=False,
+                               a_mode=1, b_mode=1, bias=True))
+    # Weight-only (small M on every arch; every M on sm_80) and the sm_80 all-decoded path.
+    for name in ("small_16", "small_32", "small_64"):
+        for a_ty, dot in (("fp16", tl.float16), ("bf16", tl.bfloat16)):
+            specs.append(_spec(name, arch, a_ty=a_ty, b_ty="u8", a_decode=False, b_decode=True, a_mode=0,
+                               b_mode=1, bias=True, dot_ty=dot, out_ty=a_ty))
+    if arch < 89:
+        for a_ty, dot in (("fp16", tl.float16), ("bf16", tl.bfloat16)):
+            specs.append(_spec("amp_128", arch, a_ty=a_ty, b_ty="u8", a_decode=False, b_decode=True, a_mode=0,
+                               b_mode=1, bias=True, dot_ty=dot, out_ty=a_ty))
+        for a_mode, b_mode, name in ((1, 1, "amp_128"), (2, 2, "amp_blk")):
+            specs.append(_spec(name, arch, a_ty="u8", b_ty="u8", a_decode=True, b_decode=True, a_mode=a_mode,
+                               b_mode=b_mode, bias=False))
+    return specs
+
+
+#: Arguments Triton's JIT marks 16-divisible at run time for aligned torch tensors (pointers, row strides,
+#: K). ``CompileSpec`` carries no such attributes, and without them the loads are not vectorised, the
+#: software pipeline collapses to one stage and the 128x256 tile spills; this list rebuilds the specs
+#: with them (``python -m triton_ops.kernels.fp8_gemm``).
+_ALIGNED_ARGS = ("a_ptr", "b_ptr", "c_ptr", "stride_am", "stride_bn", "stride_cm", "M", "N", "K")
+
+
+def aligned_compile_report(archs=(80, 89, 90)) -> list[str]:
+    """Build every spec with the run-time divisibility attributes and report registers/spills/wgmma."""
+    import re
+    import subprocess
+    import tempfile
+
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from ..compile_check import _ptxas
+
+    lines = []
+    for arch in archs:
+        for spec in compile_specs(arch):
+            names = list(spec.signature)
+            attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names) if n in _ALIGNED_ARGS
+                     and spec.signature[n] != "constexpr"}
+            try:
+                c = triton.compile(ASTSource(spec.kernel, spec.signature, spec.constexprs, attrs),
+                                   target=GPUTarget("cuda", arch, 32),
+                                   options={"num_warps": spec.num_warps, "num_stages": spec.num_stages})
+            except Exception as exc:  # report and continue
+                lines.append(f"FAIL sm_{arch} {spec.label}: {type(exc).__name__}: {str(exc)[:300]}")
+                continue
+            ptx = c.asm["ptx"]
+            with tempfile.TemporaryDirectory() as d:
+                with open(f"{d}/k.ptx", "w") as f:
+                    f.write(ptx)
+                gpu = "sm_90a" if arch == 90 else f"sm_{arch}"
+                out = subprocess.run([_ptxas(), "-v", f"--gpu-name={gpu}", f"{d}/k.ptx", "-o", f"{d}/k.o"],
+                                     capture_output=True, text=True).stderr
+            regs = re.search(r"Used (\d+) registers", out)
+            spill = re.search(r"(\d+) bytes spill stores", out)
+            missing = [p for p in spec.ptx_must_contain if not re.search(p, ptx)]
+            ok = spill is not None and spill.group(1) == "0" and not missing and "C7511" not in out
+            lines.append(f"{'ok  ' if ok else 'FAIL'} sm_{arch} {spec.label:58s} regs={regs and regs.group(1)} "
+                         f"spill={spill and spill.group(1)} smem={c.metadata.shared}"
+                         f"{' missing ' + str(missing) if missing else ''}")
+    return lines
+
+
+if __name__ == "__main__":
+    import sys
+
+    report = aligned_compile_report(tuple(int(a) for a in sys.argv[1:]) or (80, 89, 90))
+    print("\n".join(report))
+    sys.exit(1 if any(ln.startswith("FAIL") for ln in report) else 0)
+
+
+__all__ = ["fp8_gemm", "fp8_weight_only_gemm", "gemm_config", "CONFIGS", "compile_specs"]

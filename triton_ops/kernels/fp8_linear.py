@@ -1,0 +1,188 @@
+"""FP8Linear: an ``nn.Linear`` whose weight is stored in FP8 (half the bytes of fp16), plus a helper that
+swaps the ``nn.Linear`` layers of a model.
+
+* The weight is quantized once, per output channel by default (``[N, K]`` e4m3, K contiguous, with an
+  fp32 scale per output channel), or per tensor.
+* Forward, large M on sm_89+: the activations are quantized per token, dynamically, in ONE pass (read the
+  fp16/bf16 activation once, write FP8 and the ``[M, 1]`` scales), then the FP8 GEMM applies both
+  scales and the bias in its epilogue.
+* Forward, small M (decode, M <= 64) on every GPU, and every M on sm_80: no activation quantization at
+  all; the weight-only kernel decodes the FP8 weight bits in registers next to an fp16/bf16 dot, reading
+  the weights once at near copy speed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from ..exceptions import InvalidArgumentError, ShapeError
+from ..utils import interpreter_enabled
+from ..validation import FLOAT_DTYPES, FP8_DTYPES, check_dtype, check_tensor
+from .fp8_gemm import SMALL_M, _arch, fp8_gemm, fp8_weight_only_gemm
+from .fp8_quantize import FP8_MAX, MIN_SCALE, quantize_fp8
+
+_WEIGHT_GRANULARITIES = ("channel", "tensor")
+
+
+def _runnable(device: torch.device) -> bool:
+    return device.type == "cuda" or (device.type == "cpu" and interpreter_enabled())
+
+
+def quantize_weight(weight: torch.Tensor, fp8_dtype: torch.dtype = torch.float8_e4m3fn,
+                    granularity: str = "channel") -> tuple[torch.Tensor, torch.Tensor]:
+    """``weight [N, K]`` -> ``(w_q [N, K] FP8, scale)``; scale ``[N, 1]`` per output channel or ``[]``.
+
+    Uses the Triton kernels where they run, and the same math in PyTorch ops elsewhere (a model built on
+    the CPU), so a layer can be created before it is moved to the GPU.
+    """
+    if granularity not in _WEIGHT_GRANULARITIES:
+        raise InvalidArgumentError(f"granularity={granularity!r}; expected one of {_WEIGHT_GRANULARITIES}")
+    gran = "row" if granularity == "channel" else "tensor"
+    w = weight.detach()
+    if w.dtype not in FLOAT_DTYPES:
+        w = w.float()
+    if _runnable(w.device) and w.numel():
+        return quantize_fp8(w, dtype=fp8_dtype, granularity=gran)
+    fmax = FP8_MAX[fp8_dtype]
+    wf = w.float()
+    aw = wf.abs()
+    aw = torch.where(torch.isfinite(aw), aw, torch.zeros((), device=w.device))
+    amax = aw.amax(dim=1, keepdim=True) if gran == "row" else (aw.amax() if aw.numel() else aw.new_zeros(()))
+    s = torch.where(amax > 0, amax / fmax, torch.ones((), device=w.device)).clamp_min(MIN_SCALE)
+    q = (wf * (1.0 / s)).clamp(-fmax, fmax)
+    q = torch.where(torch.isnan(wf), wf, q).to(fp8_dtype)
+    return q, s.to(torch.float32)
+
+
+class FP8Linear(nn.Module):
+    """``y = x @ W^T + b`` with ``W`` stored in FP8 (e4m3 by default) and an fp32 scale per output channel.
+
+    ``dtype`` is the activation/bias/output dtype the layer is used with (fp16, bf16 or fp32).
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None,
+                 dtype: torch.dtype | None = None, *, fp8_dtype: torch.dtype = torch.float8_e4m3fn,
+                 weight_granularity: str = "channel"):
+        super().__init__()
+        if int(in_features) < 1 or int(out_features) < 1:
+            raise InvalidArgumentError(f"in_features={in_features} and out_features={out_features} must be >= 1")
+        if fp8_dtype not in FP8_DTYPES:
+            raise InvalidArgumentError(f"fp8_dtype={fp8_dtype!r}; expected torch.float8_e4m3fn or float8_e5m2")
+        if weight_granularity not in _WEIGHT_GRANULARITIES:
+            raise InvalidArgumentError(f"weight_granularity={weight_granularity!r}; expected one of "
+                                       f"{_WEIGHT_GRANULARITIES}")
+        dtype = dtype or torch.float16
+        if dtype not in FLOAT_DTYPES:
+            raise InvalidArgumentError(f"dtype={dtype!r}; expected float16, bfloat16 or float32")
+        self.in_features, self.out_features = int(in_features), int(out_features)
+        self.fp8_dtype, self.weight_granularity = fp8_dtype, weight_granularity
+        # nn.Linear's default init, then quantize once.
+        w = torch.empty(self.out_features, self.in_features, device=device, dtype=torch.float32)
+        nn.init.kaiming_uniform_(w, a=math.sqrt(5))
+        q, s = quantize_weight(w, fp8_dtype, weight_granularity)
+        self.register_buffer("weight", q)
+        self.register_buffer("weight_scale", s)
+        if bias:
+            bound = 1.0 / math.sqrt(self.in_features)
+            self.bias = nn.Parameter(torch.empty(self.out_features, device=device, dtype=dtype).uniform_(-bound, bound))
+        else:
+            self.register_parameter("bias", None)
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, *, fp8_dtype: torch.dtype = torch.float8_e4m3fn,
+                    weight_granularity: str = "channel") -> FP8Linear:
+        """An FP8Linear holding ``linear``'s weight quantized once and its bias unchanged."""
+        if not isinstance(linear, nn.Linear):
+            raise InvalidArgumentError(f"from_linear takes an nn.Linear, got {type(linear).__name__}")
+        w = linear.weight
+        dtype = w.dtype if w.dtype in FLOAT_DTYPES else torch.float16
+        mod = cls.__new__(cls)
+        nn.Module.__init__(mod)
+        mod.in_features, mod.out_features = linear.in_features, linear.out_features
+        if fp8_dtype not in FP8_DTYPES:
+            raise InvalidArgumentError(f"fp8_dtype={fp8_dtype!r}; expected torch.float8_e4m3fn or float8_e5m2")
+        mod.fp8_dtype, mod.weight_granularity = fp8_dtype, weight_granularity
+        q, s = quantize_weight(w, fp8_dtype, weight_granularity)
+        mod.register_buffer("weight", q.contiguous())
+        mod.register_buffer("weight_scale", s)
+        if linear.bias is not None:
+            mod.bias = nn.Parameter(linear.bias.detach().to(dtype).clone(), requires_grad=False)
+        else:
+            mod.register_parameter("bias", None)
+        return mod
+
+    def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """``W`` as ``weight.float() * weight_scale`` (for inspection and references)."""
+        return (self.weight.float() * self.weight_scale.float()).to(dtype)
+
+    def _w_scale_cols(self) -> torch.Tensor:
+        s = self.weight_scale
+        return s.reshape(1, -1) if s.numel() > 1 else s.reshape(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_tensor(x, "x")
+        check_dtype(x, "x", FLOAT_DTYPES)
+        if x.dim() < 1 or x.shape[-1] != self.in_features:
+            raise ShapeError(f"x has shape {tuple(x.shape)}; FP8Linear({self.in_features}, {self.out_features}) "
+                             f"expects [..., {self.in_features}]")
+        bias = self.bias.detach() if self.bias is not None else None
+        w_t = self.weight.t()  # [K, N] view of the K-major [N, K] storage: no copy
+        M = x.numel() // self.in_features if self.in_features else 0
+        if M <= SMALL_M or _arch(x.device) < 89:
+            return fp8_weight_only_gemm(x, w_t, self._w_scale_cols(), bias=bias, out_dtype=x.dtype)
+        qx, sx = quantize_fp8(x.reshape(-1, self.in_features), dtype=torch.float8_e4m3fn, granularity="row")
+        out = fp8_gemm(qx, w_t, a_scale=sx, b_scale=self._w_scale_cols(), bias=bias, out_dtype=x.dtype,
+                       check_scales=False)
+        return out.reshape(*x.shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
+                f"fp8_dtype={str(self.fp8_dtype).replace('torch.', '')}, weight={self.weight_granularity}")
+
+
+def _default_filter(name: str, module: nn.Linear) -> bool:
+    return True
+
+
+def convert_to_fp8_linear(model: nn.Module, filter_fn: Callable[[str, nn.Linear], bool] | None = None, *,
+                          fp8_dtype: torch.dtype = torch.float8_e4m3fn, weight_granularity: str = "channel",
+                          min_features: int = 16) -> nn.Module:
+    """Replace (in place) every ``nn.Linear`` of ``model`` for which ``filter_fn(qualified_name, module)``
+    is true by :class:`FP8Linear`. Returns ``model``; the converted names are in
+    ``model._fp8_converted`` (a list).
+
+    Layers with ``in_features`` or ``out_features`` below ``min_features`` or not a multiple of 16 are
+    skipped: the kernel computes any size, but FP8 gains nothing on such layers (classifier heads with a
+    few outputs, tiny projections) and the tensor-core tiles are 16-aligned.
+    """
+    if not isinstance(model, nn.Module):
+        raise InvalidArgumentError(f"model must be an nn.Module, got {type(model).__name__}")
+    filter_fn = filter_fn or _default_filter
+    converted: list[str] = []
+
+    def ok_dims(m: nn.Linear) -> bool:
+        return all(d >= min_features and d % 16 == 0 for d in (m.in_features, m.out_features))
+
+    def visit(parent: nn.Module, prefix: str) -> None:
+        for child_name, child in list(parent.named_children()):
+            full = f"{prefix}.{child_name}" if prefix else child_name
+            if isinstance(child, nn.Linear) and not isinstance(child, FP8Linear):
+                if ok_dims(child) and filter_fn(full, child):
+                    setattr(parent, child_name, FP8Linear.from_linear(child, fp8_dtype=fp8_dtype,
+                                                                      weight_granularity=weight_granularity))
+                    converted.append(full)
+            else:
+                visit(child, full)
+
+    if isinstance(model, nn.Linear):
+        raise InvalidArgumentError("pass the model that contains the nn.Linear (or use FP8Linear.from_linear)")
+    visit(model, "")
+    model._fp8_converted = converted
+    return model
+
+
+__all__ = ["FP8Linear", "convert_to_fp8_linear", "quantize_weight"]

@@ -1,0 +1,792 @@
+"""FP8 quantization and dequantization kernels.
+
+Semantics (the NumPy reference ``triton_ops.compute.fp8`` is the specification):
+
+* scales are fp32 *dequantization multipliers*, ``x ~= q.float() * scale`` (``torch._scaled_mm`` / vLLM
+  convention); dynamic scaling maps the group's amax to the format's largest finite value (448 for
+  e4m3fn, 57344 for e5m2);
+* the amax ignores NaN and +-inf; NaN stays NaN, +-inf and out-of-range values saturate to +-fmax;
+* an all-zero group gets scale 1 and scales are clamped to >= 2^-126, so nothing divides by zero;
+* ``q = round_nearest_even(fp32(x) * fp32(1 / scale))``, identical to ``Tensor.to(float8)`` in range.
+
+Scale shapes: per tensor ``[]``; per row (token) ``[*lead, 1]``; per column (channel) ``[1, K]`` (the
+last dim); per block ``[ceil(M/bm), ceil(K/bk)]`` over the ``[M, K]`` view (ragged edge blocks hold
+fewer values, no padding is written).
+
+Kernels and bytes (B = input element size; the output is 1 byte per element):
+
+* per row and (1, bk) blocks: ONE pass, ``_quant_rows_kernel`` holds up to 8192 elements of a row in
+  registers, takes the amax and writes q and the scale (B + 1 bytes per element). Longer rows are read
+  twice, the second time mostly from L2.
+* (bm, bk) blocks: ONE pass, one program per block (``_quant_block_kernel``).
+* per tensor, dynamic: two launches and no host sync. ``_amax_rows_kernel`` writes one partial amax per
+  program (at most 1024), then ``_scale_tile_kernel`` reduces the partials in each program (4 KB from L2)
+  and quantizes. The second pass walks the tiles in reverse order, so its first tiles are the ones the
+  amax pass read last and are still in L2 (up to 50 MB on H100/H200 saved out of 2B+1 bytes/element).
+* per column, dynamic: column amax partials (``_amax_cols_kernel``), a tiny finalize that turns them
+  into the ``[K]`` scales, then the scale-application pass. Used for weights, once.
+* static scales: one pass of ``_scale_tile_kernel``.
+
+On sm_80 (no FP8 conversion instructions, Triton rejects the fp8e4nv type) quantization runs through
+PyTorch ops with the same semantics; the FP8 weights then feed the weight-only GEMM of fp8_gemm.py.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ..compile_check import CompileSpec
+from ..exceptions import InvalidArgumentError, NumericalError, ShapeError
+from ..utils import cdiv, device_capability, interpreter_enabled, next_power_of_2
+from ..validation import (
+    FLOAT_DTYPES,
+    FP8_DTYPES,
+    check_dtype,
+    check_runnable_device,
+    check_same_device,
+    check_tensor,
+)
+
+#: Largest finite value per format.
+FP8_MAX = {torch.float8_e4m3fn: 448.0, torch.float8_e5m2: 57344.0}
+#: Scales never go below this, so ``1/scale`` (<= 2^126) is finite in fp32.
+MIN_SCALE = 2.0**-126
+GRANULARITIES = ("tensor", "row", "column", "block")
+_FMT_NAME = {torch.float8_e4m3fn: "e4m3fn", torch.float8_e5m2: "e5m2"}
+_FMT_DTYPE = {v: k for k, v in _FMT_NAME.items()}
+#: Round in fp32 before the fp8 cast (interpreter only, see _round_to_fp8_grid).
+SOFT_ROUND = tl.constexpr(interpreter_enabled())
+
+# ---------------------------------------------------------------------------------------------------
+# Layer 1: kernels
+# ---------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _finite_abs(x):
+    """|x| in fp32 with NaN and inf mapped to 0 (NaN < inf is false, so one compare covers both)."""
+    ax = tl.abs(x.to(tl.float32))
+    return tl.where(ax < float("inf"), ax, 0.0)
+
+
+@triton.jit
+def _scale_from_amax(amax, FMAX: tl.constexpr):
+    """Dequantization scale for a group amax; 1 for an all-zero group, never below 2^-126."""
+    s = tl.where(amax > 0.0, tl.math.div_rn(amax, FMAX), 1.0)
+    return tl.maximum(s, 1.1754943508222875e-38)
+
+
+@triton.jit
+def _round_to_fp8_grid(v, OUT: tl.constexpr):
+    """Round fp32 ``v`` (already within +-fmax) to the nearest FP8 value, ties to even, in fp32.
+
+    Only used under Triton's interpreter, whose fp32->fp8 cast rounds ties away from zero and can drop
+    the exponent carry (31.6 -> 16 instead of 32 for e4m3). After this the cast is exact. On GPUs the
+    hardware ``cvt.rn.satfinite`` already rounds to nearest even, so compiled kernels skip it.
+    """
+    if OUT == tl.float8e4nv:
+        MBITS: tl.constexpr = 3
+        MIN_NORMAL: tl.constexpr = 0.015625  # 2^-6
+        MAGIC: tl.constexpr = 16384.0  # 2^14: fp32 ulp there is 2^-9, the e4m3 subnormal step
+    else:
+        MBITS: tl.constexpr = 2
+        MIN_NORMAL: tl.constexpr = 6.103515625e-05  # 2^-14
+        MAGIC: tl.constexpr = 128.0  # 2^7: fp32 ulp there is 2^-16, the e5m2 subnormal step
+    SHIFT: tl.constexpr = 23 - MBITS
+    vb = v.to(tl.uint32, bitcast=True)
+    sign = vb & 0x80000000
+    a = tl.abs(v)
+    ab = a.to(tl.uint32, bitcast=True)
+    lsb = (ab >> SHIFT) & 1
+    normal = (((ab + ((1 << (SHIFT - 1)) - 1) + lsb) >> SHIFT) << SHIFT).to(tl.float32, bitcast=True)
+    sub = (a + MAGIC) - MAGIC
+    r = tl.where(a < MIN_NORMAL, sub, normal)
+    r = (r.to(tl.uint32, bitcast=True) | sign).to(tl.float32, bitcast=True)
+    return tl.where(v != v, v, r)
+
+
+@triton.jit
+def _to_fp8(x, inv, FMAX: tl.constexpr, OUT: tl.constexpr):
+    """Scale in fp32, saturate to +-FMAX (comparisons are false for NaN, so NaN passes through), cast
+    with round-to-nearest-even."""
+    v = x.to(tl.float32) * inv
+    v = tl.where(v > FMAX, FMAX, v)
+    v = tl.where(v < -FMAX, -FMAX, v)
+    if SOFT_ROUND:
+        # The interpreter's cast also turns NaN into a finite code; write the canonical NaN bits instead.
+        q = _round_to_fp8_grid(v, OUT).to(OUT).to(tl.uint8, bitcast=True)
+        NAN: tl.constexpr = 0x7F if OUT == tl.float8e4nv else 0x7E
+        return tl.where(v != v, NAN, q).to(tl.uint8).to(OUT, bitcast=True)
+    return v.to(OUT)
+
+
+@triton.jit
+def _quant_rows_kernel(x_ptr, q_ptr, s_ptr, M, K, stride_xm, stride_qm, stride_sm, FMAX: tl.constexpr,
+                       GROUP: tl.constexpr, ROWS: tl.constexpr, BLOCK_K: tl.constexpr,
+                       SINGLE: tl.constexpr):
+    """Dynamic per-row (GROUP == BLOCK_K, one scale per row) or per-(1, GROUP) block quantization.
+
+    SINGLE: the row fits in BLOCK_K, read once; otherwise (per-row only) loop twice over the row.
+    """
+    pid = tl.program_id(0)
+    rows = pid.to(tl.int64) * ROWS + tl.arange(0, ROWS)
+    rmask = rows < M
+    cols = tl.arange(0, BLOCK_K)
+    OUT = q_ptr.dtype.element_ty
+    if SINGLE:
+        mask = rmask[:, None] & (cols[None, :] < K)
+        x = tl.load(x_ptr + rows[:, None] * stride_xm + cols[None, :], mask=mask, other=0.0)
+        if GROUP == BLOCK_K:
+            amax = tl.max(_finite_abs(x), axis=1)
+            s = _scale_from_amax(amax, FMAX)
+            inv = tl.math.div_rn(tl.full([ROWS], 1.0, tl.float32), s)
+            q = _to_fp8(x, inv[:, None], FMAX, OUT)
+            tl.store(s_ptr + rows * stride_sm, s, mask=rmask)
+        else:
+            NG: tl.constexpr = BLOCK_K // GROUP
+            xg = tl.reshape(x, [ROWS, NG, GROUP])
+            amax = tl.max(_finite_abs(xg), axis=2)
+            s = _scale_from_amax(amax, FMAX)
+            inv = tl.math.div_rn(tl.full([ROWS, NG], 1.0, tl.float32), s)
+            q = tl.reshape(_to_fp8(xg, inv[:, :, None], FMAX, OUT), [ROWS, BLOCK_K])
+            g = tl.arange(0, NG)
+            smask = rmask[:, None] & (g[None, :] < tl.cdiv(K, GROUP))
+            tl.store(s_ptr + rows[:, None] * stride_sm + g[None, :], s, mask=smask)
+        tl.store(q_ptr + rows[:, None] * stride_qm + cols[None, :], q, mask=mask)
+    else:
+        amax = tl.zeros([ROWS], dtype=tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            mask = rmask[:, None] & ((k0 + cols)[None, :] < K)
+            x = tl.load(x_ptr + rows[:, None] * stride_xm + (k0 + cols)[None, :], mask=mask, other=0.0)
+            amax = tl.maximum(amax, tl.max(_finite_abs(x), axis=1))
+        s = _scale_from_amax(amax, FMAX)
+        inv = tl.math.div_rn(tl.full([ROWS], 1.0, tl.float32), s)
+        tl.store(s_ptr + rows * stride_sm, s, mask=rmask)
+        for k0 in range(0, K, BLOCK_K):
+            mask = rmask[:, None] & ((k0 + cols)[None, :] < K)
+            x = tl.load(x_ptr + rows[:, None] * stride_xm + (k0 + cols)[None, :], mask=mask, other=0.0)
+            tl.store(q_ptr + rows[:, None] * stride_qm + (k0 + cols)[None, :],
+                     _to_fp8(x, inv[:, None], FMAX, OUT), mask=mask)
+
+
+@triton.jit
+def _quant_block_kernel(x_ptr, q_ptr, s_ptr, M, K, stride_xm, stride_qm, stride_sm, FMAX: tl.constexpr,
+                        BM: tl.constexpr, BK: tl.constexpr):
+    """Dynamic (BM, BK)-block quantization: one program per block, one pass."""
+    pid_m = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    rows = pid_m.to(tl.int64) * BM + tl.arange(0, BM)
+    cols = pid_k.to(tl.int64) * BK + tl.arange(0, BK)
+    mask = (rows < M)[:, None] & (cols < K)[None, :]
+    x = tl.load(x_ptr + rows[:, None] * stride_xm + cols[None, :], mask=mask, other=0.0)
+    amax = tl.max(tl.max(_finite_abs(x), axis=1), axis=0)
+    s = _scale_from_amax(amax, FMAX)
+    inv = tl.math.div_rn(1.0, s)
+    tl.store(q_ptr + rows[:, None] * stride_qm + cols[None, :], _to_fp8(x, inv, FMAX, q_ptr.dtype.element_ty),
+             mask=mask)
+    tl.store(s_ptr + pid_m.to(tl.int64) * stride_sm + pid_k, s)
+
+
+@triton.jit
+def _amax_rows_kernel(x_ptr, part_ptr, R, C, stride_r, rows_per_prog, BLOCK_R: tl.constexpr,
+                      BLOCK_C: tl.constexpr):
+    """Partial amax of rows [pid * rows_per_prog, ...) over all columns -> part[pid]."""
+    pid = tl.program_id(0)
+    r_start = pid * rows_per_prog
+    r_end = tl.minimum(r_start + rows_per_prog, R)
+    acc = tl.zeros([BLOCK_R, BLOCK_C], dtype=tl.float32)
+    rr = tl.arange(0, BLOCK_R)
+    cc = tl.arange(0, BLOCK_C)
+    for r0 in range(r_start, r_end, BLOCK_R):
+        rows = (r0 + rr).to(tl.int64)
+        rmask = rows < r_end
+        for c0 in range(0, C, BLOCK_C):
+            mask = rmask[:, None] & ((c0 + cc) < C)[None, :]
+            x = tl.load(x_ptr + rows[:, None] * stride_r + (c0 + cc)[None, :], mask=mask, other=0.0)
+            acc = tl.maximum(acc, _finite_abs(x))
+    tl.store(part_ptr + pid, tl.max(tl.max(acc, axis=1), axis=0))
+
+
+@triton.jit
+def _amax_cols_kernel(x_ptr, part_ptr, R, C, stride_r, stride_c, rows_per_split, BLOCK_R: tl.constexpr,
+                      BLOCK_C: tl.constexpr):
+    """Partial column amax over rows [split * rows_per_split, ...) -> part[split, C]."""
+    pid_c = tl.program_id(0)
+    split = tl.program_id(1)
+    cols = pid_c.to(tl.int64) * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = cols < C
+    r_start = split * rows_per_split
+    r_end = tl.minimum(r_start + rows_per_split, R)
+    rr = tl.arange(0, BLOCK_R)
+    acc = tl.zeros([BLOCK_R, BLOCK_C], dtype=tl.float32)
+    for r0 in range(r_start, r_end, BLOCK_R):
+        rows = (r0 + rr).to(tl.int64)
+        mask = (rows < r_end)[:, None] & cmask[None, :]
+        x = tl.load(x_ptr + rows[:, None] * stride_r + cols[None, :] * stride_c, mask=mask, other=0.0)
+        acc = tl.maximum(acc, _finite_abs(x))
+    tl.store(part_ptr + split.to(tl.int64) * C + cols, tl.max(acc, axis=0), mask=cmask)
+
+
+@triton.jit
+def _finalize_cols_kernel(part_ptr, s_ptr, SPLIT, C, FMAX: tl.constexpr, BLOCK_S: tl.constexpr,
+                          BLOCK_C: tl.constexpr):
+    """scale[c] = scale_from_amax(max_s part[s, c])."""
+    cols = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+    ss = tl.arange(0, BLOCK_S)
+    p = tl.load(part_ptr + ss[:, None] * C + cols[None, :], mask=(ss < SPLIT)[:, None] & (cols < C)[None, :],
+                other=0.0)
+    tl.store(s_ptr + cols, _scale_from_amax(tl.max(p, axis=0), FMAX), mask=cols < C)
+
+
+@triton.jit
+def _scale_tile_kernel(x_ptr, y_ptr, s_ptr, R, C, stride_xr, stride_xc, stride_yr, stride_yc,
+                       stride_sr, stride_sc, n_part, FMAX: tl.constexpr, MODE: tl.constexpr,
+                       DEQUANT: tl.constexpr, REVERSE: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr,
+                       BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+    """Apply given scales tile by tile: quantize (``y = fp8(x / s)``) or dequantize (``y = x * s``).
+
+    MODE: 0 one scale at s_ptr; 1 one scale reduced from ``n_part`` partial amaxes at s_ptr (the
+    dynamic per-tensor pass; program 0 also writes the scale to y's companion slot ``s_ptr + n_part``);
+    2 per row ``s[r]``; 3 per column ``s[c]``; 4 per (BM, BK) block ``s[r // BM, c // BK]``.
+    """
+    pid = tl.program_id(0)
+    n_c = tl.cdiv(C, BLOCK_C)
+    if REVERSE:  # walk tiles backwards: the amax pass read the last rows most recently (still in L2)
+        pid = tl.cdiv(R, BLOCK_R) * n_c - 1 - pid
+    pid_r = pid // n_c
+    pid_c = pid % n_c
+    rows = pid_r.to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    cols = pid_c.to(tl.int64) * BLOCK_C + tl.arange(0, BLOCK_C)
+    mask = (rows < R)[:, None] & (cols < C)[None, :]
+    x = tl.load(x_ptr + rows[:, None] * stride_xr + cols[None, :] * stride_xc, mask=mask, other=0.0)
+    if MODE == 0:
+        s = tl.load(s_ptr)
+    elif MODE == 1:
+        pp = tl.arange(0, BLOCK_P)
+        part = tl.load(s_ptr + pp, mask=pp < n_part, other=0.0)
+        s = _scale_from_amax(tl.max(part, axis=0), FMAX)
+        if pid == 0:
+            tl.store(s_ptr + n_part, s)
+    elif MODE == 2:
+        s = tl.load(s_ptr + rows * stride_sr, mask=rows < R, other=1.0)[:, None]
+    elif MODE == 3:
+        s = tl.load(s_ptr + cols * stride_sc, mask=cols < C, other=1.0)[None, :]
+    else:
+        s = tl.load(s_ptr + (rows // BM)[:, None] * stride_sr + (cols // BK)[None, :] * stride_sc,
+                    mask=mask, other=1.0)
+    if DEQUANT:
+        y = (x.to(tl.float32) * s).to(y_ptr.dtype.element_ty)
+    else:
+        y = _to_fp8(x, tl.math.div_rn(1.0, s), FMAX, y_ptr.dtype.element_ty)
+    tl.store(y_ptr + rows[:, None] * stride_yr + cols[None, :] * stride_yc, y, mask=mask)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Layer 2: configs (pure functions of the problem) and launchers
+# ---------------------------------------------------------------------------------------------------
+
+#: BLOCK_K choices of the per-row kernel; rows longer than the last one loop (two reads per row).
+ROW_BLOCKS = (256, 1024, 4096, 8192)
+#: (BLOCK_R, BLOCK_C, num_warps) of the tile kernels: wide rows, narrow rows, transposed copies.
+TILE_CONFIGS = {"wide": (8, 1024, 8), "narrow": (64, 128, 8), "square": (64, 64, 4)}
+#: At most this many per-tensor amax partials (reduced by every program of the second pass: 4 KB).
+MAX_PARTIALS = 1024
+
+
+def row_config(K: int, group: int | None = None) -> dict:
+    """Per-row / (1, group) kernel config: BLOCK_K, ROWS per program, num_warps, SINGLE."""
+    need = max(K, group or 1)
+    block_k = next((b for b in ROW_BLOCKS if b >= need), ROW_BLOCKS[-1])
+    single = need <= block_k
+    if group is not None and not single:
+        # (1, group) blocks always fit a whole number of groups per tile; rows longer than the tile are
+        # handled by launching the kernel over column slices (see _quant_rows).
+        single = True
+    # ~4096 elements per program: enough bytes in flight per SM without starving the grid of programs.
+    rows = max(1, 4096 // block_k)
+    warps = 8 if block_k * rows >= 8192 else 4
+    return {"BLOCK_K": block_k, "ROWS": rows, "num_warps": warps, "SINGLE": single}
+
+
+def _block_warps(bm: int, bk: int) -> int:
+    """Warps for one (bm, bk) block: ~1024 elements per warp (128x128 spilled 16-28 B with 8 warps)."""
+    return max(4, min(16, bm * bk // 1024))
+
+
+def tile_config(R: int, C: int, transposed: bool = False) -> tuple[int, int, int]:
+    if transposed:
+        return TILE_CONFIGS["square"]
+    return TILE_CONFIGS["wide"] if C > 128 else TILE_CONFIGS["narrow"]
+
+
+def _on_sm80(device: torch.device) -> bool:
+    if interpreter_enabled() or device.type != "cuda":
+        return False
+    cap = device_capability(device)
+    return cap is not None and cap < (8, 9)
+
+
+def _grid_rows(R: int, n: int) -> tuple[int, int]:
+    """(programs, rows per program) for the per-tensor amax pass: <= MAX_PARTIALS programs."""
+    from ..utils import num_sms
+
+    want = min(MAX_PARTIALS, max(1, 4 * num_sms()), R)
+    per = cdiv(R, want)
+    return cdiv(R, per), per
+
+
+def _quant_rows(x2: torch.Tensor, q2: torch.Tensor, s2: torch.Tensor, fmax: float, group: int | None):
+    M, K = x2.shape
+    cfg = row_config(K, group)
+    if group is not None and K > cfg["BLOCK_K"]:
+        # Long rows with (1, group) blocks: launch over column slices of BLOCK_K (a multiple of group).
+        bk = cfg["BLOCK_K"]
+        for k0 in range(0, K, bk):
+            kk = min(bk, K - k0)
+            _quant_rows(x2[:, k0:k0 + kk], q2[:, k0:k0 + kk], s2[:, k0 // group:], fmax, group)
+        return
+    grid = (cdiv(M, cfg["ROWS"]),)
+    _quant_rows_kernel[grid](x2, q2, s2, M, K, x2.stride(0), q2.stride(0), s2.stride(0), FMAX=fmax,
+                             GROUP=group or cfg["BLOCK_K"], ROWS=cfg["ROWS"], BLOCK_K=cfg["BLOCK_K"],
+                             SINGLE=cfg["SINGLE"], num_warps=cfg["num_warps"])
+
+
+def _scale_tiles(x2, y2, s, mode: int, fmax: float, *, dequant: bool, block=(1, 1), n_part: int = 0,
+                 reverse: bool = False, transposed_out: bool = False):
+    R, C = x2.shape
+    br, bc, warps = tile_config(R, C, transposed_out)
+    grid = (cdiv(R, br) * cdiv(C, bc),)
+    ssr = s.stride(0) if s.dim() >= 1 else 0
+    ssc = s.stride(-1) if s.dim() >= 1 else 0
+    if mode == 2:
+        ssr = s.stride(0)
+    _scale_tile_kernel[grid](x2, y2, s, R, C, x2.stride(0), x2.stride(1), y2.stride(0), y2.stride(1), ssr, ssc,
+                             n_part, FMAX=fmax, MODE=mode, DEQUANT=dequant, REVERSE=reverse, BM=block[0],
+                             BK=block[1], BLOCK_R=br, BLOCK_C=bc,
+                             BLOCK_P=max(16, next_power_of_2(max(n_part, 1))), num_warps=warps)
+
+
+def _amax_tensor_partials(x2: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Partials buffer of n+1 floats (the last slot receives the scale) and n."""
+    R, C = x2.shape
+    n, per = _grid_rows(R, 0)
+    part = torch.empty(n + 1, dtype=torch.float32, device=x2.device)
+    br, bc, warps = tile_config(R, C)
+    _amax_rows_kernel[(n,)](x2, part, R, C, x2.stride(0), per, BLOCK_R=br, BLOCK_C=bc, num_warps=warps)
+    return part, n
+
+
+def column_scales(x2: torch.Tensor, fmax: float) -> torch.Tensor:
+    """Dynamic per-column scales ``[C]`` of a 2-D ``[R, C]`` view (any strides)."""
+    R, C = x2.shape
+    bc = 128 if x2.stride(1) == 1 else 64
+    br = 32
+    from ..utils import num_sms
+
+    # Enough programs to fill the GPU: split the rows so that (C / bc) * split >= 4 programs per SM.
+    split = max(1, min(64, cdiv(4 * num_sms(), cdiv(C, bc)), cdiv(R, br)))
+    per = cdiv(R, split)
+    split = cdiv(R, per)
+    part = torch.empty(split, C, dtype=torch.float32, device=x2.device)
+    _amax_cols_kernel[(cdiv(C, bc), split)](x2, part, R, C, x2.stride(0), x2.stride(1), per, BLOCK_R=br,
+                                             BLOCK_C=bc, num_warps=4)
+    s = torch.empty(C, dtype=torch.float32, device=x2.device)
+    _finalize_cols_kernel[(cdiv(C, 128),)](part, s, split, C, FMAX=fmax,
+                                           BLOCK_S=max(2, next_power_of_2(split)), BLOCK_C=128, num_warps=4)
+    return s
+
+
+def _as_2d(x: torch.Tensor) -> torch.Tensor:
+    if x.dim() == 0:
+        return x.reshape(1, 1)
+    if x.dim() == 1:
+        return x.reshape(1, -1)
+    if x.shape[-1] > 1 and x.stride(-1) != 1:
+        x = x.contiguous()
+    try:
+        return x.view(-1, x.shape[-1])
+    except RuntimeError:
+        return x.reshape(-1, x.shape[-1])
+
+
+def scale_shape(shape: tuple[int, ...], granularity: str, block_size: tuple[int, int] | None) -> tuple:
+    """Shape of the scale tensor for an input of ``shape``."""
+    if granularity == "tensor":
+        return ()
+    K = shape[-1] if shape else 1
+    M = 1
+    for d in shape[:-1]:
+        M *= d
+    if granularity == "row":
+        return tuple(shape[:-1]) + (1,)
+    if granularity == "column":
+        return (1,) * (len(shape) - 1) + (K,)
+    bm, bk = block_size
+    return (cdiv(M, bm), cdiv(K, bk))
+
+
+def _quantize_impl(x: torch.Tensor, fmt: str, granularity: str, bm: int, bk: int,
+                   scale: torch.Tensor | None, transpose_out: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Launcher. x already validated. ``transpose_out`` (2-D x, column granularity only) writes q as the
+    contiguous ``[K, M]`` transpose, returned as a ``[M, K]`` view (used by fp8_gemm for K-major weights)."""
+    dtype = _FMT_DTYPE[fmt]
+    fmax = FP8_MAX[dtype]
+    block = (bm, bk) if granularity == "block" else None
+    s_shape = scale_shape(tuple(x.shape), granularity, block)
+    if transpose_out:
+        q = torch.empty(x.shape[1], x.shape[0], dtype=dtype, device=x.device).t()
+    else:
+        q = torch.empty(x.shape, dtype=dtype, device=x.device)
+    if x.numel() == 0:
+        s = torch.ones(s_shape, dtype=torch.float32, device=x.device) if scale is None else \
+            scale.to(torch.float32).reshape(s_shape).clone()
+        return q, s
+    if _on_sm80(x.device):
+        return _quantize_torch(x, dtype, granularity, block, scale, q)
+    # The column path's kernels take any strides (a transposed weight w.t() is read in place).
+    x2 = x if (granularity == "column" and x.dim() == 2) else _as_2d(x)
+    q2 = q if (transpose_out or q.dim() == 2) else q.view(x2.shape)
+    M, K = x2.shape
+    if scale is not None:
+        s = scale.to(torch.float32).reshape(s_shape).contiguous()
+        mode = {"tensor": 0, "row": 2, "column": 3, "block": 4}[granularity]
+        sv = s.reshape(-1) if granularity in ("row", "column") else (s.reshape(1) if mode == 0 else s)
+        _scale_tiles(x2, q2, sv, mode, fmax, dequant=False, block=block or (1, 1), transposed_out=transpose_out)
+        return q, s.clone() if s.data_ptr() == scale.data_ptr() else s
+    if granularity == "row":
+        s = torch.empty(M, 1, dtype=torch.float32, device=x.device)
+        _quant_rows(x2, q2, s, fmax, None)
+        return q, s.reshape(s_shape)
+    if granularity == "block" and bm == 1:
+        s = torch.empty(M, cdiv(K, bk), dtype=torch.float32, device=x.device)
+        _quant_rows(x2, q2, s, fmax, bk)
+        return q, s
+    if granularity == "block":
+        s = torch.empty(cdiv(M, bm), cdiv(K, bk), dtype=torch.float32, device=x.device)
+        _quant_block_kernel[(cdiv(M, bm), cdiv(K, bk))](x2, q2, s, M, K, x2.stride(0), q2.stride(0), s.stride(0),
+                                                         FMAX=fmax, BM=bm, BK=bk, num_warps=_block_warps(bm, bk))
+        return q, s
+    if granularity == "tensor":
+        part, n = _amax_tensor_partials(x2)
+        _scale_tiles(x2, q2, part, 1, fmax, dequant=False, n_part=n, reverse=True)
+        return q, part[n:].reshape(())
+    # column
+    s = column_scales(x2, fmax)
+    _scale_tiles(x2, q2, s, 3, fmax, dequant=False, transposed_out=transpose_out)
+    return q, s.reshape(s_shape)
+
+
+def _quantize_torch(x, dtype, granularity, block, scale, q):
+    """Same semantics with PyTorch ops (sm_80: no FP8 conversion instructions for Triton)."""
+    xf = x.float()
+    fmax = FP8_MAX[dtype]
+    ax = xf.abs()
+    ax = torch.where(torch.isfinite(ax), ax, torch.zeros((), device=x.device))
+    s_shape = scale_shape(tuple(x.shape), granularity, block)
+    if scale is None:
+        if granularity == "tensor":
+            amax = ax.amax()
+        elif granularity == "row":
+            amax = ax.amax(dim=-1, keepdim=True)
+        elif granularity == "column":
+            amax = ax.reshape(-1, x.shape[-1]).amax(dim=0).reshape(s_shape)
+        else:
+            bm, bk = block
+            a2 = ax.reshape(-1, x.shape[-1])
+            M, K = a2.shape
+            pad = torch.zeros(cdiv(M, bm) * bm, cdiv(K, bk) * bk, device=x.device)
+            pad[:M, :K] = a2
+            amax = pad.reshape(cdiv(M, bm), bm, cdiv(K, bk), bk).amax(dim=(1, 3))
+        s = torch.where(amax > 0, amax / fmax, torch.ones((), device=x.device)).clamp_min(MIN_SCALE)
+    else:
+        s = scale.to(torch.float32).reshape(s_shape)
+    if granularity == "block":
+        bm, bk = block
+        x2 = xf.reshape(-1, x.shape[-1])
+        full = s.repeat_interleave(bm, 0).repeat_interleave(bk, 1)[: x2.shape[0], : x2.shape[1]].reshape(x.shape)
+    else:
+        full = s
+    v = (xf * (1.0 / full)).clamp(-fmax, fmax)
+    v = torch.where(torch.isnan(xf), xf, v)
+    q.copy_(v.to(dtype))
+    return q, s.contiguous()
+
+
+def _dequantize_impl(q: torch.Tensor, scale: torch.Tensor, granularity: str, bm: int, bk: int,
+                     out_dtype: torch.dtype) -> torch.Tensor:
+    out = torch.empty(q.shape, dtype=out_dtype, device=q.device)
+    if q.numel() == 0:
+        return out
+    if _on_sm80(q.device):
+        if granularity == "block":
+            q2 = q.reshape(-1, q.shape[-1]).float()
+            full = scale.float().repeat_interleave(bm, 0).repeat_interleave(bk, 1)[: q2.shape[0], : q2.shape[1]]
+            return out.copy_((q2 * full).reshape(q.shape))
+        return out.copy_(q.float() * scale.float().reshape(scale_shape(tuple(q.shape), granularity, None)))
+    q2 = _as_2d(q)
+    o2 = out.view(q2.shape)
+    s = scale.to(torch.float32).contiguous()
+    mode = {"tensor": 0, "row": 2, "column": 3, "block": 4}[granularity]
+    sv = s.reshape(-1) if granularity in ("row", "column", "tensor") else s.reshape(s.shape[-2], s.shape[-1])
+    _scale_tiles(q2, o2, sv, mode, 0.0, dequant=True, block=(bm, bk))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# Layer 3: custom ops
+# ---------------------------------------------------------------------------------------------------
+
+
+@torch.library.custom_op("triton_ops::fp8_quantize", mutates_args=())
+def _fp8_quantize_op(x: torch.Tensor, fmt: str, granularity: str, bm: int, bk: int,
+                     scale: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    return _quantize_impl(x, fmt, granularity, bm, bk, scale)
+
+
+@_fp8_quantize_op.register_fake
+def _(x, fmt, granularity, bm, bk, scale):
+    block = (bm, bk) if granularity == "block" else None
+    q = x.new_empty(x.shape, dtype=_FMT_DTYPE[fmt])
+    return q, x.new_empty(scale_shape(tuple(x.shape), granularity, block), dtype=torch.float32)
+
+
+@torch.library.custom_op("triton_ops::fp8_dequantize", mutates_args=())
+def _fp8_dequantize_op(q: torch.Tensor, scale: torch.Tensor, granularity: str, bm: int, bk: int,
+                       out_dtype: torch.dtype) -> torch.Tensor:
+    return _dequantize_impl(q, scale, granularity, bm, bk, out_dtype)
+
+
+@_fp8_dequantize_op.register_fake
+def _(q, scale, granularity, bm, bk, out_dtype):
+    return q.new_empty(q.shape, dtype=out_dtype)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Layer 4: functional API
+# ---------------------------------------------------------------------------------------------------
+
+
+def _check_fp8_dtype(dtype) -> str:
+    if dtype not in FP8_DTYPES:
+        raise InvalidArgumentError(f"dtype={dtype!r} is not an FP8 format; expected torch.float8_e4m3fn or "
+                                   "torch.float8_e5m2")
+    return _FMT_NAME[dtype]
+
+
+def _check_block(granularity: str, block_size) -> tuple[int, int]:
+    if granularity != "block":
+        if block_size is not None:
+            raise InvalidArgumentError(f"block_size={block_size!r} is only meaningful with granularity='block'")
+        return 1, 1
+    if block_size is None:
+        raise InvalidArgumentError("granularity='block' needs block_size, e.g. (1, 128) or (128, 128)")
+    try:
+        bm, bk = (int(v) for v in block_size)
+    except (TypeError, ValueError):
+        raise InvalidArgumentError(f"block_size must be a pair of ints, got {block_size!r}") from None
+    ok_k = bk >= 16 and bk <= 256 and bk & (bk - 1) == 0
+    ok_m = bm == 1 or (16 <= bm <= 256 and bm & (bm - 1) == 0 and bm * bk <= 16384)
+    if not (ok_k and ok_m):
+        raise InvalidArgumentError(
+            f"block_size={block_size!r} is not supported; bk must be a power of two in [16, 256] and bm 1 or a "
+            "power of two in [16, 256] with bm * bk <= 16384, one block per program "
+            "(typical: (1, 128) per token group, (128, 128) for weights)")
+    return bm, bk
+
+
+def _skip_value_checks() -> bool:
+    """Value checks on scales read the device (a host sync): skipped while tracing or capturing."""
+    try:
+        if torch.compiler.is_compiling():
+            return True
+    except AttributeError:  # pragma: no cover - very old torch
+        pass
+    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+
+
+def check_scale_values(scale: torch.Tensor, name: str) -> None:
+    """Scales must be finite and > 0 (one device->host sync)."""
+    if scale.numel() == 0 or _skip_value_checks():
+        return
+    s = scale.detach().float()
+    bad = ~(torch.isfinite(s) & (s > 0))
+    if bool(bad.any()):
+        first = s[bad].reshape(-1)[0].item()
+        raise NumericalError(f"{name} must hold finite positive values; found {first!r} "
+                             f"({int(bad.sum())} bad of {s.numel()})")
+
+
+def check_scale_shape(scale: torch.Tensor, x_shape: tuple, granularity: str, block, name: str) -> None:
+    want = scale_shape(tuple(x_shape), granularity, block)
+    numel = 1
+    for d in want:
+        numel *= d
+    if granularity == "block":
+        ok = tuple(scale.shape) == tuple(want)
+    elif granularity == "tensor":
+        ok = scale.numel() == 1
+    else:
+        # accept the canonical shape or any shape with the same number of scales along the one axis
+        ok = scale.numel() == numel and (tuple(scale.shape) == tuple(want) or scale.dim() <= 2)
+    if not ok:
+        raise ShapeError(f"{name} has shape {tuple(scale.shape)}; granularity={granularity!r} for an input of "
+                         f"shape {tuple(x_shape)} expects {want}")
+
+
+def quantize_fp8(x: torch.Tensor, *, dtype: torch.dtype = torch.float8_e4m3fn, granularity: str = "tensor",
+                 block_size: tuple[int, int] | None = None, scale: torch.Tensor | None = None,
+                 check_scale: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Quantize ``x`` (fp16/bf16/fp32) to FP8; returns ``(q, scale)`` with ``x ~= q.float() * scale``.
+
+    granularity: "tensor" (scale ``[]``), "row" (per token, ``[*lead, 1]``), "column" (per channel over
+    the last dim, ``[1, K]``) or "block" with ``block_size=(1, 128)`` or ``(128, 128)`` over the ``[M, K]``
+    view (scale ``[ceil(M/bm), ceil(K/bk)]``). ``scale=None`` computes it from the amax (dynamic, no host
+    sync); a given scale is used as is (static). ``check_scale`` verifies a static scale is finite and
+    positive (one host sync, skipped under torch.compile / CUDA-graph capture).
+    """
+    check_tensor(x, "x")
+    check_dtype(x, "x", FLOAT_DTYPES)
+    fmt = _check_fp8_dtype(dtype)
+    if granularity not in GRANULARITIES:
+        raise InvalidArgumentError(f"granularity={granularity!r} is not supported; expected one of {GRANULARITIES}")
+    bm, bk = _check_block(granularity, block_size)
+    if granularity != "tensor" and x.dim() < 1:
+        raise ShapeError(f"granularity={granularity!r} needs at least a 1-D input, got a 0-d tensor")
+    if scale is not None:
+        check_tensor(scale, "scale")
+        check_dtype(scale, "scale", FLOAT_DTYPES)
+        check_same_device({"x": x, "scale": scale})
+        check_scale_shape(scale, tuple(x.shape), granularity, (bm, bk), "scale")
+        if check_scale:
+            check_scale_values(scale, "scale")
+    check_runnable_device(x.device, "x")
+    return _fp8_quantize_op(x, fmt, granularity, bm, bk, scale)
+
+
+def dequantize_fp8(q: torch.Tensor, scale: torch.Tensor, *, out_dtype: torch.dtype = torch.float32,
+                   granularity: str | None = None, block_size: tuple[int, int] | None = None) -> torch.Tensor:
+    """``q.float() * scale`` cast to ``out_dtype`` (fp16/bf16/fp32).
+
+    The granularity is inferred from the scale's shape when not given (``[]``/``[1]`` tensor, ``[*lead, 1]``
+    row, ``[1, K]`` column); block scales need ``granularity="block", block_size=...``.
+    """
+    check_tensor(q, "q")
+    check_tensor(scale, "scale")
+    check_dtype(q, "q", FP8_DTYPES)
+    check_dtype(scale, "scale", FLOAT_DTYPES)
+    if out_dtype not in FLOAT_DTYPES:
+        raise InvalidArgumentError(f"out_dtype={out_dtype!r} is not supported; expected float16, bfloat16 or "
+                                   "float32")
+    check_same_device({"q": q, "scale": scale})
+    if granularity is None:
+        if block_size is not None:
+            granularity = "block"
+        elif scale.numel() == 1:
+            granularity = "tensor"
+        elif q.dim() >= 1 and tuple(scale.shape) == tuple(q.shape[:-1]) + (1,):
+            granularity = "row"
+        elif q.dim() >= 1 and scale.numel() == q.shape[-1] and scale.shape[-1] == q.shape[-1]:
+            granularity = "column"
+        else:
+            raise ShapeError(f"cannot infer the granularity of a scale of shape {tuple(scale.shape)} for q of shape "
+                             f"{tuple(q.shape)}; pass granularity= (and block_size= for blocks)")
+    if granularity not in GRANULARITIES:
+        raise InvalidArgumentError(f"granularity={granularity!r} is not supported; expected one of {GRANULARITIES}")
+    bm, bk = _check_block(granularity, block_size)
+    check_scale_shape(scale, tuple(q.shape), granularity, (bm, bk), "scale")
+    check_runnable_device(q.device, "q")
+    return _fp8_dequantize_op(q, scale, granularity, bm, bk, out_dtype)
+
+
+class FP8Quantizer(torch.nn.Module):
+    """Module form of :func:`quantize_fp8` (dynamic scaling)."""
+
+    def __init__(self, dtype: torch.dtype = torch.float8_e4m3fn, granularity: str = "row",
+                 block_size: tuple[int, int] | None = None):
+        super().__init__()
+        _check_fp8_dtype(dtype)
+        if granularity not in GRANULARITIES:
+            raise InvalidArgumentError(f"granularity={granularity!r} is not supported; expected one of "
+                                       f"{GRANULARITIES}")
+        _check_block(granularity, block_size)
+        self.dtype, self.granularity, self.block_size = dtype, granularity, block_size
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return quantize_fp8(x, dtype=self.dtype, granularity=self.granularity, block_size=self.block_size)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Compile specs: every config the launchers above can pick (sm_89 / sm_90; sm_80 uses PyTorch ops)
+# ---------------------------------------------------------------------------------------------------
+
+_TT = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32",
+       torch.float8_e4m3fn: "fp8e4nv", torch.float8_e5m2: "fp8e5"}
+
+
+def compile_specs(arch: int) -> list[CompileSpec]:
+    if arch < 89:
+        return []
+    specs: list[CompileSpec] = []
+    # Every block config with bf16 -> e4m3 (the hot path), plus each other in/out dtype once.
+    dtype_pairs = [(torch.bfloat16, torch.float8_e4m3fn), (torch.float16, torch.float8_e4m3fn),
+                   (torch.float32, torch.float8_e5m2)]
+    for bi, (din, dout) in enumerate(dtype_pairs):
+        ti, to = _TT[din], _TT[dout]
+        fmax = FP8_MAX[dout]
+        blocks = ROW_BLOCKS if bi == 0 else (4096,)
+        for block_k in blocks:
+            for group in (None, 128):
+                cfg = row_config(block_k, group)
+                for single in ({cfg["SINGLE"], False} if group is None else {True}):
+                    specs.append(CompileSpec(
+                        _quant_rows_kernel,
+                        {"x_ptr": f"*{ti}", "q_ptr": f"*{to}", "s_ptr": "*fp32", "M": "i32", "K": "i32",
+                         "stride_xm": "i64", "stride_qm": "i64", "stride_sm": "i64", "FMAX": "constexpr",
+                         "GROUP": "constexpr", "ROWS": "constexpr", "BLOCK_K": "constexpr", "SINGLE": "constexpr"},
+                        {"FMAX": fmax, "GROUP": group or cfg["BLOCK_K"], "ROWS": cfg["ROWS"],
+                         "BLOCK_K": cfg["BLOCK_K"], "SINGLE": single},
+                        num_warps=cfg["num_warps"], label=f"quant_rows {ti}->{to} K{block_k} g{group} s{single}"))
+        for bm, bk in ((128, 128),) if bi else ((128, 128), (16, 128), (64, 256)):
+            specs.append(CompileSpec(
+                _quant_block_kernel,
+                {"x_ptr": f"*{ti}", "q_ptr": f"*{to}", "s_ptr": "*fp32", "M": "i32", "K": "i32", "stride_xm": "i64",
+                 "stride_qm": "i64", "stride_sm": "i64", "FMAX": "constexpr", "BM": "constexpr", "BK": "constexpr"},
+                {"FMAX": fmax, "BM": bm, "BK": bk}, num_warps=_block_warps(bm, bk),
+                label=f"quant_block {ti}->{to} {bm}x{bk}"))
+        for name, (br, bc, warps) in TILE_CONFIGS.items():
+            specs.append(CompileSpec(
+                _amax_rows_kernel,
+                {"x_ptr": f"*{ti}", "part_ptr": "*fp32", "R": "i32", "C": "i32", "stride_r": "i64",
+                 "rows_per_prog": "i32", "BLOCK_R": "constexpr", "BLOCK_C": "constexpr"},
+                {"BLOCK_R": br, "BLOCK_C": bc}, num_warps=warps, label=f"amax_rows {ti} {name}"))
+            for mode in range(5):
+                for dq in (False, True):
+                    src, dst = (to, ti) if dq else (ti, to)
+                    specs.append(CompileSpec(
+                        _scale_tile_kernel,
+                        {"x_ptr": f"*{src}", "y_ptr": f"*{dst}", "s_ptr": "*fp32", "R": "i32", "C": "i32",
+                         "stride_xr": "i64", "stride_xc": "i64", "stride_yr": "i64", "stride_yc": "i64",
+                         "stride_sr": "i64", "stride_sc": "i64", "n_part": "i32", "FMAX": "constexpr",
+                         "MODE": "constexpr", "DEQUANT": "constexpr", "REVERSE": "constexpr", "BM": "constexpr",
+                         "BK": "constexpr", "BLOCK_R": "constexpr", "BLOCK_C": "constexpr", "BLOCK_P": "constexpr"},
+                        {"FMAX": fmax, "MODE": mode, "DEQUANT": dq, "REVERSE": mode == 1, "BM": 128, "BK": 128,
+                         "BLOCK_R": br, "BLOCK_C": bc, "BLOCK_P": MAX_PARTIALS},
+                        num_warps=warps, label=f"scale_tile {src}->{dst} m{mode} {name}"))
+        for bc in (128, 64):
+            specs.append(CompileSpec(
+                _amax_cols_kernel,
+                {"x_ptr": f"*{ti}", "part_ptr": "*fp32", "R": "i32", "C": "i32", "stride_r": "i64",
+                 "stride_c": "i64", "rows_per_split": "i32", "BLOCK_R": "constexpr", "BLOCK_C": "constexpr"},
+                {"BLOCK_R": 32, "BLOCK_C": bc}, num_warps=4, label=f"amax_cols {ti} {bc}"))
+    specs.append(CompileSpec(
+        _finalize_cols_kernel,
+        {"part_ptr": "*fp32", "s_ptr": "*fp32", "SPLIT": "i32", "C": "i32", "FMAX": "constexpr",
+         "BLOCK_S": "constexpr", "BLOCK_C": "constexpr"},
+        {"FMAX": 448.0, "BLOCK_S": 64, "BLOCK_C": 128}, num_warps=4, label="finalize_cols"))
+    return specs
+
+
+__all__ = ["quantize_fp8", "dequantize_fp8", "FP8Quantizer", "FP8_MAX", "MIN_SCALE", "GRANULARITIES",
+           "row_config", "tile_config", "scale_shape", "column_scales", "compile_specs"]
