@@ -34,7 +34,7 @@ def sweep_shape(label, shape, hd, dtype, per_head, max_autotune: bool) -> list[d
     sin = torch.tensor(s, device="cuda", dtype=torch.float32)
     out = torch.empty_like(x)
     nbytes = 2 * x.numel() * x.element_size()
-    base = pick_config(shape[0] * shape[1], shape[-1], hd, x.element_size())
+    base = pick_config(shape[0] * shape[1], shape[-1], hd, hd, x.element_size())
 
     def ours(cfg):
         return lambda: _launch(x, w, cos, sin, None, None, out, None, 1e-6, hd, False, 0.0, False, cfg)

@@ -235,7 +235,7 @@ def pick_config(n_rows: int, hidden: int, head_dim: int, rot_dim: int | None = N
 
     * the tile covers all heads of a row up to MAX_TILE_BYTES of input (x, plus the residual when there
       is one), else chunks of heads (two passes);
-    * about 32 bytes of input per thread (two 16-byte vectors): warps = tile bytes / 1024, in [1, 16];
+    * about 128 bytes of input per thread: warps = tile bytes / 4096, in [1, 16];
     * small rows (per-head norms of narrow tensors, tiny hidden) pack several rows per program so a program
       moves at least ~4096 elements, but never so many that fewer than 4 programs per SM remain.
     """
@@ -252,8 +252,13 @@ def pick_config(n_rows: int, hidden: int, head_dim: int, rot_dim: int | None = N
         nh_block = max(1, nh_block // 2)
     n_chunks = cdiv(n_heads, nh_block)
     tile = per_head_elems * nh_block
-    # ~32 bytes of input per thread (16 fp16 values, or 8 with a residual): 16 KB tiles use 16 warps.
-    num_warps = int(min(16, max(1, tile * itemsize * (2 if has_residual else 1) // 1024)))
+    # ~128 bytes of input per thread: an 8 KB fp16 row of 4096 runs on 2 warps. Measured on an H200
+    # (8x2048x4096 and 1x32768x4096, docs/perf-notes.md): 2 warps reached 90-91% of copy bandwidth, 4 warps
+    # 87-89%, 8 warps 71-75%, 16 warps 50-61% -- more independent loads in flight per thread win.
+    # Two-pass (chunked) rows and rows with a residual hold more live values per element; there the compile
+    # check showed 128 B/thread spilling on sm_80/89, so they get 32 and 64 B/thread.
+    bytes_per_thread = 32 if n_chunks > 1 else (64 if has_residual else 128)
+    num_warps = int(min(16, max(1, tile * itemsize * (2 if has_residual else 1) // (32 * bytes_per_thread))))
     rows = 1
     while n_chunks == 1 and rows < 16 and tile * rows * 2 <= 4096 and cdiv(n_rows, rows * 2) >= 4 * n_sms:
         rows *= 2
