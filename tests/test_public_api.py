@@ -30,3 +30,11 @@ def test_errors_derive_from_builtins():
     for name in ("ShapeError", "DTypeError", "DeviceError", "LayoutError", "InvalidArgumentError",
                  "NumericalError", "UnsupportedError", "TuningFailedError", "CorrectnessError", "CacheError"):
         assert issubclass(getattr(triton_ops, name), triton_ops.TritonOpsError)
+
+
+def test_every_public_name_is_documented():
+    import pathlib
+
+    api = (pathlib.Path(__file__).resolve().parents[1] / "docs" / "api.md").read_text()
+    missing = [n for n in triton_ops.__all__ if f"### `{n}" not in api and f"### `class {n}" not in api]
+    assert not missing, f"regenerate docs/api.md (python docs/gen_api.py); missing: {missing}"
