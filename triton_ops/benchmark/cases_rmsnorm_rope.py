@@ -40,8 +40,9 @@ def _case(label, batch, seq, hidden, head_dim, dtype, per_head, decode, device) 
     itemsize = torch.empty((), dtype=dtype).element_size()
     n_tokens = batch * seq
     weight_numel = head_dim if per_head else hidden
-    # x read + out written once; weight and the cos/sin rows the tokens use read once (fp32 tables).
-    table_bytes = 2 * 4 * head_dim * min(n_tokens, table_rows)
+    # x read + out written once; weight and the cos/sin rows the tokens use read once. Tables are in x's
+    # dtype, as Hugging Face's rotary embeddings return them.
+    table_bytes = 2 * itemsize * head_dim * min(n_tokens, table_rows)
     nbytes = 2 * n_tokens * hidden * itemsize + weight_numel * itemsize + table_bytes
 
     def make_inputs() -> dict[str, Any]:
@@ -50,8 +51,8 @@ def _case(label, batch, seq, hidden, head_dim, dtype, per_head, decode, device) 
         inp = {
             "x": torch.randn(batch, seq, hidden, device=device, dtype=dtype, generator=g),
             "w": torch.randn(weight_numel, device=device, dtype=dtype, generator=g),
-            "cos": torch.tensor(cos, dtype=torch.float32, device=device),
-            "sin": torch.tensor(sin, dtype=torch.float32, device=device),
+            "cos": torch.tensor(cos, dtype=dtype, device=device),
+            "sin": torch.tensor(sin, dtype=dtype, device=device),
             "pos": None,
         }
         if decode:
