@@ -94,7 +94,7 @@ def test_every_config(cfg, aligned):
     an odd intermediate size (pointer path); persistent configs loop over several tiles per program."""
     M, H, Inter = (37, 96, 80) if aligned else (37, 96, 77)
     x, wg, wu, bg, bu = _inputs(M, H, Inter, torch.float16, bias=True)
-    out = torch.full((M, Inter), float("nan"), dtype=torch.float16)
+    out = torch.full((M, Inter), float("nan"), dtype=torch.float16, device=DEVICE)
     G._run(x, wg, wu, out, "gelu_tanh", bg, bu, config=cfg)
     _check(out, _ref(x, wg, wu, "gelu_tanh", bg, bu), torch.float16)
 
@@ -103,7 +103,7 @@ def test_persistent_grid_covers_many_tiles():
     # 4 nominal SMs in the interpreter: 3 x 3 = 9 tiles of 128 x 128 on 4 programs.
     cfg = G.GatedMLPConfig(128, 128, 64, persistent=True, use_tma=True, flatten=True)
     x, wg, wu, _, _ = _inputs(300, 64, 300, torch.float16)
-    out = torch.full((300, 300), float("nan"), dtype=torch.float16)
+    out = torch.full((300, 300), float("nan"), dtype=torch.float16, device=DEVICE)
     G._run(x, wg, wu, out, "silu", None, None, config=cfg)
     _check(out, _ref(x, wg, wu), torch.float16)
 
@@ -117,33 +117,33 @@ def test_bias(act):
 
 def test_leading_dims_and_strided_rows():
     # rows of x strided (a column slice of a wider buffer), and a 3-D input
-    big = torch.randn(2, 7, 80).half()
+    big = torch.randn(2, 7, 80, device=DEVICE).half()
     x = big[..., :64]
     _, wg, wu, _, _ = _inputs(1, 64, 24, torch.float16)
     out = fused_gated_mlp(x, wg, wu)
     assert out.shape == (2, 7, 24)
     _check(out, _ref(x, wg, wu), torch.float16)
     # a transposed view whose leading dims do not collapse (copied by rows_view)
-    xt = torch.randn(7, 2, 64).half().transpose(0, 1)
+    xt = torch.randn(7, 2, 64, device=DEVICE).half().transpose(0, 1)
     _check(fused_gated_mlp(xt, wg, wu), _ref(xt, wg, wu), torch.float16)
 
 
 def test_strided_weight_rows():
-    wcat = (torch.randn(24, 72) / 8).half()
+    wcat = (torch.randn(24, 72, device=DEVICE) / 8).half()
     wg, wu = wcat[:12, :64], wcat[12:, :64]  # row stride 72, not 64
-    x = torch.randn(5, 64).half()
+    x = torch.randn(5, 64, device=DEVICE).half()
     _check(fused_gated_mlp(x, wg, wu), _ref(x, wg, wu), torch.float16)
 
 
 def test_out_buffer_is_written():
     x, wg, wu, _, _ = _inputs(6, 32, 40, torch.float16)
-    out = torch.full((6, 40), float("nan"), dtype=torch.float16)
+    out = torch.full((6, 40), float("nan"), dtype=torch.float16, device=DEVICE)
     res = fused_gated_mlp(x, wg, wu, "gelu", out=out)
     assert res is out
     _check(out, _ref(x, wg, wu, "gelu"), torch.float16)
     # a strided out (every other column of a wider buffer is not allowed: last dim must be contiguous),
     # rows strided is fine
-    wide = torch.full((6, 48), float("nan"), dtype=torch.float16)
+    wide = torch.full((6, 48), float("nan"), dtype=torch.float16, device=DEVICE)
     fused_gated_mlp(x, wg, wu, "gelu", out=wide[:, :40])
     _check(wide[:, :40], _ref(x, wg, wu, "gelu"), torch.float16)
     assert torch.isnan(wide[:, 40:]).all()
@@ -152,26 +152,27 @@ def test_out_buffer_is_written():
 def test_out_buffer_errors():
     x, wg, wu, _, _ = _inputs(6, 32, 40, torch.float16)
     with pytest.raises(ShapeError, match="expected"):
-        fused_gated_mlp(x, wg, wu, out=torch.empty(6, 41, dtype=torch.float16))
+        fused_gated_mlp(x, wg, wu, out=torch.empty(6, 41, dtype=torch.float16, device=DEVICE))
     with pytest.raises(DTypeError):
-        fused_gated_mlp(x, wg, wu, out=torch.empty(6, 40))
+        fused_gated_mlp(x, wg, wu, out=torch.empty(6, 40, device=DEVICE))
 
 
 def test_empty_and_degenerate_sizes():
     _, wg, wu, bg, bu = _inputs(1, 32, 40, torch.float16, bias=True)
-    out = fused_gated_mlp(torch.randn(0, 32).half(), wg, wu)
+    out = fused_gated_mlp(torch.randn(0, 32, device=DEVICE).half(), wg, wu)
     assert out.shape == (0, 40)
-    out = fused_gated_mlp(torch.randn(3, 0, 32).half(), wg, wu)
+    out = fused_gated_mlp(torch.randn(3, 0, 32, device=DEVICE).half(), wg, wu)
     assert out.shape == (3, 0, 40)
-    x = torch.randn(4, 32).half()
+    x = torch.randn(4, 32, device=DEVICE).half()
     assert fused_gated_mlp(x, wg[:0], wu[:0]).shape == (4, 0)
     # hidden == 0: the projections are the biases (or zero)
-    x0 = torch.randn(4, 0).half()
-    z = fused_gated_mlp(x0, torch.empty(40, 0).half(), torch.empty(40, 0).half())
-    assert torch.equal(z, torch.zeros(4, 40, dtype=torch.float16))
-    zb = fused_gated_mlp(x0, torch.empty(40, 0).half(), torch.empty(40, 0).half(), gate_bias=bg, up_bias=bu)
+    x0 = torch.randn(4, 0, device=DEVICE).half()
+    w0 = torch.empty(40, 0, device=DEVICE).half()
+    z = fused_gated_mlp(x0, w0, w0)
+    assert torch.equal(z, torch.zeros(4, 40, dtype=torch.float16, device=DEVICE))
+    zb = fused_gated_mlp(x0, w0, w0, gate_bias=bg, up_bias=bu)
     expect = ref.gated_mlp(np.zeros((4, 0)), np.zeros((40, 0)), np.zeros((40, 0)), "silu",
-                           bg.double().numpy(), bu.double().numpy())
+                           bg.double().cpu().numpy(), bu.double().cpu().numpy())
     _check(zb, expect, torch.float16)
 
 
@@ -237,6 +238,61 @@ def test_configs_fit_shared_memory():
                 assert smem <= limit, (arch, c)
 
 
+def test_config_labels_round_trip():
+    for arch in (80, 89, 90, None):
+        for dtype in (torch.float16, torch.float32, torch.float8_e4m3fn):
+            for c in G.candidate_configs(arch, dtype) + G.sweep_configs(arch, dtype):
+                assert G.GatedMLPConfig.from_label(c.label()) == c
+    for bad in ("128x128x64", "96x64x64_g8_w4_s3_G_tma", "128x64x64_g8_w64_s3_G_tma", 42):
+        with pytest.raises(InvalidArgumentError):
+            G.GatedMLPConfig.from_label(bad)
+
+
+def test_tuning_entry_and_tuned_config(tmp_path, monkeypatch):
+    from triton_ops.autotuner import runtime
+    from triton_ops.autotuner.cache import ConfigCache
+    from triton_ops.autotuner.configs import generate_configs
+
+    entry = G.tuning_entry()
+    assert entry.kernel_type == "gated_mlp" and (16384, 4096, 11264) in entry.default_shapes
+    labels = entry.config_space["config"]
+    shape = entry.cpu_shapes[0]
+    default = entry.default_config(shape)
+    assert default["config"] in labels
+    valid = entry.valid_configs(shape, generate_configs(entry.config_space))
+    assert valid and all(G.GatedMLPConfig.from_label(c["config"]).block_m <= 128 for c in valid)
+    assert not any(c["config"].startswith("16x") for c in entry.valid_configs((4096, 64, 64), valid))
+    args, kwargs = entry.make_args(shape, DEVICE, torch.float16)
+    x, wg, wu = args
+    _check(entry.run(*args, **kwargs, **default), _ref(x, wg, wu), torch.float16)
+
+    # a stored config is used only when tuned configs are switched on, and a bad entry is ignored
+    monkeypatch.setenv("TRITON_OPS_CACHE_DIR", str(tmp_path))
+    getattr(runtime, "forget_lookups", lambda: None)()  # look-ups remembered from other tests' caches
+    M, H, Inter = shape
+    tuned = G.GatedMLPConfig(32, 32, 32, num_stages=2)
+    ConfigCache(tmp_path).set("gated_mlp", (M, H, Inter), runtime.device_key(DEVICE), {"config": tuned.label()})
+    heur = G.pick_config(M, Inter, H, torch.float16, *G._device_info(x.device.type, x.device.index))
+    with runtime.use_tuned_configs(False):
+        assert G._tuned_config(heur, M, Inter, H, x.device) == heur
+    with runtime.use_tuned_configs(True):
+        assert G._tuned_config(heur, M, Inter, H, x.device) == tuned
+        _check(fused_gated_mlp(x, wg, wu), _ref(x, wg, wu), torch.float16)  # runs the tuned config
+    ConfigCache(tmp_path).set("gated_mlp", (M + 1, H, Inter), runtime.device_key(DEVICE), {"config": "junk"})
+    with runtime.use_tuned_configs(True):
+        assert G._tuned_config(heur, M + 1, Inter, H, x.device) == heur
+
+
+def test_direct_and_dispatched_paths_agree():
+    x, wg, wu, bg, bu = _inputs(9, 32, 40, torch.float16, bias=True)
+    direct = fused_gated_mlp(x, wg, wu, "gelu", gate_bias=bg, up_bias=bu)
+    dispatched = torch.ops.triton_ops.fused_gated_mlp(x, wg, wu, "gelu", bg, bu)
+    assert torch.equal(direct, dispatched)
+    # with an autograd graph wanted the call goes through the custom op (its backward is registered there)
+    out = fused_gated_mlp(x.float().requires_grad_(), wg.float(), wu.float())
+    assert out.grad_fn is not None
+
+
 # ----------------------------------------------------------------------------------------------------
 # Bad input
 # ----------------------------------------------------------------------------------------------------
@@ -259,17 +315,18 @@ def test_errors():
     with pytest.raises(DTypeError, match="int"):
         fused_gated_mlp(x.to(torch.int32), wg.to(torch.int32), wu.to(torch.int32))
     with pytest.raises(InvalidArgumentError, match="Tensor"):
-        fused_gated_mlp(x.numpy(), wg, wu)
+        fused_gated_mlp(x.cpu().numpy(), wg, wu)
     with pytest.raises(LayoutError, match="contiguous"):
         fused_gated_mlp(x, wg.t().contiguous().t(), wu)
     with pytest.raises(LayoutError):
-        fused_gated_mlp(torch.randn(32, 4).half().t(), wg, wu)
+        fused_gated_mlp(torch.randn(32, 4, device=DEVICE).half().t(), wg, wu)
     with pytest.raises(DeviceError, match="meta"):
         fused_gated_mlp(x, wg.to("meta"), wu)
     with pytest.raises(ShapeError, match="gate_bias"):
-        fused_gated_mlp(x, wg, wu, gate_bias=torch.zeros(3).half(), up_bias=torch.zeros(16).half())
+        fused_gated_mlp(x, wg, wu, gate_bias=torch.zeros(3, device=DEVICE).half(),
+                        up_bias=torch.zeros(16, device=DEVICE).half())
     with pytest.raises(InvalidArgumentError, match="both"):
-        fused_gated_mlp(x, wg, wu, gate_bias=torch.zeros(16).half())
+        fused_gated_mlp(x, wg, wu, gate_bias=torch.zeros(16, device=DEVICE).half())
     # every error is also the builtin a user would catch
     with pytest.raises(ValueError):
         fused_gated_mlp(x, wg, wu, "relu")
@@ -295,7 +352,7 @@ def test_opcheck():
     x, wg, wu, bg, bu = _inputs(5, 32, 24, torch.float16, bias=True)
     torch.library.opcheck(torch.ops.triton_ops.fused_gated_mlp.default, (x, wg, wu, "silu", None, None))
     torch.library.opcheck(torch.ops.triton_ops.fused_gated_mlp.default, (x, wg, wu, "gelu", bg, bu))
-    out = torch.empty(5, 24, dtype=torch.float16)
+    out = torch.empty(5, 24, dtype=torch.float16, device=DEVICE)
     torch.library.opcheck(torch.ops.triton_ops.fused_gated_mlp_out.default, (x, wg, wu, "silu", None, None, out))
     xq, xs = G.quantize_rows_fp8(x.float())
     gq, gs = G.quantize_rows_fp8(wg.float())
@@ -322,8 +379,8 @@ def test_backward_matches_torch(act):
 
 def test_torch_compile_fullgraph():
     torch._dynamo.reset()
-    mod = FusedGatedMLP(32, 24, "gelu", dtype=torch.float16)
-    x = torch.randn(2, 5, 32).half()
+    mod = FusedGatedMLP(32, 24, "gelu", dtype=torch.float16, device=DEVICE)
+    x = torch.randn(2, 5, 32, device=DEVICE).half()
 
     @torch.compile(fullgraph=True)
     def f(x):
@@ -332,7 +389,7 @@ def test_torch_compile_fullgraph():
     got = f(x)
     g, u = mod.gate_up_weights()
     expect = 2 * _ref(x, g, u, "gelu") + _ref(x, g, u, "silu")
-    np.testing.assert_allclose(got.detach().double().numpy(), expect, rtol=4e-3, atol=4e-3)
+    np.testing.assert_allclose(got.detach().double().cpu().numpy(), expect, rtol=4e-3, atol=4e-3)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -341,17 +398,17 @@ def test_torch_compile_fullgraph():
 
 
 def test_module_from_linear_and_state_dict_round_trip():
-    gate = torch.nn.Linear(32, 24, bias=False).half()
-    up = torch.nn.Linear(32, 24, bias=False).half()
+    gate = torch.nn.Linear(32, 24, bias=False, device=DEVICE).half()
+    up = torch.nn.Linear(32, 24, bias=False, device=DEVICE).half()
     mod = FusedGatedMLP.from_linear(gate, up, "silu")
     assert mod.weight.shape == (48, 32) and mod.weight.is_contiguous()
-    x = torch.randn(3, 32).half()
+    x = torch.randn(3, 32, device=DEVICE).half()
     _check(mod(x), _ref(x, gate.weight, up.weight), torch.float16)
     g, u = mod.gate_up_weights()
     assert torch.equal(g, gate.weight) and torch.equal(u, up.weight)
     sd = {"model.layers.0.mlp.gate_proj.weight": gate.weight.detach(),
           "model.layers.0.mlp.up_proj.weight": up.weight.detach(),
-          "model.layers.0.mlp.down_proj.weight": torch.randn(32, 24).half()}
+          "model.layers.0.mlp.down_proj.weight": torch.randn(32, 24, device=DEVICE).half()}
     mod2 = FusedGatedMLP.from_hf_state_dict(sd, prefix="model.layers.0.mlp.")
     assert torch.equal(mod2.weight, mod.weight)
     back = mod2.to_hf_state_dict(prefix="mlp.")
@@ -362,10 +419,10 @@ def test_module_from_linear_and_state_dict_round_trip():
 
 
 def test_module_with_bias_and_repr():
-    gate = torch.nn.Linear(16, 8).half()
-    up = torch.nn.Linear(16, 8).half()
+    gate = torch.nn.Linear(16, 8, device=DEVICE).half()
+    up = torch.nn.Linear(16, 8, device=DEVICE).half()
     mod = FusedGatedMLP.from_linear(gate, up, "gelu_tanh")
-    x = torch.randn(2, 3, 16).half()
+    x = torch.randn(2, 3, 16, device=DEVICE).half()
     _check(mod(x), _ref(x, gate.weight, up.weight, "gelu_tanh", gate.bias, up.bias), torch.float16)
     assert "bias=True" in repr(mod)
     sd = mod.to_hf_state_dict()
@@ -373,7 +430,7 @@ def test_module_with_bias_and_repr():
 
 
 def test_module_init_and_errors():
-    mod = FusedGatedMLP(64, 40)
+    mod = FusedGatedMLP(64, 40, device=DEVICE)
     g, u = mod.gate_up_weights()
     bound = 1 / math.sqrt(64)  # kaiming_uniform(a=sqrt(5)) on fan_in 64 gives U(-1/8, 1/8)
     assert g.abs().max() <= bound and u.abs().max() <= bound and not torch.equal(g, u)
@@ -384,7 +441,7 @@ def test_module_init_and_errors():
     with pytest.raises(ShapeError):
         FusedGatedMLP.from_weights(torch.randn(4, 8), torch.randn(5, 8))
     with pytest.raises(TritonOpsError):
-        mod(torch.randn(3, 65))
+        mod(torch.randn(3, 65, device=DEVICE))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -394,7 +451,7 @@ def test_module_init_and_errors():
 
 def _dequant_ref(xq, xs, gq, gs, uq, us, act):
     d = lambda q, s: q.double() * s.double().reshape(-1, 1)
-    return ref.gated_mlp(d(xq, xs).numpy(), d(gq, gs).numpy(), d(uq, us).numpy(), act)
+    return ref.gated_mlp(d(xq, xs).cpu().numpy(), d(gq, gs).cpu().numpy(), d(uq, us).cpu().numpy(), act)
 
 
 @pytest.mark.parametrize("act", ACTS)
@@ -415,15 +472,15 @@ def test_fp8_matches_dequantized_reference(shape, act):
 def test_fp8_module_accuracy_and_conversion():
     torch.manual_seed(0)
     H, Inter = 256, 96
-    dense = FusedGatedMLP(H, Inter, "silu", dtype=torch.float16)
+    dense = FusedGatedMLP(H, Inter, "silu", dtype=torch.float16, device=DEVICE)
     g, u = dense.gate_up_weights()
     fp8 = FusedGatedMLP.from_weights(g, u, "silu", fp8=True)
     assert fp8.weight_fp8.dtype == torch.float8_e4m3fn and fp8.weight_scale.shape == (2 * Inter,)
     assert not hasattr(fp8, "weight") or "weight" not in dict(fp8.named_parameters())
-    x = torch.randn(64, H).half()
+    x = torch.randn(64, H, device=DEVICE).half()
     out = fp8(x)
     assert out.dtype == torch.float16
-    expect = torch.from_numpy(_ref(x, g, u))
+    expect = torch.from_numpy(_ref(x, g, u)).to(out.device)
     cos = torch.nn.functional.cosine_similarity(out.double().flatten(), expect.flatten(), dim=0).item()
     # e4m3 keeps 3 mantissa bits (~2.4% RMS relative rounding per operand). On Gaussian data, emulated in
     # float64 (M=512, H=1024, I=512): x alone quantized gives cos 0.99928, weights alone 0.99928, both
@@ -437,9 +494,9 @@ def test_fp8_module_accuracy_and_conversion():
 
 
 def test_fp8_errors():
-    x = torch.randn(4, 32)
+    x = torch.randn(4, 32, device=DEVICE)
     xq, xs = G.quantize_rows_fp8(x)
-    w = torch.randn(8, 32)
+    w = torch.randn(8, 32, device=DEVICE)
     wq, ws = G.quantize_rows_fp8(w)
     with pytest.raises(DTypeError):
         fused_gated_mlp_fp8(x.half(), xs, wq, ws, wq, ws)
@@ -513,7 +570,7 @@ def test_gpu_every_config(dtype):
     arch = cap[0] * 10 + cap[1]
     x, wg, wu, _, _ = _inputs(1000, 4096, 1536, dtype, device="cuda")
     expect = _torch_ref_fp32(x, wg, wu)
-    for cfg in G.candidate_configs(arch, dtype) + [G._unaligned_config("fp16")]:
+    for cfg in G.candidate_configs(arch, dtype) + G.sweep_configs(arch, dtype) + [G._unaligned_config("fp16")]:
         out = torch.full((1000, 1536), float("nan"), dtype=dtype, device="cuda")
         G._run(x, wg, wu, out, "silu", None, None, config=cfg)
         assert _rel_err(out, expect) < 8e-3, cfg.label()
@@ -547,3 +604,22 @@ def test_gpu_fp8_accuracy():
         # see test_fp8_module_accuracy_and_conversion: Gaussian data quantized to e4m3 on both operands
         # reaches ~0.9986 in exact arithmetic
         assert cos >= 0.998, (M, H, Inter, cos)
+
+
+@pytest.mark.gpu
+def test_gpu_fp8_every_config():
+    if not G.device_capability() or G.device_capability() < (8, 9):
+        pytest.skip("FP8 tensor cores need sm_89+")
+    cap = torch.cuda.get_device_capability()
+    arch = cap[0] * 10 + cap[1]
+    x, wg, wu, _, _ = _inputs(1000, 4096, 1536, torch.bfloat16, device="cuda")
+    xq, xs = G.quantize_rows_fp8(x)
+    gq, gs = G.quantize_rows_fp8(wg)
+    uq, us = G.quantize_rows_fp8(wu)
+    deq = lambda q, sc: q.float() * sc.reshape(-1, 1)
+    expect = _torch_ref_fp32(deq(xq, xs), deq(gq, gs), deq(uq, us))
+    for cfg in G.candidate_configs(arch, torch.float8_e4m3fn) + G.sweep_configs(arch, torch.float8_e4m3fn):
+        out = torch.full((1000, 1536), float("nan"), dtype=torch.bfloat16, device="cuda")
+        G._run(xq, gq, uq, out, "silu", None, None, xs.reshape(-1), gs.reshape(-1), us.reshape(-1), config=cfg)
+        # same fp8 operands: fp32 accumulation order and the bf16 output rounding only
+        assert _rel_err(out, expect) < 8e-3, cfg.label()
