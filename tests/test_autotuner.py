@@ -3,6 +3,7 @@ and the opt-in runtime switch."""
 
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
@@ -322,9 +323,54 @@ def test_use_tuned_configs_switch_and_context(runtime_cache):
 
 def test_env_var_switch(runtime_cache, monkeypatch):
     monkeypatch.setenv("TRITON_OPS_USE_TUNED", "1")
+    assert rt.lookup("axpy", (4096,), DEVICE) is None  # read at import (one flag test per launch) ...
+    rt.use_tuned_configs(None)  # ... and when asked to follow the environment again
+    assert rt.ENABLED and rt.tuned_configs_enabled()
     assert rt.lookup("axpy", (4096,), DEVICE) == {"BLOCK": 512, "EXTRA": 1}
     rt.use_tuned_configs(False)  # the function call wins over the environment
+    assert not rt.ENABLED
     assert rt.lookup("axpy", (4096,), DEVICE) is None
+
+
+def test_env_var_read_at_import(tmp_path):
+    import subprocess
+    import sys
+
+    code = "import triton_ops.autotuner.runtime as rt; print(rt.ENABLED, rt.tuned_configs_enabled())"
+    for value, want in (("1", "True True"), ("0", "False False"), ("", "False False")):
+        env = dict(os.environ, TRITON_OPS_USE_TUNED=value, TRITON_INTERPRET="1")
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+        assert out.stdout.strip() == want, out.stderr[-2000:]
+
+
+def test_lookup_any_device_spelling_and_remembered(runtime_cache, monkeypatch):
+    rt.use_tuned_configs()
+    for dev in (DEVICE, torch.device(DEVICE), rt.device_key(DEVICE)):
+        assert rt.lookup("axpy", (4096,), dev) == {"BLOCK": 512, "EXTRA": 1}
+        assert rt.lookup("axpy", [4096], dev) == {"BLOCK": 512, "EXTRA": 1}
+    # a result is remembered for LOOKUP_TTL_S: a write by another instance shows after that, or at
+    # once after forget_lookups() / a switch call
+    ConfigCache(runtime_cache).set("axpy", (4096,), DEVICE, {"BLOCK": 1024})
+    clock = [time.monotonic()]
+    monkeypatch.setattr(rt.time, "monotonic", lambda: clock[0])
+    assert rt.lookup("axpy", (4096,), DEVICE) == {"BLOCK": 512, "EXTRA": 1}
+    clock[0] += rt.LOOKUP_TTL_S + 0.01
+    assert rt.lookup("axpy", (4096,), DEVICE) == {"BLOCK": 1024}
+    ConfigCache(runtime_cache).set("axpy", (4096,), DEVICE, {"BLOCK": 64})
+    rt.forget_lookups()
+    assert rt.lookup("axpy", (4096,), DEVICE) == {"BLOCK": 64}
+    got = rt.lookup("axpy", (4096,), DEVICE)
+    got["BLOCK"] = 7  # callers get a copy of the remembered config
+    assert rt.lookup("axpy", (4096,), DEVICE) == {"BLOCK": 64}
+    assert rt.lookup("axpy", (2048,), DEVICE) is None  # misses are remembered too, and stay misses
+
+
+def test_disabled_lookup_is_one_flag_test(runtime_cache, monkeypatch):
+    rt.use_tuned_configs(False)
+    monkeypatch.setattr(rt, "default_cache", lambda: pytest.fail("the cache must not be touched when off"))
+    monkeypatch.setattr(rt, "device_key", lambda d: pytest.fail("nor the device key computed"))
+    assert rt.lookup("axpy", (4096,), DEVICE) is None
+    assert rt.resolve("axpy", (4096,), DEVICE, {"BLOCK": 128}) == {"BLOCK": 128}
 
 
 def test_default_cache_dir(monkeypatch, tmp_path):
@@ -342,6 +388,26 @@ def test_device_key():
     assert rt.device_key("cpu") == "cpu"
     assert rt.device_key(torch.device("cuda", 1)) == "cuda:1"
     assert rt.device_key("cuda").startswith("cuda:")
+    assert rt.device_key("cuda") == rt.device_key(torch.device("cuda")) == rt.device_key(rt.device_key("cuda"))
+
+
+def test_time_budget_stops_after_first_success():
+    calls = []
+
+    def fn(x, A=0):
+        calls.append(A)
+        if A == 0:
+            raise RuntimeError("does not compile")
+        time.sleep(0.02)
+        return x
+
+    tuner = TritonAutoTuner(fn, {"A": [0, 1, 2, 3, 4]}, warmup_runs=0, benchmark_runs=1)
+    res = tuner.tune(torch.ones(2), time_budget_s=0.0)
+    # the failing config does not count as a success; the first success ends a zero budget
+    assert [c["A"] for c, _ in res.all_results] == [0, 1]
+    assert res.best_config == {"A": 1}
+    res = tuner.tune(torch.ones(2), time_budget_s=60.0)
+    assert len(res.all_results) == 5
 
 
 @pytest.mark.gpu

@@ -38,7 +38,7 @@ def test_memory_cache_keys_and_copies():
     assert c.get("k", (1, 2), "cuda:0") is None
     c.set("k", (1, 2), "cuda:0", {"BLOCK": 64})
     assert c.get("k", [1, 2], "cuda:0") == {"BLOCK": 64}  # list and tuple sizes are one key
-    assert c.get("k", (1, 2), "cuda") is None  # another device string is another entry
+    assert c.get("k", (1, 2), "cuda:1") is None  # another device is another entry
     assert c.get("k", (2, 1), "cuda:0") is None
     assert c.get("other", (1, 2), "cuda:0") is None
     got = c.get("k", (1, 2), "cuda:0")
@@ -50,6 +50,63 @@ def test_memory_cache_keys_and_copies():
     assert ("k", (7,), "cpu") in c and len(c) == 2
     c.clear()
     assert c.get_all_keys() == [] and c.get("k", (1, 2), "cuda:0") is None
+
+
+def test_device_spellings_are_one_key(tmp_path):
+    """Every spelling of one device finds the same entry, so `triton-ops tune` (which stores under the
+    current device) and a launcher (which looks up with its tensor's device) meet."""
+    import torch
+
+    from triton_ops.autotuner import runtime as rt
+
+    current = f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cuda:0"
+    spellings = ["cuda", current, torch.device("cuda"), torch.device(current), f" {current} "]
+    for dev in spellings:
+        assert cache_mod.normalize_device(dev) == current
+        assert rt.device_key(dev) == current
+    for dev in ("cpu", "cpu:0", torch.device("cpu"), torch.device("cpu", 0)):
+        assert cache_mod.normalize_device(dev) == "cpu"
+    assert cache_mod.normalize_device(torch.device("cuda", 3)) == "cuda:3"
+    assert cache_mod.normalize_device("my-box") == "my-box"  # not a torch device: a label kept as given
+
+    c = ConfigCache(tmp_path)
+    for i, stored in enumerate(spellings):
+        c.set("k", (8,), stored, {"A": i})
+        for asked in spellings:
+            assert c.get("k", (8,), asked) == {"A": i}
+            assert ConfigCache(tmp_path).get("k", (8,), asked) == {"A": i}  # through the file too
+    assert c.get_all_keys() == [CacheKey("k", (8,), current)]
+    c.set("k", (8,), "cpu:0", {"A": -1})
+    assert c.get("k", (8,), torch.device("cpu")) == {"A": -1}
+    assert sorted(k.device for k in c.get_all_keys()) == sorted(["cpu", current])
+    entries = json.loads(_file(tmp_path).read_text())["entries"]
+    assert sorted(e["device"] for e in entries.values()) == sorted(["cpu", current])
+
+
+def test_files_with_uncanonical_device_names_are_merged(tmp_path):
+    """A file written before device names were canonical ("cuda") is read as "cuda:<index>", and the
+    next write merges the two spellings into one entry (the newer wins)."""
+    current = cache_mod.normalize_device("cuda")
+    c = ConfigCache(tmp_path)
+    c.set("k", (8,), "cuda", {"A": 1})
+    data = json.loads(_file(tmp_path).read_text())
+    [(skey, raw)] = data["entries"].items()
+    raw["device"] = "cuda"
+    raw["time"] = "2000-01-01T00:00:00+00:00"
+    data["entries"] = {skey.replace(current, "cuda"): raw}
+    _file(tmp_path).write_text(json.dumps(data))
+    fresh = ConfigCache(tmp_path)
+    assert fresh.get("k", (8,), current) == {"A": 1}
+    assert fresh.get_all_keys() == [CacheKey("k", (8,), current)]
+    # both spellings in one file: the newer entry is the one read, whichever comes first in the file
+    newer = dict(raw, device=current, config={"A": 3}, time="2001-01-01T00:00:00+00:00")
+    for order in ((skey.replace(current, "cuda"), raw), (skey, newer)), ((skey, newer), ("x", raw)):
+        data["entries"] = dict(order)
+        _file(tmp_path).write_text(json.dumps(data))
+        assert ConfigCache(tmp_path).get("k", (8,), "cuda") == {"A": 3}
+    fresh.set("k", (8,), current, {"A": 2})
+    entries = json.loads(_file(tmp_path).read_text())["entries"]
+    assert [(e["device"], e["config"]) for e in entries.values()] == [(current, {"A": 2})]
 
 
 def test_clear_one_kernel_type(tmp_path):
@@ -269,7 +326,7 @@ def test_cache_matches_a_dict_model_through_disk(tmp_path_factory, ops):
     model = {}
     for kt, size, dev, v in ops:
         c.set(kt, size, dev, {"V": v})
-        model[(kt, tuple(size), dev)] = {"V": v}
+        model[(kt, tuple(size), cache_mod.normalize_device(dev))] = {"V": v}  # "cuda" is "cuda:<index>"
     fresh = ConfigCache(d)  # everything went through the JSON files
     assert sorted(fresh.get_all_keys()) == sorted(CacheKey(*k) for k in model)
     for k, cfg in model.items():

@@ -25,6 +25,7 @@ from triton_ops.autotuner.cache import ConfigCache
 from triton_ops.benchmark.case import BenchCase
 from triton_ops.benchmark.report import load_results
 from triton_ops.cli import main
+from triton_ops.exceptions import TritonOpsError
 
 REPO = Path(__file__).resolve().parents[1]
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -156,25 +157,29 @@ def test_bench_nothing_to_run_is_an_error_not_a_crash(capsys, monkeypatch):
 
 
 def test_tune_stores_and_reuses(cache_env, capsys):
+    # --shapes given: with no option the command tunes the entry's GPU shapes on a GPU, its CPU shapes here
     argv = ["tune", "synth_axpb", "--entries-module", "tests.test_cli", "--warmup", "1", "--runs", "2",
-            "--no-progress"]
+            "--shapes", "300", "--no-progress"]
     assert main(argv) == 0
     out = capsys.readouterr().out
-    assert "synth_axpb" in out and "5/7" in out  # default + 6 candidates, the two BLOCK_SIZE=48 fail
+    assert "synth_axpb" in out and "5/7/6" in out  # default + 6 candidates, the two BLOCK_SIZE=48 fail
     cache = ConfigCache(cache_env)
-    key_dev = rt.device_key(DEVICE)
-    cfg = cache.get("synth_axpb", (300,), key_dev)
-    assert cfg is not None and cfg["BLOCK_SIZE"] in (32, 64, 128)
+    # stored under the canonical device name: found with every spelling of the device
+    for dev in (DEVICE, rt.device_key(DEVICE), torch.device(DEVICE)):
+        cfg = cache.get("synth_axpb", (300,), dev)
+        assert cfg is not None and cfg["BLOCK_SIZE"] in (32, 64, 128)
     # a second run answers from the cache; --force re-tunes
     assert main(argv) == 0
     assert "from cache" in capsys.readouterr().out
-    assert main([*argv, "--force", "--shapes", "300"]) == 0
+    assert main([*argv, "--force"]) == 0
     assert "from cache" not in capsys.readouterr().out
-    cfg = ConfigCache(cache_env).get("synth_axpb", (300,), key_dev)  # the re-tune may pick another
-    # the runtime switch finds it only when enabled
+    cfg = ConfigCache(cache_env).get("synth_axpb", (300,), DEVICE)  # the re-tune may pick another
+    # the runtime switch finds it only when enabled, whichever way the launcher names the device
     assert rt.lookup("synth_axpb", (300,), DEVICE) is None
     with rt.use_tuned_configs():
         assert rt.lookup("synth_axpb", (300,), DEVICE) == cfg
+        assert rt.lookup("synth_axpb", (300,), torch.device(DEVICE)) == cfg
+        assert rt.lookup("synth_axpb", (300,), torch.randn(1, device=DEVICE).device) == cfg
     # cache list / clear
     assert main(["cache", "list"]) == 0
     assert "synth_axpb" in capsys.readouterr().out
@@ -187,15 +192,179 @@ def test_tune_writes_report(cache_env, tmp_path, capsys):
     assert main(["tune", "synth_axpb", "--entries-module", "tests.test_cli", "--warmup", "0", "--runs", "1",
                  "--max-configs", "3", "--out", str(out), "--no-progress"]) == 0
     capsys.readouterr()
-    [report] = list(out.glob("tune-*.json"))
+    [report] = list(out.glob("*-tune-*.json"))
     rows = json.loads(report.read_text())["rows"]
     assert rows[0]["status"] == "ok" and rows[0]["configs_tried"] == 3
     assert rows[0]["default_ms"] > 0 and rows[0]["best_ms"] > 0
 
 
+def test_tune_default_shapes_follow_the_device(cache_env, capsys):
+    """No --shapes: the entry's CPU shapes here, its GPU shapes on a GPU; the entry is stored where the
+    command says."""
+    assert main(["tune", "synth_axpb", "--entries-module", "tests.test_cli", "--warmup", "0", "--runs", "1",
+                 "--max-configs", "2", "--no-progress"]) == 0
+    shape = (4096,) if torch.cuda.is_available() else (300,)
+    assert "x".join(map(str, shape)) in capsys.readouterr().out
+    assert ConfigCache(cache_env).get("synth_axpb", shape, DEVICE) is not None
+
+
+def test_order_candidates_puts_the_default_and_its_neighbours_first():
+    from triton_ops.autotuner import generate_configs
+    from triton_ops.cli import order_candidates
+
+    space = generate_configs({"A": [1, 2, 3], "B": [1, 2], "C": [0, 1]})
+    default = {"A": 2, "B": 1, "C": 0}
+    got = order_candidates(space, default)
+    assert got[0] == default and len(got) == len(space)
+    dist = [sum(c[k] != default[k] for k in default) for c in got]
+    assert dist == sorted(dist) and dist[1:5] == [1, 1, 1, 1]
+    assert order_candidates(space, default, 3) == got[:3]
+    assert order_candidates(space, default, 0) == [default]
+    assert order_candidates(space, {"A": 9}, None)[0] == {"A": 9}  # a default outside the space runs too
+
+
+def test_tune_time_budget(cache_env, capsys, tmp_path):
+    out = tmp_path / "tune"
+    assert main(["tune", "synth_axpb", "--entries-module", "tests.test_cli", "--warmup", "0", "--runs", "1",
+                 "--time-budget", "0", "--out", str(out), "--no-progress"]) == 0
+    capsys.readouterr()
+    [report] = list(out.glob("*-tune-*.json"))
+    [row] = json.loads(report.read_text())["rows"]
+    assert row["configs_tried"] == 1 and row["best_config"] == row["default_config"]
+    assert row["speedup"] == 1.0
+
+
+def test_tune_rmsnorm_rope_entry_in_the_interpreter(cache_env, capsys, tmp_path):
+    """The library's own tunable op through the command: its CPU shape, a few configs, both times side
+    by side in the output and the results file."""
+    out = tmp_path / "tune"
+    # one shape per op, as the seed-shape run on a GPU does; ops given no shape (gated_mlp ...) are skipped
+    assert main(["tune", "--shapes", "rmsnorm_rope=1x3x256x64", "synth_axpb=100", "--entries-module",
+                 "tests.test_cli", "--warmup", "0", "--runs", "1", "--max-configs", "3", "--out", str(out),
+                 "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    assert "| rmsnorm_rope | 1x3x256x64 | float16 |" in text and "default ms" in text and "speedup" in text
+    [report] = list(out.glob("*-tune-*.json"))
+    rows = json.loads(report.read_text())["rows"]
+    assert [(r["kernel_type"], r["shape"]) for r in rows] == [("rmsnorm_rope", "1x3x256x64"), ("synth_axpb", "100")]
+    row = rows[0]
+    assert row["status"] == "ok" and row["configs_ok"] == row["configs_tried"] == 3
+    assert row["default_ms"] > 0 and row["best_ms"] > 0 and row["speedup"] >= 1.0
+    assert row["cache_key"] == "3x256x64x64x2x0"  # rows x hidden x head_dim x rot x itemsize x residual
+    assert ConfigCache(cache_env).get("rmsnorm_rope", (3, 256, 64, 64, 2, 0), DEVICE) == row["best_config"]
+
+
+def test_rmsnorm_rope_launcher_uses_tuned_config_only_when_switched_on(cache_env, monkeypatch):
+    from triton_ops.kernels import rmsnorm_rope as rr
+
+    seen = []
+    real = rr.pick_config
+    monkeypatch.setattr(rr, "pick_config", lambda *a: seen.append(a[-1]) or real(*a))
+    x = torch.randn(2, 5, 256, device=DEVICE)
+    w = torch.randn(256, device=DEVICE)
+    ang = torch.rand(5, 64, device=DEVICE) * 6.0
+    cos, sin = ang.cos(), ang.sin()
+    want = rr.rmsnorm_rope_reference(x.double(), w.double(), cos.double(), sin.double(), head_dim=64)
+    # the key the launcher asks for: rows x hidden x head_dim x rot x itemsize x residual
+    ConfigCache(cache_env).set("rmsnorm_rope", (10, 256, 64, 64, 4, 0), DEVICE,
+                               {"ROWS_PER_PROG": 4, "num_warps": 1, "NOT_A_LAUNCH_PARAM": 3})
+    off = rr.fused_rmsnorm_rope(x, w, cos, sin, head_dim=64)
+    assert not seen[-1]  # heuristic only
+    with rt.use_tuned_configs():
+        on = rr.fused_rmsnorm_rope(x, w, cos, sin, head_dim=64)
+        assert seen[-1] == {"ROWS_PER_PROG": 4, "num_warps": 1}
+        # an explicit config wins over the cache
+        out = torch.full_like(x, float("nan"))
+        rr._launch(x, w, cos, sin, None, None, out, None, 1e-6, 64, False, 0.0, config={"num_warps": 2})
+        assert seen[-1] == {"num_warps": 2}
+        # another problem is not tuned: heuristic
+        rr.fused_rmsnorm_rope(x[:1], w, cos, sin, head_dim=64)
+        assert seen[-1] is None
+        # values the kernel cannot take (a hand-edited cache) are ignored
+        ConfigCache(cache_env).set("rmsnorm_rope", (10, 256, 64, 64, 4, 0), DEVICE,
+                                   {"ROWS_PER_PROG": 3, "num_warps": 2})
+        rt.forget_lookups()
+        rr.fused_rmsnorm_rope(x, w, cos, sin, head_dim=64)
+        assert seen[-1] == {"num_warps": 2}
+    # fp32 in and out, fp32 accumulation either way: identical up to summation order (~1e-6)
+    torch.testing.assert_close(on, off, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(on.double(), want, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(out.double(), want, rtol=1e-4, atol=1e-4)
+
+
+def test_rmsnorm_rope_tuning_entry_matches_its_launcher():
+    """default_config is what the launcher picks, and cache_key is the key the launcher asks for."""
+    from triton_ops.kernels import rmsnorm_rope as rr
+    from triton_ops.utils import num_sms
+
+    entry = rr.tuning_entry()
+    assert entry.kernel_type == "rmsnorm_rope"
+    assert entry.config_space == {"ROWS_PER_PROG": [1, 2, 4], "num_warps": [1, 2, 4, 8]}
+    assert (8, 2048, 4096, 64) in entry.default_shapes and entry.dtype == torch.float16
+    for shape, dtype in (((8, 2048, 4096, 64), torch.float16), ((4, 1, 2048), torch.float32)):
+        b, s, h = shape[:3]
+        hd = shape[3] if len(shape) == 4 else 64
+        cfg = rr.pick_config(b * s, h, hd, hd, dtype.itemsize, False, num_sms(DEVICE))
+        assert entry.default_for(shape, dtype) == {"ROWS_PER_PROG": cfg.ROWS_PER_PROG, "num_warps": cfg.num_warps}
+        assert entry.key_for(shape, dtype) == rr._tuning_key(b * s, h, hd, hd, dtype.itemsize, False)
+    # configs that spilled registers when built for sm_90 at the seed problem are not tried there
+    from triton_ops.autotuner import generate_configs
+
+    valid = entry.valid_for((8, 2048, 4096, 64), generate_configs(entry.config_space), torch.float16)
+    assert sorted((c["ROWS_PER_PROG"], c["num_warps"]) for c in valid) == [
+        (1, 2), (1, 4), (1, 8), (2, 4), (2, 8), (4, 4), (4, 8)]
+    for shape in entry.default_shapes + entry.cpu_shapes:
+        assert entry.default_for(shape, torch.float16) in entry.valid_for(
+            shape, generate_configs(entry.config_space), torch.float16)
+    for bad in ((8, 2048), (1, 2, 100, 64), (1, 2, 128, 3)):
+        with pytest.raises(TritonOpsError):
+            entry.key_for(bad)
+    args, kwargs = entry.make_args((1, 3, 128, 64), DEVICE, torch.float32)
+    a = entry.run(*args, **kwargs, ROWS_PER_PROG=1, num_warps=1)
+    b = entry.run(*args, **kwargs, ROWS_PER_PROG=2, num_warps=2)
+    assert a.data_ptr() != b.data_ptr()  # fresh outputs: one config cannot overwrite another's result
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.gpu
+def test_gpu_tuned_rmsnorm_rope_reaches_the_launcher(cache_env, capsys, monkeypatch, tmp_path):
+    """On the README's shape: `tune` stores a config at least as fast as the default, under the key and
+    device the public op looks up, and the op launches with it once tuned configs are switched on."""
+    from triton_ops.kernels import rmsnorm_rope as rr
+
+    out = tmp_path / "tune"
+    assert main(["tune", "--shapes", "rmsnorm_rope=8x2048x4096x64", "--max-configs", "6", "--warmup", "3",
+                 "--runs", "20", "--out", str(out), "--no-progress"]) == 0
+    capsys.readouterr()
+    [report] = list(out.glob("*-tune-*.json"))
+    [row] = json.loads(report.read_text())["rows"]
+    assert row["status"] == "ok" and row["speedup"] >= 1.0 and row["device"].startswith("cuda:")
+    seen = []
+    real = rr.pick_config
+    monkeypatch.setattr(rr, "pick_config", lambda *a: seen.append(a[-1]) or real(*a))
+    x = torch.randn(8, 2048, 4096, device="cuda", dtype=torch.float16)
+    w = torch.randn(4096, device="cuda", dtype=torch.float16)
+    ang = torch.rand(2048, 64, device="cuda") * 6.0
+    with rt.use_tuned_configs():
+        rr.fused_rmsnorm_rope(x, w, ang.cos(), ang.sin(), head_dim=64)
+    assert seen[-1] == row["best_config"]
+
+
 def test_tune_unknown_op(cache_env, capsys):
     assert main(["tune", "no_such_op", "--no-progress"]) == 1
     assert "nothing to tune" in capsys.readouterr().err
+    assert main(["tune", "--shapes", "rmsnorm_rope=8xq", "--no-progress"]) == 2
+    assert "is not a list of integers" in capsys.readouterr().err
+
+
+def test_python_dash_m_runs_the_command():
+    proc = subprocess.run([sys.executable, "-m", "triton_ops", "cache", "path"], cwd=REPO,
+                          env=_subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip()
+    proc = subprocess.run([sys.executable, "-m", "triton_ops", "--help"], cwd=REPO, env=_subprocess_env(),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "tune" in proc.stdout
 
 
 def test_bench_scripts_delegate(monkeypatch):

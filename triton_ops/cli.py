@@ -262,6 +262,16 @@ def _entry_wanted(module: str, entry: Any, ops: Sequence[str] | None) -> bool:
     return any(o in (entry.kernel_type, short, module) or entry.kernel_type.startswith(o) for o in ops)
 
 
+def _split_shape_arg(text: str) -> tuple[str | None, tuple[int, ...]]:
+    """``"8x2048x4096"`` -> (None, dims) for every op; ``"gated_mlp=16384x4096x11264"`` -> that op only."""
+    from .autotuner.entry import parse_shape
+
+    op, sep, dims = text.partition("=")
+    if not sep:
+        return None, parse_shape(text)
+    return op.strip() or None, parse_shape(dims)
+
+
 def _dtype(name: str) -> torch.dtype:
     from .exceptions import InvalidArgumentError
 
@@ -283,10 +293,40 @@ def _confirm(tuner: Any, best: dict[str, Any], default: dict[str, Any], args: tu
     return d[len(d) // 2], b[len(b) // 2]
 
 
+def _snapshot(out: Any) -> Any:
+    """A copy of a launch's output that later launches cannot overwrite (entries may reuse buffers)."""
+    if isinstance(out, torch.Tensor):
+        return out.detach().clone()
+    if isinstance(out, (list, tuple)):
+        return type(out)(_snapshot(o) for o in out)
+    return out
+
+
+def order_candidates(configs: list[dict[str, Any]], default: dict[str, Any],
+                     max_configs: int | None = None) -> list[dict[str, Any]]:
+    """The default first, then the other configs by how many parameters they change (one-parameter moves
+    first, generation order among equals), cut to ``max_configs`` in all.
+
+    A heuristic default is usually near the optimum, so its neighbours are the configs most worth the
+    seconds each GEMM config takes to compile; a ``--max-configs`` or ``--time-budget`` cut keeps those.
+    """
+    others = [c for c in configs if c != default]
+    diff = lambda c: sum(1 for k in set(c) | set(default) if c.get(k) != default.get(k))
+    others = sorted(others, key=diff)  # stable: generation order among equals
+    out = [dict(default)] + others
+    if max_configs is not None:
+        out = out[:max(1, max_configs)]
+    return out
+
+
 def tune_entry_shape(entry: Any, shape: tuple[int, ...], *, device: str, dtype: torch.dtype | None,
                      cache: Any, warmup: int, runs: int, force: bool, max_configs: int | None,
-                     progress: bool) -> dict[str, Any]:
-    """Tune one problem of one entry; returns a result row (never raises for kernel failures)."""
+                     progress: bool, time_budget_s: float | None = None) -> dict[str, Any]:
+    """Tune one problem of one entry; returns a result row (never raises for kernel failures).
+
+    The winner is stored under the entry's cache key for the problem (:meth:`TuningEntry.key_for`), the
+    key its launcher looks up, on the canonical device name (``"cuda"`` is stored as ``"cuda:<index>"``).
+    """
     from .autotuner.configs import generate_configs
     from .autotuner.runtime import device_key
     from .autotuner.tuner import TritonAutoTuner
@@ -298,20 +338,16 @@ def tune_entry_shape(entry: Any, shape: tuple[int, ...], *, device: str, dtype: 
     row: dict[str, Any] = {"kernel_type": entry.kernel_type, "shape": "x".join(map(str, shape)),
                            "dtype": str(dtype).replace("torch.", ""), "device": dkey}
     try:
+        key = entry.key_for(shape, dtype)
+        row["cache_key"] = "x".join(map(str, key))
         call_args, call_kwargs = entry.make_args(shape, device, dtype)
-        default = dict(entry.default_config(shape))
-        ref = entry.run(*call_args, **call_kwargs, **default)
+        default = dict(entry.default_for(shape, dtype))
+        ref = _snapshot(entry.run(*call_args, **call_kwargs, **default))
     except Exception as exc:
         row.update(status="FAILED", error=f"default config failed: {type(exc).__name__}: {exc}"[:300])
         return row
-    configs = generate_configs(entry.config_space)
-    if entry.valid_configs is not None:
-        configs = list(entry.valid_configs(shape, configs))
-    configs = [c for c in configs if c != default]
-    if max_configs is not None and len(configs) > max_configs - 1:
-        step = len(configs) / max(1, max_configs - 1)
-        configs = [configs[int(i * step)] for i in range(max(0, max_configs - 1))]
-    candidates = [default] + configs
+    configs = entry.valid_for(shape, generate_configs(entry.config_space), dtype)
+    candidates = order_candidates(configs, default, max_configs)
 
     def verify(out: Any, cfg: dict[str, Any]) -> bool:
         res = check_output(out, ref, rtol=entry.rtol)
@@ -324,8 +360,8 @@ def tune_entry_shape(entry: Any, shape: tuple[int, ...], *, device: str, dtype: 
                             cache=cache, profile=profile, verify=verify)
     bar = _progress(len(candidates), f"{entry.kernel_type} {row['shape']}", progress)
     try:
-        result = tuner.tune(*call_args, problem_size=shape, device=dkey, kernel_type=entry.kernel_type,
-                            configs=candidates, force=force,
+        result = tuner.tune(*call_args, problem_size=key, device=dkey, kernel_type=entry.kernel_type,
+                            configs=candidates, force=force, time_budget_s=time_budget_s,
                             progress=(lambda c, m: bar.update(1)) if bar is not None else None, **call_kwargs)
     except TuningFailedError as exc:
         row.update(status="FAILED", error=str(exc).splitlines()[0][:300])
@@ -345,11 +381,11 @@ def tune_entry_shape(entry: Any, shape: tuple[int, ...], *, device: str, dtype: 
         default_ms, best_ms = _confirm(tuner, best_cfg, default, call_args, call_kwargs, dkey)
         if best_ms > 0.99 * default_ms:
             best_cfg, best_ms = default, default_ms
-        cache.set(entry.kernel_type, shape, dkey, best_cfg,
+        cache.set(entry.kernel_type, key, dkey, best_cfg,
                   metrics=tuner.metrics_for(best_ms, profile, dkey))
     row.update(status="ok", default_config=default, default_ms=default_ms, best_config=best_cfg,
                best_ms=best_ms, speedup=(default_ms / best_ms) if default_ms and best_ms else None,
-               configs_ok=len(ok), configs_tried=len(result.all_results))
+               configs_ok=len(ok), configs_tried=len(result.all_results), configs_total=len(configs))
     metrics = tuner.metrics_for(best_ms, profile, dkey)
     if metrics.throughput_tflops is not None:
         row["best_tflops"] = metrics.throughput_tflops
@@ -364,24 +400,27 @@ def _tune_markdown(rows: list[dict[str, Any]], env: dict[str, Any], cpu: bool) -
     lines = [f"# Tuning results: {env.get('gpu')}", ""]
     if cpu:
         lines += [f"> **{CPU_BANNER}**", ""]
-    lines += ["| kernel | shape | dtype | default ms | tuned ms | speedup | tuned config | configs ok/tried "
-              "| note |", "|---|---|---|---|---|---|---|---|---|"]
+    lines += ["| kernel | shape | dtype | default ms | tuned ms | speedup | default config | tuned config "
+              "| configs ok/tried/space | note |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         fmt = lambda x: f"{x:.4g}" if isinstance(x, float) else ""
         sp = f"{r['speedup']:.3f}x" if r.get("speedup") else ""
-        cfg = json.dumps(r.get("best_config")) if r.get("best_config") else ""
-        tried = f"{r.get('configs_ok', '')}/{r.get('configs_tried', '')}" if r.get("configs_tried") else ""
+        cfg = f"`{json.dumps(r['best_config'])}`" if r.get("best_config") else ""
+        dflt = f"`{json.dumps(r['default_config'])}`" if r.get("default_config") else ""
+        tried = (f"{r.get('configs_ok', '')}/{r.get('configs_tried', '')}/{r.get('configs_total', '')}"
+                 if r.get("configs_tried") else "")
         note = r.get("error") or ""
         if r.get("status") == "cached":
             note = "from cache (use --force to re-tune)"
+        elif r.get("status") == "ok":
+            note = "default kept" if r.get("best_config") == r.get("default_config") else "tuned config stored"
         lines.append(f"| {r['kernel_type']} | {r['shape']} | {r['dtype']} | {fmt(r.get('default_ms'))} | "
-                     f"{fmt(r.get('best_ms'))} | {sp} | `{cfg}` | {tried} | {note} |")
+                     f"{fmt(r.get('best_ms'))} | {sp} | {dflt} | {cfg} | {tried} | {note} |")
     return "\n".join(lines) + "\n"
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
     from .autotuner.cache import ConfigCache
-    from .autotuner.entry import parse_shape
     from .autotuner.runtime import default_cache_dir
     from .benchmark.report import gpu_slug
     from .benchmark.suite import collect_env
@@ -402,10 +441,13 @@ def cmd_tune(args: argparse.Namespace) -> int:
     cache_dir = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
     cache = ConfigCache(cache_dir)
     dtype = _dtype(args.dtype) if args.dtype else None
-    shapes_arg = [parse_shape(s) for s in args.shapes] if args.shapes else None
+    shape_args = [_split_shape_arg(s) for s in args.shapes] if args.shapes else []
     rows = []
-    for _module, entry in entries:
-        shapes = shapes_arg or (entry.cpu_shapes if cpu else entry.default_shapes)
+    for module, entry in entries:
+        mine = [shape for op, shape in shape_args if op is None or _entry_wanted(module, entry, [op])]
+        if shape_args and not mine:
+            continue  # shapes were given, none for this op
+        shapes = mine or (entry.cpu_shapes if cpu else entry.default_shapes)
         if not shapes:
             print(f"{entry.kernel_type}: no {'CPU ' if cpu else ''}default shapes; pass --shapes",
                   file=sys.stderr)
@@ -413,7 +455,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         for shape in shapes:
             row = tune_entry_shape(entry, tuple(shape), device=dev, dtype=dtype, cache=cache,
                                    warmup=args.warmup, runs=args.runs, force=args.force,
-                                   max_configs=args.max_configs,
+                                   max_configs=args.max_configs, time_budget_s=args.time_budget,
                                    progress=not args.no_progress)
             rows.append(row)
     env = collect_env(dev)
@@ -425,7 +467,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        stem = f"tune-{gpu_slug(env.get('gpu'))}-{_dt.date.today().isoformat()}"
+        # <gpu>-tune-<date>: beside the <gpu>-<date> benchmark files; cpu-* (interpreter) files are not results
+        stem = f"{gpu_slug(env.get('gpu'))}-tune-{_dt.date.today().isoformat()}"
         doc = json.dumps({"env": env, "rows": rows}, indent=1, default=str)
         (out / f"{stem}.json").write_text(doc + "\n")
         (out / f"{stem}.md").write_text(md)
@@ -498,18 +541,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("tune", help="pre-tune problem sizes into the config cache")
     p.add_argument("ops", nargs="*", help="kernel types or kernel modules to tune (default: all tunable)")
-    p.add_argument("--shapes", nargs="+", help="problem sizes like 8x2048x4096 (default: each op's own list)")
+    p.add_argument("--shapes", nargs="+", metavar="[OP=]SHAPE",
+                   help="problem sizes like 8x2048x4096 for every op, or OP=SHAPE for one op "
+                        "(e.g. gated_mlp=16384x4096x11264); ops with none given are skipped "
+                        "(default: each op's own list)")
     p.add_argument("--dtype", help="torch dtype name (default: each op's own)")
     p.add_argument("--device", help="cuda or cpu (default: cuda when available)")
     p.add_argument("--warmup", type=int, default=5, help="untimed runs per config (default: %(default)s)")
     p.add_argument("--runs", type=int, default=30,
                    help="timed runs per config, median kept (default: %(default)s)")
-    p.add_argument("--max-configs", type=int, help="try at most this many configs per problem (default: all)")
+    p.add_argument("--max-configs", type=int,
+                   help="try at most this many configs per problem, the default's nearest neighbours first "
+                        "(default: all)")
+    p.add_argument("--time-budget", type=float, metavar="SECONDS",
+                   help="stop trying further configs of a problem after this many seconds (compiling a GEMM "
+                        "config takes seconds; default: no limit)")
     p.add_argument("--force", action="store_true", help="re-tune problems already in the cache")
     p.add_argument("--cache-dir", help=CACHE_HELP)
     p.add_argument("--entries-module", nargs="+", metavar="MODULE",
                    help="extra modules exposing tuning_entry() (tune your own kernels)")
-    p.add_argument("--out", help="also write tune-<gpu>-<date>.json/.md here")
+    p.add_argument("--out", help="also write <gpu>-tune-<date>.json/.md here (default and tuned side by side)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_tune)
 

@@ -134,13 +134,33 @@ def normalize_problem_size(problem_size: Any) -> tuple[int, ...]:
 
 
 def normalize_device(device: Any) -> str:
-    """The device as a key string. Strings are kept as given ("cuda" and "cuda:0" are different keys);
-    a ``torch.device`` is written the way ``str()`` prints it."""
-    if isinstance(device, torch.device):
-        return str(device)
-    if isinstance(device, str) and device:
-        return device
-    raise InvalidArgumentError(f"device must be a non-empty string or torch.device, got {device!r}")
+    """The canonical key string of a device, so that every spelling of one device finds the same entries.
+
+    ``"cuda"``, ``torch.device("cuda")``, ``"cuda:0"`` and ``torch.device("cuda", 0)`` are one key
+    (``"cuda:<index>"``; an index-less CUDA device means the current device, as for tensor placement,
+    and device 0 where CUDA is absent); ``"cpu"`` and ``"cpu:0"`` are ``"cpu"``. Strings that are not
+    torch device names are kept as given (stripped), so callers may key entries by a label of their own.
+    """
+    if isinstance(device, str):
+        text = device.strip()
+        if not text:
+            raise InvalidArgumentError(f"device must be a non-empty string or torch.device, got {device!r}")
+        try:
+            dev = torch.device(text)
+        except (RuntimeError, ValueError):
+            return text
+    elif isinstance(device, torch.device):
+        dev = device
+    else:
+        raise InvalidArgumentError(f"device must be a non-empty string or torch.device, got {device!r}")
+    if dev.type == "cpu":
+        return "cpu"
+    if dev.index is None:
+        if dev.type != "cuda":
+            return dev.type
+        index = torch.cuda.current_device() if torch.cuda.is_available() else 0
+        return f"cuda:{index}"
+    return f"{dev.type}:{dev.index}"
 
 
 def _check_kernel_type(kernel_type: Any) -> str:
@@ -373,6 +393,8 @@ class ConfigCache:
             if parsed is None:
                 continue
             mkey, entry = parsed
+            if mkey in seen and str(self._mem[mkey].get("time") or "") > str(entry.get("time") or ""):
+                continue  # two spellings of one device in an older file: the newer entry wins
             seen.add(mkey)
             self._mem[mkey] = dict(entry, persisted=True)
         # entries this instance loaded from (or wrote to) this file that another process removed
@@ -483,15 +505,20 @@ class ConfigCache:
                     entries = self._mine(path)
                 current = environment_fingerprint(key.device)
                 merged: dict[str, Any] = {}
-                for skey, raw in entries.items():
+                for raw in entries.values():
                     parsed = self._parse_entry(raw)
                     if parsed is None:
                         continue
-                    (k, _), e = parsed
+                    (k, entry_gpu), e = parsed
                     # drop entries from an older/newer library or Triton: they can never be valid again here
                     if (e["env"]["library"], e["env"]["triton"]) != (current["library"], current["triton"]):
                         continue
-                    merged[skey] = raw
+                    # re-keyed canonically: files written before device names were canonical ("cuda")
+                    # merge into the "cuda:<index>" entry instead of standing beside it
+                    skey = _storage_key(k, entry_gpu)
+                    if skey in merged and str(merged[skey].get("time") or "") > str(e.get("time") or ""):
+                        continue  # two spellings of one key: the newer entry wins
+                    merged[skey] = self._to_raw(k, e)
                 merged[_storage_key(key, gpu)] = self._to_raw(key, entry)
                 self._atomic_write(path, merged)
                 self._stamp[str(path)] = self._stat(path)

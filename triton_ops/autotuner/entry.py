@@ -10,6 +10,7 @@ the op's launcher finds it when tuned configs are switched on (:mod:`triton_ops.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,7 +28,8 @@ class TuningEntry:
     make_args: Callable[[tuple[int, ...], str, torch.dtype], tuple[tuple[Any, ...], dict[str, Any]]]
     #: ``run(*args, **kwargs, **config)``: one launch with that config; returns the output tensor
     run: Callable[..., Any]
-    #: ``default_config(problem_size) -> dict``: the launch heuristic's own choice for that problem
+    #: ``default_config(problem_size) -> dict``: the launch heuristic's own choice for that problem; a
+    #: function that also takes a second argument is given the dtype (heuristics that depend on it)
     default_config: Callable[[tuple[int, ...]], dict[str, Any]]
     # ---------------------------------------------------------------- optional
     #: problem sizes ``triton-ops tune`` uses when none are given (e.g. the README's benchmark shapes)
@@ -38,13 +40,50 @@ class TuningEntry:
     shape_doc: str = ""
     #: dtype used when none is given
     dtype: torch.dtype = torch.float16
-    #: ``valid_configs(problem_size, configs) -> configs``: drop configs that cannot run for this problem
+    #: ``valid_configs(problem_size, configs[, dtype]) -> configs``: drop configs that cannot run (or that
+    #: are known to spill) for this problem
     valid_configs: Callable[[tuple[int, ...], list[dict[str, Any]]], list[dict[str, Any]]] | None = None
     #: ``profile(problem_size, dtype) -> PerformanceProfile`` for TFLOPS / GB/s in tuning reports
     profile: Callable[[tuple[int, ...], torch.dtype], Any] | None = None
+    #: ``cache_key(problem_size, dtype) -> tuple[int, ...]``: the key the launcher passes to
+    #: ``runtime.lookup`` for this problem, when it is not the problem size itself (e.g. a launcher that
+    #: sees only rows x hidden, or whose best config depends on the element size); default: the size
+    cache_key: Callable[[tuple[int, ...], torch.dtype], tuple[int, ...]] | None = None
     #: relative L2 error allowed between a candidate's output and the default config's output
     #: (accumulation order changes with tile sizes: ~1e-3 for fp16 outputs, 1e-2 covers bf16 and FP8)
     rtol: float = 1e-2
+
+    def default_for(self, problem_size: tuple[int, ...], dtype: torch.dtype | None = None) -> dict[str, Any]:
+        """``default_config(problem_size, dtype)`` when it takes the dtype, else ``default_config(size)``."""
+        if _takes(self.default_config, 2):
+            return dict(self.default_config(tuple(problem_size), dtype or self.dtype))
+        return dict(self.default_config(tuple(problem_size)))
+
+    def valid_for(self, problem_size: tuple[int, ...], configs: list[dict[str, Any]],
+                  dtype: torch.dtype | None = None) -> list[dict[str, Any]]:
+        """``valid_configs(problem_size, configs[, dtype])`` (all configs when the entry has none)."""
+        if self.valid_configs is None:
+            return list(configs)
+        if _takes(self.valid_configs, 3):
+            return list(self.valid_configs(tuple(problem_size), configs, dtype or self.dtype))
+        return list(self.valid_configs(tuple(problem_size), configs))
+
+    def key_for(self, problem_size: tuple[int, ...], dtype: torch.dtype | None = None) -> tuple[int, ...]:
+        """The cache key of a problem: ``cache_key(problem_size, dtype)`` or the size itself."""
+        if self.cache_key is None:
+            return tuple(problem_size)
+        return tuple(int(v) for v in self.cache_key(tuple(problem_size), dtype or self.dtype))
+
+
+def _takes(fn: Callable[..., Any], n: int) -> bool:
+    """Whether ``fn`` accepts ``n`` positional arguments (optional extra arguments added later)."""
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):  # builtins and the like: assume the basic form
+        return False
+    if any(p.kind == p.VAR_POSITIONAL for p in params):
+        return True
+    return sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params) >= n
 
 
 def parse_shape(text: str) -> tuple[int, ...]:

@@ -160,14 +160,17 @@ class TritonAutoTuner:
              kernel_type: str | None = None, profile: PerformanceProfile | None = None,
              configs: list[Mapping[str, Any]] | None = None, force: bool = False,
              progress: Callable[[dict[str, Any], KernelMetrics | None], None] | None = None,
-             **kwargs: Any) -> TuningResult:
+             time_budget_s: float | None = None, **kwargs: Any) -> TuningResult:
         """Benchmark every config and return the fastest as a :class:`TuningResult`.
 
         ``args``/``kwargs`` are passed to ``kernel_fn`` together with each config. When ``problem_size``
         and ``device`` are both given the result is looked up in (and stored into) the cache under
         ``kernel_type`` (default: the callable's name); ``force=True`` re-tunes despite a cached entry.
         ``configs`` replaces the configs generated from the space (e.g. after ``filter_valid_configs``).
-        ``progress(config, metrics_or_None)`` is called after each config.
+        ``progress(config, metrics_or_None)`` is called after each config. ``time_budget_s`` stops trying
+        further configs once that many seconds have passed and one config has succeeded (compiling a GEMM
+        config takes seconds, so a large space can take minutes): put the configs most worth trying
+        first.
         """
         if kernel_type is None:
             kernel_type = getattr(self.kernel_fn, "__name__", None) or type(self.kernel_fn).__name__
@@ -194,7 +197,12 @@ class TritonAutoTuner:
         results: list[tuple[dict[str, Any], KernelMetrics | None]] = []
         errors: list[str] = []
         best: tuple[dict[str, Any], KernelMetrics] | None = None
+        t_start = time.monotonic()
         for cfg in candidates:
+            if time_budget_s is not None and best is not None and time.monotonic() - t_start > time_budget_s:
+                log.info("%s %s: time budget of %.0f s spent after %d of %d configs", kernel_type, problem_size,
+                         time_budget_s, len(results), len(candidates))
+                break
             try:
                 lat = self.benchmark_config(cfg, *args, device=time_device, **kwargs)
                 if not math.isfinite(lat) or lat < 0:

@@ -310,7 +310,8 @@ def _launch(x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor, sin: torch
         sps = p2.stride(1)
     per_head = weight.numel() == head_dim and head_dim != hidden
     rot = cos.shape[-1]
-    cfg = pick_config(n_rows, hidden, head_dim, rot, x.element_size(), has_res, num_sms(x.device), config)
+    cfg = pick_config(n_rows, hidden, head_dim, rot, x.element_size(), has_res, num_sms(x.device),
+                      config or _rt.ENABLED and _tuned_config(x, n_rows, head_dim, rot, has_res))
     grid = (cdiv(n_rows, cfg.ROWS_PER_PROG),)
     _rmsnorm_rope_kernel[grid](
         x3, r3, weight, cos, sin, pos, o3, ro3,
@@ -621,3 +622,102 @@ def compile_specs(arch: int):
 
 __all__ = ["fused_rmsnorm_rope", "FusedRMSNormRoPE", "rmsnorm_rope_reference", "pick_config",
            "RMSNormRoPEConfig"]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Tuning: `triton-ops tune rmsnorm_rope` and the opt-in tuned configs (triton_ops.use_tuned_configs())
+# ----------------------------------------------------------------------------------------------------
+from ..autotuner import runtime as _rt  # noqa: E402  (already imported by the package: no cost, no cycle)
+
+#: Launch parameters a tuned config may set, with the values the kernel accepts for them.
+_TUNED_KEYS = {"ROWS_PER_PROG": (1, 2, 4, 8, 16), "num_warps": (1, 2, 4, 8, 16)}
+
+
+def _tuning_key(n_rows: int, hidden: int, head_dim: int, rot: int, itemsize: int, has_res: bool) -> tuple:
+    """Cache key of a launch: what pick_config's choice depends on (bar the SM count, which the cache's
+    GPU-model check covers)."""
+    return (n_rows, hidden, head_dim, rot, itemsize, int(has_res))
+
+
+def _tuned_config(x: torch.Tensor, n_rows: int, head_dim: int, rot: int, has_res: bool) -> dict | None:
+    """Tuned {"ROWS_PER_PROG", "num_warps"} for this launch, or None. Only called when tuned configs are
+    switched on; values outside what the kernel accepts (a hand-edited cache) are ignored."""
+    key = _tuning_key(n_rows, x.shape[-1], head_dim, rot, x.element_size(), has_res)
+    got = _rt.resolve("rmsnorm_rope", key, x.device, dict.fromkeys(_TUNED_KEYS))
+    return {k: v for k, v in got.items() if isinstance(v, int) and v in _TUNED_KEYS[k]} or None
+
+
+def _tuning_dims(shape: tuple) -> tuple[int, int, int, int]:
+    """(batch, seq, hidden[, head_dim]) -> the four; head_dim defaults to 64 (the README's benchmark)."""
+    if len(shape) not in (3, 4):
+        raise ShapeError(f"rmsnorm_rope tuning shapes are batch x seq x hidden [x head_dim], got {shape}")
+    b, s, h = (int(v) for v in shape[:3])
+    hd = int(shape[3]) if len(shape) == 4 else 64
+    if hd <= 0 or hd % 2 or hd > MAX_HEAD_DIM or h % hd:
+        raise ShapeError(f"head_dim={hd} must be even, <= {MAX_HEAD_DIM} and divide hidden={h}")
+    return b, s, h, hd
+
+
+def tuning_entry():
+    """The op for ``triton-ops tune``: warps and rows per program of the row kernel (the tile shape is
+    fixed by head_dim and hidden). Problems are ``batch x seq x hidden x head_dim``, plain RMSNorm+RoPE
+    (no residual, NeoX layout, full-width rotation)."""
+    from ..autotuner.entry import TuningEntry
+    from ..performance import PerformanceProfile
+
+    def itemsize(dtype: torch.dtype) -> int:
+        return torch.empty((), dtype=dtype).element_size()
+
+    def make_args(shape, device, dtype):
+        b, s, h, hd = _tuning_dims(shape)
+        x = torch.randn(b, s, h, device=device, dtype=dtype)
+        weight = (1.0 + 0.1 * torch.randn(h, device=device)).to(dtype)
+        inv_freq = 1.0 / (10000.0 ** (torch.arange(0, hd, 2, device=device, dtype=torch.float32) / hd))
+        ang = torch.arange(s, device=device, dtype=torch.float32)[:, None] * inv_freq[None, :]
+        ang = torch.cat([ang, ang], dim=-1)
+        return (x, weight, ang.cos().contiguous(), ang.sin().contiguous()), {"head_dim": hd}
+
+    def run(x, weight, cos, sin, head_dim, **config):
+        out = torch.empty_like(x)
+        _launch(x, weight, cos, sin, None, None, out, None, 1e-6, head_dim, False, 0.0, False, config=config)
+        return out
+
+    def default_config(shape, dtype=torch.float16):
+        b, s, h, hd = _tuning_dims(shape)
+        n_sms = num_sms("cuda") if torch.cuda.is_available() else num_sms("cpu")
+        cfg = pick_config(b * s, h, hd, hd, itemsize(dtype), False, n_sms)
+        return {"ROWS_PER_PROG": cfg.ROWS_PER_PROG, "num_warps": cfg.num_warps}
+
+    def cache_key(shape, dtype):
+        b, s, h, hd = _tuning_dims(shape)
+        return _tuning_key(b * s, h, hd, hd, itemsize(dtype), False)
+
+    def valid_configs(shape, configs, dtype=torch.float16):
+        # Drop configs that spill: built for sm_90 at the seed problem (fp16, 64 heads of 64, a 4096-element
+        # tile), 1 warp (256 B of row per thread) spilled 120-176 B at every ROWS_PER_PROG, and 2 warps
+        # (128 B per thread) spilled 256-288 B once a program handles 2 or 4 rows; 4 and 8 warps built
+        # spill-free at 1, 2 and 4 rows. So: <= 128 B of row per thread, <= 64 B with several rows per
+        # program; two-pass (chunked) rows hold more live values: a quarter of that, as pick_config does.
+        b, s, h, hd = _tuning_dims(shape)
+        base = pick_config(b * s, h, hd, hd, itemsize(dtype), False)
+        tile_bytes = (2 * base.HALF_BLOCK) * base.NH_BLOCK * itemsize(dtype)
+        limit = 128 if base.N_CHUNKS == 1 else 32
+        return [c for c in configs
+                if tile_bytes // (32 * c["num_warps"]) <= (limit if c["ROWS_PER_PROG"] == 1 else limit // 2)]
+
+    def profile(shape, dtype):
+        b, s, h, hd = _tuning_dims(shape)
+        # x read once, out written once; the fp32 tables (s x hd x 2 x 4 bytes) stay in L2
+        return PerformanceProfile.elementwise(b * s * h, dtype=dtype)
+
+    return TuningEntry(
+        kernel_type="rmsnorm_rope",
+        config_space={"ROWS_PER_PROG": [1, 2, 4], "num_warps": [1, 2, 4, 8]},
+        make_args=make_args, run=run, default_config=default_config,
+        # the README's benchmark (Llama-7B-like rows, 64-wide heads) and a decode step of 64 tokens
+        default_shapes=[(8, 2048, 4096, 64), (64, 1, 4096, 128)],
+        cpu_shapes=[(1, 3, 256, 64)],
+        shape_doc="batch x seq x hidden [x head_dim, default 64]",
+        dtype=torch.float16, cache_key=cache_key, profile=profile, valid_configs=valid_configs,
+        # fp16 outputs of one row computed in fp32 either way; only the cast rounds: ~5e-4 relative
+        rtol=2e-3)
