@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# One batched GPU job: tests, probes, sweeps, benchmarks and tuning, by section.
+#
+#   bash benchmarks/scripts/gpu_run.sh OUTDIR tests|probe|gmlp_sweep|fp8|bench|tune ...
+#
+# Each section writes its log under OUTDIR and prints a short summary last. Sections run in the order given.
+set -uo pipefail
+out=${1:?usage: gpu_run.sh OUTDIR SECTION...}
+shift
+mkdir -p "$out"
+export PYTHONPATH=${PYTHONPATH:-.}:. PYTHONUNBUFFERED=1
+summary=()
+for section in "$@"; do
+  start=$(date +%s)
+  case $section in
+    tests)
+      timeout 330 python3 -m pytest tests -q -p no:cacheprovider --ignore=tests/test_compile.py --maxfail=40 \
+        -W ignore::DeprecationWarning > "$out/gpu_tests.log" 2>&1
+      summary+=("tests: $(tail -1 "$out/gpu_tests.log")")
+      summary+=("$(grep -E '^(FAILED|ERROR)' "$out/gpu_tests.log" | cut -c1-160 | head -25)")
+      ;;
+    probe)
+      timeout 120 python3 benchmarks/scripts/probe_rmsnorm_rope.py > "$out/probe.log" 2>&1
+      summary+=("$(cat "$out/probe.log" | tail -5)")
+      ;;
+    gmlp_sweep)
+      TRITON_OPS_GATED_MLP_SWEEP=1 timeout 300 python3 -m triton_ops.cli bench gated_mlp \
+        --shapes 16384x4096 'decode 128' 'decode 16x' --out "$out/gm" --no-plots \
+        --skip torch_compile_max torch_compile --no-progress --no-merge > "$out/gmlp_sweep.log" 2>&1
+      summary+=("$(grep -E '^\| .*\*\*triton_ops|cublas|copy \|' "$out/gmlp_sweep.log" | cut -c1-150 | head -60)")
+      ;;
+    fp8)
+      timeout 300 python3 -m triton_ops.cli bench fp8 --out "$out/fp8" --no-plots --skip torch_compile_max \
+        --no-progress --no-merge > "$out/fp8_bench.log" 2>&1
+      summary+=("$(grep -E '^\|' "$out/fp8_bench.log" | cut -c1-170 | head -80)")
+      ;;
+    bench)
+      timeout 540 python3 -m triton_ops.cli bench --out "$out/results" --no-progress > "$out/bench.log" 2>&1
+      summary+=("bench: $(tail -3 "$out/bench.log")")
+      ;;
+    tune)
+      timeout 300 python3 -m triton_ops.cli tune --shapes rmsnorm_rope=8x2048x4096x64 gated_mlp=16384x4096x11264 \
+        fp8_gemm=4096x4096x4096 --max-configs 12 --time-budget 40 --cache-dir /tmp/tt-tune --out "$out/tune" \
+        --no-progress > "$out/tune.log" 2>&1
+      summary+=("$(tail -20 "$out/tune.log")")
+      ;;
+    *) echo "unknown section $section"; exit 2 ;;
+  esac
+  summary+=("[$section took $(( $(date +%s) - start )) s]")
+done
+printf '%s\n' "${summary[@]}"
