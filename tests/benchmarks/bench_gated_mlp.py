@@ -9,30 +9,15 @@ ops' rows of the same day). Same as `triton-ops bench gated_mlp`.
 
 from __future__ import annotations
 
-import argparse
 import sys
+
+from tests.benchmarks._runner import run
 
 OPS = ["gated_mlp"]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.benchmarks.bench_gated_mlp",
-                                     description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="benchmarks/results", help="report directory (default: %(default)s)")
-    parser.add_argument("--quick", action="store_true", help="fewer, smaller problems")
-    parser.add_argument("--shapes", nargs="+", help="only these shape labels")
-    parser.add_argument("--no-plots", action="store_true")
-    args = parser.parse_args(argv)
-    cli_argv = ["bench", *OPS, "--out", args.out]
-    if args.quick:
-        cli_argv.append("--quick")
-    if args.shapes:
-        cli_argv += ["--shapes", *args.shapes]
-    if args.no_plots:
-        cli_argv.append("--no-plots")
-    from triton_ops.cli import main as cli_main
-
-    return cli_main(cli_argv)
+    return run(OPS, "python -m tests.benchmarks.bench_gated_mlp", __doc__.splitlines()[0], argv)
 
 
 if __name__ == "__main__":
