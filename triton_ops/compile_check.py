@@ -68,9 +68,16 @@ class CompileReport:
 
 
 def _ptxas() -> str:
-    import triton
+    """The ptxas Triton itself compiles with (its bundled one, or TRITON_PTXAS_PATH), so the PTX version it
+    emits is one this ptxas accepts."""
+    try:
+        from triton.knobs import nvidia
 
-    return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+        return nvidia.ptxas.path
+    except (ImportError, AttributeError):  # older Triton: the bundled binary
+        import triton
+
+        return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
 
 
 _REG = re.compile(r"Used (\d+) registers")

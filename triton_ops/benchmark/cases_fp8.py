@@ -34,10 +34,14 @@ def torch_quantize(x: torch.Tensor, granularity: str) -> tuple[torch.Tensor, tor
 
 
 def torch_quant_scaled_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Dynamic per-row a / per-column b quantization, then cuBLASLt ``_scaled_mm`` (b column-major)."""
+    """Dynamic per-row a / per-column b quantization, then cuBLASLt ``_scaled_mm``.
+
+    cuBLASLt FP8 takes only a row-major first and a column-major second operand, so b [K, N] (row-major)
+    is quantized as b^T [N, K] made contiguous (per row of b^T == per column of b) and passed as its
+    ``.t()`` view: column-major [K, N]. Under torch.compile the transpose fuses into the quantize kernel.
+    """
     qa, sa = torch_quantize(a, "row")
-    bt = b.t()
-    qbt, sb = torch_quantize(bt, "row")  # per column of b == per row of b^T
+    qbt, sb = torch_quantize(b.t().contiguous(), "row")
     return torch._scaled_mm(qa, qbt.t(), scale_a=sa, scale_b=sb.t(), out_dtype=a.dtype)
 
 
@@ -134,8 +138,13 @@ def _prequant_cases(shapes, device, gpu: bool) -> list[BenchCase]:
     return out
 
 
-def _auto_cases(shapes, device, gpu: bool) -> list[BenchCase]:
+def _auto_cases(shapes, device, gpu: bool, graph: bool = False) -> list[BenchCase]:
+    """``fp8_gemm(a, b)`` from fp16. ``graph``: the same problems timed as CUDA-graph replays
+    (op "fp8_gemm_auto_graph"), which removes the host's launch work: the gap between the two rows is
+    the per-call host overhead (Python, validation, launches), the graph row is the GPU time. The
+    "triton_ops_quant" row is the two operand-quantization launches alone (GPU share of quantization)."""
     from ..kernels.fp8_gemm import fp8_gemm
+    from ..kernels.fp8_quantize import quantize_operands_for_gemm
 
     out = []
     for label in shapes:
@@ -147,7 +156,9 @@ def _auto_cases(shapes, device, gpu: bool) -> list[BenchCase]:
 
         systems: dict[str, Any] = {"triton_ops": lambda i: fp8_gemm(i["a"], i["b"])}
         if gpu:
-            systems["torch_eager"] = lambda i: torch_quant_scaled_mm(i["a"], i["b"])
+            systems["triton_ops_quant"] = lambda i: quantize_operands_for_gemm(i["a"], i["b"])[0]
+            if not graph:
+                systems["torch_eager"] = lambda i: torch_quant_scaled_mm(i["a"], i["b"])
             cq = compiled(torch_quant_scaled_mm)
             systems["torch_compile"] = lambda i, f=cq: f(i["a"], i["b"])
             systems["cublas_fp16"] = lambda i: torch.mm(i["a"], i["b"])
@@ -163,18 +174,23 @@ def _auto_cases(shapes, device, gpu: bool) -> list[BenchCase]:
                 torch.backends.cuda.matmul.allow_tf32 = prev
 
         out.append(BenchCase(
-            op="fp8_gemm_auto", shape=f"{M}x{N}x{K}", dtype="float16 (e4m3 row/col)", make_inputs=make,
+            op="fp8_gemm_auto_graph" if graph else "fp8_gemm_auto", shape=f"{M}x{N}x{K}",
+            dtype="float16 (e4m3 row/col)", make_inputs=make,
             systems=systems, reference=reference, bytes_moved=2 * (M * K + K * N + M * N),
-            flops=2.0 * M * N * K, ceiling="cublas_fp16" if gpu else None,
+            flops=2.0 * M * N * K, ceiling="cublas_fp16" if gpu else None, unchecked=("triton_ops_quant",),
             # per-row x per-column e4m3 on Gaussian data measures 28.5-29 dB (tests/test_fp8_gemm.py);
             # 27 dB leaves room for the bf16/fp16 output rounding.
-            min_sqnr_db=27.0))
+            min_sqnr_db=27.0, cuda_graph=graph))
     return out
 
 
-def _decode_cases(shapes, device, gpu: bool) -> list[BenchCase]:
-    from ..kernels.fp8_gemm import fp8_weight_only_gemm
+def _decode_cases(shapes, device, gpu: bool, graph: bool = False) -> list[BenchCase]:
+    """Decode GEMM with FP8 weights. "triton_ops_nosplit" is the same kernel without split-K (one
+    program per 64 output columns), the candidate the split-K default replaced. ``graph``: CUDA-graph
+    replays (op "fp8_decode_gemm_graph"), how decode steps run in serving stacks."""
+    from ..kernels.fp8_gemm import _weight_only_impl, fp8_weight_only_gemm, gemm_config
     from ..kernels.fp8_quantize import quantize_fp8
+    from ..utils import num_sms
 
     out = []
     for label in shapes:
@@ -191,8 +207,17 @@ def _decode_cases(shapes, device, gpu: bool) -> list[BenchCase]:
         def eager(i):
             return i["x"] @ (i["qw_t"].to(torch.float16) * i["sw"].to(torch.float16))
 
+        def nosplit(i, M=M, N=N, K=K):
+            from ..kernels.fp8_gemm import _arch, _finish_config
+
+            dev = i["x"].device
+            cfg = gemm_config(M, N, K, _arch(dev), weight_only=True, sms=num_sms(dev))
+            cfg = _finish_config(cfg["name"], M, N, K, _arch(dev), num_sms(dev), split_k=1)
+            return _weight_only_impl(i["x"], i["qw_t"], i["sw"], None, torch.float16, config=cfg)
+
         systems: dict[str, Any] = {
             "triton_ops": lambda i: fp8_weight_only_gemm(i["x"], i["qw_t"], i["sw"]),
+            "triton_ops_nosplit": nosplit,
             "torch_eager": eager,
             "copy": (lambda f: (lambda i: f()))(copy_ceiling(nbytes, device)),
         }
@@ -206,12 +231,13 @@ def _decode_cases(shapes, device, gpu: bool) -> list[BenchCase]:
 
             systems["torch_scaled_mm"] = scaled_mm
         out.append(BenchCase(
-            op="fp8_decode_gemm", shape=f"{M}x{N}x{K}", dtype="float16 x e4m3 weights", make_inputs=make,
+            op="fp8_decode_gemm_graph" if graph else "fp8_decode_gemm", shape=f"{M}x{N}x{K}",
+            dtype="float16 x e4m3 weights", make_inputs=make,
             systems=systems, reference=lambda i: i["x"].float() @ (i["qw_t"].float() * i["sw"].float()),
             bytes_moved=nbytes, flops=2.0 * M * N * K, ceiling="copy",
             unchecked=("copy", "cublas_fp16", "torch_scaled_mm"),
             # fp16 activations times exactly decoded weights, fp32 accumulation, fp16 output: ~1e-3.
-            rtol=5e-3))
+            rtol=5e-3, cuda_graph=graph))
     return out
 
 
@@ -231,6 +257,8 @@ def cases(quick: bool = False, shapes: list[str] | None = None, device: str = "c
         qs, ps, aus, ds = QUANT_SHAPES, PREQUANT_SHAPES, AUTO_SHAPES, DECODE_SHAPES
     out = (_quant_cases(qs, device, gpu) + _prequant_cases(ps, device, gpu) + _auto_cases(aus, device, gpu)
            + _decode_cases(ds, device, gpu))
+    if gpu:  # CUDA-graph twins: GPU time without the per-call host work (see _auto_cases)
+        out += _auto_cases(aus, device, gpu, graph=True) + _decode_cases(ds, device, gpu, graph=True)
     if shapes:
         out = [c for c in out if any(c.shape.startswith(s) for s in shapes)]
     return out

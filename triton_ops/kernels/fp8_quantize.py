@@ -23,8 +23,10 @@ Kernels and bytes (B = input element size; the output is 1 byte per element):
   program (at most 1024), then ``_scale_tile_kernel`` reduces the partials in each program (4 KB from L2)
   and quantizes. The second pass walks the tiles in reverse order, so its first tiles are the ones the
   amax pass read last and are still in L2 (up to 50 MB on H100/H200 saved out of 2B+1 bytes/element).
-* per column, dynamic: column amax partials (``_amax_cols_kernel``), a tiny finalize that turns them
-  into the ``[K]`` scales, then the scale-application pass. Used for weights, once.
+* per column, dynamic: column amax partials (``_amax_cols_kernel``, ~256 rows per program), then
+  ``_quant_cols_kernel`` reduces the partials of its columns once per program and quantizes 512 rows of
+  them, writing q with any strides (K-major for fp8_gemm's b). ``quantize_operands_for_gemm`` fuses a's
+  per-row pass and b's column amax into one launch (``_gemm_prep_kernel``).
 * static scales: one pass of ``_scale_tile_kernel``.
 
 On sm_80 (no FP8 conversion instructions, Triton rejects the fp8e4nv type) quantization runs through
@@ -123,14 +125,11 @@ def _to_fp8(x, inv, FMAX: tl.constexpr, OUT: tl.constexpr):
 
 
 @triton.jit
-def _quant_rows_kernel(x_ptr, q_ptr, s_ptr, M, K, stride_xm, stride_qm, stride_sm, FMAX: tl.constexpr,
-                       GROUP: tl.constexpr, ROWS: tl.constexpr, BLOCK_K: tl.constexpr,
-                       SINGLE: tl.constexpr):
-    """Dynamic per-row (GROUP == BLOCK_K, one scale per row) or per-(1, GROUP) block quantization.
-
-    SINGLE: the row fits in BLOCK_K, read once; otherwise (per-row only) loop twice over the row.
-    """
-    pid = tl.program_id(0)
+def _rows_block(x_ptr, q_ptr, s_ptr, pid, M, K, stride_xm, stride_qm, stride_sm, FMAX: tl.constexpr,
+                GROUP: tl.constexpr, ROWS: tl.constexpr, BLOCK_K: tl.constexpr, SINGLE: tl.constexpr):
+    """ROWS rows starting at ``pid * ROWS``: dynamic per-row (GROUP == BLOCK_K, one scale per row) or
+    per-(1, GROUP) block quantization. SINGLE: the row fits in BLOCK_K, read once; otherwise (per-row
+    only) loop twice over the row (the second read mostly from L2)."""
     rows = pid.to(tl.int64) * ROWS + tl.arange(0, ROWS)
     rmask = rows < M
     cols = tl.arange(0, BLOCK_K)
@@ -172,6 +171,15 @@ def _quant_rows_kernel(x_ptr, q_ptr, s_ptr, M, K, stride_xm, stride_qm, stride_s
 
 
 @triton.jit
+def _quant_rows_kernel(x_ptr, q_ptr, s_ptr, M, K, stride_xm, stride_qm, stride_sm, FMAX: tl.constexpr,
+                       GROUP: tl.constexpr, ROWS: tl.constexpr, BLOCK_K: tl.constexpr,
+                       SINGLE: tl.constexpr):
+    """Dynamic per-row or per-(1, GROUP) block quantization, ROWS rows per program."""
+    _rows_block(x_ptr, q_ptr, s_ptr, tl.program_id(0), M, K, stride_xm, stride_qm, stride_sm, FMAX, GROUP, ROWS,
+                BLOCK_K, SINGLE)
+
+
+@triton.jit
 def _quant_block_kernel(x_ptr, q_ptr, s_ptr, M, K, stride_xm, stride_qm, stride_sm, FMAX: tl.constexpr,
                         BM: tl.constexpr, BK: tl.constexpr):
     """Dynamic (BM, BK)-block quantization: one program per block, one pass."""
@@ -196,7 +204,9 @@ def _amax_rows_kernel(x_ptr, part_ptr, R, C, stride_r, rows_per_prog, BLOCK_R: t
     pid = tl.program_id(0)
     r_start = pid * rows_per_prog
     r_end = tl.minimum(r_start + rows_per_prog, R)
-    acc = tl.zeros([BLOCK_R, BLOCK_C], dtype=tl.float32)
+    # A per-row accumulator (one in-warp reduction per tile): a full [BLOCK_R, BLOCK_C] fp32 one next to
+    # the loaded tile made ptxas spill 32 B with 8 warps on sm_89; the pass is memory-bound either way.
+    acc = tl.zeros([BLOCK_R], dtype=tl.float32)
     rr = tl.arange(0, BLOCK_R)
     cc = tl.arange(0, BLOCK_C)
     for r0 in range(r_start, r_end, BLOCK_R):
@@ -205,16 +215,15 @@ def _amax_rows_kernel(x_ptr, part_ptr, R, C, stride_r, rows_per_prog, BLOCK_R: t
         for c0 in range(0, C, BLOCK_C):
             mask = rmask[:, None] & ((c0 + cc) < C)[None, :]
             x = tl.load(x_ptr + rows[:, None] * stride_r + (c0 + cc)[None, :], mask=mask, other=0.0)
-            acc = tl.maximum(acc, _finite_abs(x))
-    tl.store(part_ptr + pid, tl.max(tl.max(acc, axis=1), axis=0))
+            acc = tl.maximum(acc, tl.max(_finite_abs(x), axis=1))
+    tl.store(part_ptr + pid, tl.max(acc, axis=0))
 
 
 @triton.jit
-def _amax_cols_kernel(x_ptr, part_ptr, R, C, stride_r, stride_c, rows_per_split, BLOCK_R: tl.constexpr,
-                      BLOCK_C: tl.constexpr):
-    """Partial column amax over rows [split * rows_per_split, ...) -> part[split, C]."""
-    pid_c = tl.program_id(0)
-    split = tl.program_id(1)
+def _col_amax_block(x_ptr, part_ptr, pid_c, split, R, C, stride_r, stride_c, rows_per_split,
+                    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Partial column amax of columns [pid_c * BLOCK_C, ...) over rows [split * rows_per_split, ...)
+    -> part[split, C]."""
     cols = pid_c.to(tl.int64) * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = cols < C
     r_start = split * rows_per_split
@@ -227,6 +236,70 @@ def _amax_cols_kernel(x_ptr, part_ptr, R, C, stride_r, stride_c, rows_per_split,
         x = tl.load(x_ptr + rows[:, None] * stride_r + cols[None, :] * stride_c, mask=mask, other=0.0)
         acc = tl.maximum(acc, _finite_abs(x))
     tl.store(part_ptr + split.to(tl.int64) * C + cols, tl.max(acc, axis=0), mask=cmask)
+
+
+@triton.jit
+def _amax_cols_kernel(x_ptr, part_ptr, R, C, stride_r, stride_c, rows_per_split, BLOCK_R: tl.constexpr,
+                      BLOCK_C: tl.constexpr):
+    """Partial column amax over rows [split * rows_per_split, ...) -> part[split, C]."""
+    _col_amax_block(x_ptr, part_ptr, tl.program_id(0), tl.program_id(1), R, C, stride_r, stride_c, rows_per_split,
+                    BLOCK_R, BLOCK_C)
+
+
+@triton.jit
+def _gemm_prep_kernel(a_ptr, qa_ptr, sa_ptr, M, K, stride_am, stride_qam, n_a,
+                      b_ptr, part_ptr, N, stride_bk, stride_bn, rows_per_split, n_cb,
+                      FMAX: tl.constexpr, ROWS: tl.constexpr, BLOCK_K: tl.constexpr, SINGLE: tl.constexpr,
+                      CB_R: tl.constexpr, CB_C: tl.constexpr):
+    """One launch for both operands of ``fp8_gemm(a, b)`` from float inputs: programs [0, n_a) quantize
+    a [M, K] per row in one pass (q and scale); the programs after them take partial column amaxes of
+    b [K, N]. b's programs run last so that its rows, which ``_quant_cols_kernel`` reads again right
+    after (bottom-up), are the freshest in L2."""
+    pid = tl.program_id(0)
+    if pid < n_a:
+        _rows_block(a_ptr, qa_ptr, sa_ptr, pid, M, K, stride_am, stride_qam, 1, FMAX, BLOCK_K, ROWS, BLOCK_K,
+                    SINGLE)
+    else:
+        p = pid - n_a
+        _col_amax_block(b_ptr, part_ptr, p % n_cb, p // n_cb, K, N, stride_bk, stride_bn, rows_per_split, CB_R,
+                        CB_C)
+
+
+@triton.jit
+def _quant_cols_kernel(x_ptr, q_ptr, part_ptr, s_ptr, R, C, stride_xr, stride_xc, stride_qr, stride_qc,
+                       n_split, rows_per_prog, FMAX: tl.constexpr, BLOCK_R: tl.constexpr,
+                       BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, REVERSE: tl.constexpr):
+    """Per-column quantization of x [R, C] from the ``n_split`` partial amaxes in part[split, C]: each
+    program reduces the partials of its BLOCK_C columns once (programs of the first row band also write
+    the scales to s_ptr), then quantizes ``rows_per_prog`` rows of them. q may have any strides (the
+    GEMM asks for the transpose, K-major). REVERSE walks the row bands bottom-up: the amax pass read the
+    bottom rows last, so they are the ones still in L2."""
+    pid = tl.program_id(0)
+    n_c = tl.cdiv(C, BLOCK_C)
+    n_r = tl.cdiv(R, rows_per_prog)
+    if REVERSE:
+        pid = n_r * n_c - 1 - pid
+    pid_r = pid // n_c
+    pid_c = pid % n_c
+    cols = pid_c.to(tl.int64) * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = cols < C
+    pp = tl.arange(0, BLOCK_P)
+    part = tl.load(part_ptr + pp[:, None] * C + cols[None, :], mask=(pp < n_split)[:, None] & cmask[None, :],
+                   other=0.0)
+    s = _scale_from_amax(tl.max(part, axis=0), FMAX)
+    if pid_r == 0:
+        tl.store(s_ptr + cols, s, mask=cmask)
+    inv = tl.math.div_rn(tl.full([BLOCK_C], 1.0, tl.float32), s)
+    OUT = q_ptr.dtype.element_ty
+    r_start = pid_r * rows_per_prog
+    r_end = tl.minimum(r_start + rows_per_prog, R)
+    rr = tl.arange(0, BLOCK_R)
+    for r0 in range(r_start, r_end, BLOCK_R):
+        rows = (r0 + rr).to(tl.int64)
+        mask = (rows < r_end)[:, None] & cmask[None, :]
+        x = tl.load(x_ptr + rows[:, None] * stride_xr + cols[None, :] * stride_xc, mask=mask, other=0.0)
+        tl.store(q_ptr + rows[:, None] * stride_qr + cols[None, :] * stride_qc, _to_fp8(x, inv[None, :], FMAX, OUT),
+                 mask=mask)
 
 
 @triton.jit
@@ -354,9 +427,9 @@ def _quant_rows(x2: torch.Tensor, q2: torch.Tensor, s2: torch.Tensor, fmax: floa
 
 
 def _scale_tiles(x2, y2, s, mode: int, fmax: float, *, dequant: bool, block=(1, 1), n_part: int = 0,
-                 reverse: bool = False, transposed_out: bool = False):
+                 reverse: bool = False):
     R, C = x2.shape
-    br, bc, warps = tile_config(R, C, transposed_out)
+    br, bc, warps = tile_config(R, C)
     grid = (cdiv(R, br) * cdiv(C, bc),)
     ssr = s.stride(0) if s.dim() >= 1 else 0
     ssc = s.stride(-1) if s.dim() >= 1 else 0
@@ -396,6 +469,77 @@ def column_scales(x2: torch.Tensor, fmax: float) -> torch.Tensor:
     _finalize_cols_kernel[(cdiv(C, 128),)](part, s, split, C, FMAX=fmax,
                                            BLOCK_S=max(2, next_power_of_2(split)), BLOCK_C=128, num_warps=4)
     return s
+
+
+#: Column amax partials: (BLOCK_R, BLOCK_C) per program and at most this many row splits (the quantize
+#: pass reduces [splits, BLOCK_C] partials once per program).
+COL_AMAX = (32, 128)
+COL_MAX_SPLITS = 64
+#: Column quantize (``_quant_cols_kernel``): (BLOCK_R, BLOCK_C, num_warps, rows per program). 128 rows of
+#: 64 columns: 16 KB of fp16 per step and 128-byte runs when written transposed (K-major); 512 rows per
+#: program amortise the partials' reduction (<= 16 KB from L2) over 64 KB of input. 8 warps: 128 registers
+#: a thread for the transposed store (4 warps took 228-240).
+COL_QUANT = (128, 64, 8, 512)
+
+
+def _col_splits(R: int) -> tuple[int, int]:
+    """(splits, rows per split) of the column-amax pass: ~256 rows (64 KB of fp16 x 128 columns) per
+    program, at most COL_MAX_SPLITS splits."""
+    per = max(256, cdiv(cdiv(R, COL_MAX_SPLITS), COL_AMAX[0]) * COL_AMAX[0])
+    return cdiv(R, per), per
+
+
+def _launch_quant_cols(x2, q2, part, s, n_split: int, fmax: float) -> None:
+    R, C = x2.shape
+    br, bc, warps, per = COL_QUANT
+    grid = (cdiv(C, bc) * cdiv(R, per),)
+    _quant_cols_kernel[grid](x2, q2, part, s, R, C, x2.stride(0), x2.stride(1), q2.stride(0), q2.stride(1),
+                             n_split, per, FMAX=fmax, BLOCK_R=br, BLOCK_C=bc,
+                             BLOCK_P=max(2, next_power_of_2(n_split)), REVERSE=True, num_warps=warps)
+
+
+def quantize_operands_for_gemm(a2: torch.Tensor, b: torch.Tensor):
+    """e4m3 operands for ``fp8_gemm(a, b)`` from float ``a2 [M, K]`` and ``b [K, N]`` in two launches:
+    a per row (one pass), b per column, written K-major (``qb`` is a ``[K, N]`` view of a contiguous
+    ``[N, K]``, the layout FP8 MMA wants). Returns ``(qa, sa [M, 1], qb, sb [1, N])``.
+
+    * ``b = w.t()`` (K-major already): both are per-row quantizations, one pass each.
+    * row-major ``b``: launch 1 quantizes a and takes b's column-amax partials; launch 2 reduces the
+      partials per column and quantizes b transposed, bottom-up so its first reads hit L2. Bytes per b
+      element: 2 (amax) + 2 (mostly L2) + 1 (write), against 2 + 2 + 1 plus a finalize launch before.
+    """
+    fmax = FP8_MAX[torch.float8_e4m3fn]
+    M, K = a2.shape
+    N = b.shape[1]
+    dev = a2.device
+    if a2.stride(-1) != 1:
+        a2 = a2.contiguous()
+    qa = torch.empty(M, K, dtype=torch.float8_e4m3fn, device=dev)
+    sa = torch.empty(M, 1, dtype=torch.float32, device=dev)
+    qw = torch.empty(N, K, dtype=torch.float8_e4m3fn, device=dev)
+    sb = torch.empty(1, N, dtype=torch.float32, device=dev)
+    if _on_sm80(dev):
+        qa, sa = _quantize_torch(a2, torch.float8_e4m3fn, "row", None, None, qa)
+        qb, sb = _quantize_torch(b, torch.float8_e4m3fn, "column", None, None, qw.t())
+        return qa, sa, qb, sb.reshape(1, N)
+    if b.stride(0) == 1 and b.shape[0] > 1:
+        # b = w.t(): per column of b is per row of w
+        _quant_rows(a2, qa, sa, fmax, None)
+        _quant_rows(b.t(), qw, sb.view(N, 1), fmax, None)
+        return qa, sa, qw.t(), sb
+    cfg = row_config(K)
+    n_a = cdiv(M, cfg["ROWS"])
+    split, per = _col_splits(K)
+    br, bc = COL_AMAX
+    n_cb = cdiv(N, bc)
+    part = torch.empty(split, N, dtype=torch.float32, device=dev)
+    _gemm_prep_kernel[(n_a + n_cb * split,)](
+        a2, qa, sa, M, K, a2.stride(0), qa.stride(0), n_a, b, part, N, b.stride(0), b.stride(1), per, n_cb,
+        FMAX=fmax, ROWS=cfg["ROWS"], BLOCK_K=cfg["BLOCK_K"], SINGLE=cfg["SINGLE"], CB_R=br, CB_C=bc,
+        num_warps=cfg["num_warps"])
+    qb = qw.t()
+    _launch_quant_cols(b, qb, part, sb, split, fmax)
+    return qa, sa, qb, sb
 
 
 def _as_2d(x: torch.Tensor) -> torch.Tensor:
@@ -453,7 +597,7 @@ def _quantize_impl(x: torch.Tensor, fmt: str, granularity: str, bm: int, bk: int
         s = scale.to(torch.float32).reshape(s_shape).contiguous()
         mode = {"tensor": 0, "row": 2, "column": 3, "block": 4}[granularity]
         sv = s.reshape(-1) if granularity in ("row", "column") else (s.reshape(1) if mode == 0 else s)
-        _scale_tiles(x2, q2, sv, mode, fmax, dequant=False, block=block or (1, 1), transposed_out=transpose_out)
+        _scale_tiles(x2, q2, sv, mode, fmax, dequant=False, block=block or (1, 1))
         return q, s.clone() if s.data_ptr() == scale.data_ptr() else s
     if granularity == "row":
         s = torch.empty(M, 1, dtype=torch.float32, device=x.device)
@@ -472,9 +616,14 @@ def _quantize_impl(x: torch.Tensor, fmt: str, granularity: str, bm: int, bk: int
         part, n = _amax_tensor_partials(x2)
         _scale_tiles(x2, q2, part, 1, fmax, dequant=False, n_part=n, reverse=True)
         return q, part[n:].reshape(())
-    # column
-    s = column_scales(x2, fmax)
-    _scale_tiles(x2, q2, s, 3, fmax, dequant=False, transposed_out=transpose_out)
+    # column: partial amaxes, then one pass that reduces them per column and quantizes (any q strides)
+    split, per = _col_splits(M)
+    part = torch.empty(split, K, dtype=torch.float32, device=x.device)
+    bc = 128 if x2.stride(1) == 1 else 64
+    _amax_cols_kernel[(cdiv(K, bc), split)](x2, part, M, K, x2.stride(0), x2.stride(1), per,
+                                            BLOCK_R=COL_AMAX[0], BLOCK_C=bc, num_warps=4)
+    s = torch.empty(K, dtype=torch.float32, device=x.device)
+    _launch_quant_cols(x2, q2, part, s, split, fmax)
     return q, s.reshape(s_shape)
 
 
@@ -725,6 +874,22 @@ _TT = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32",
        torch.float8_e4m3fn: "fp8e4nv", torch.float8_e5m2: "fp8e5"}
 
 
+#: Arguments Triton's JIT marks 16-divisible at run time for aligned tensors with sizes that are multiples of
+#: 16 (the shapes that matter: hidden sizes, weight dims). Without them the ahead-of-time build assumes
+#: unaligned pointers and strides: no vectorised loads, one 64-bit address per element, and the 8-warp
+#: tiles spill (8 B in scale_tile, 100 B in amax_rows on sm_90) where the run-time build does not.
+_ALIGNED = {
+    "rows": ("x_ptr", "q_ptr", "s_ptr", "K", "stride_xm", "stride_qm"),
+    "block": ("x_ptr", "q_ptr", "s_ptr", "K", "stride_xm", "stride_qm"),
+    "amax_rows": ("x_ptr", "part_ptr", "C", "stride_r"),
+    "scale_tile": ("x_ptr", "y_ptr", "s_ptr", "C", "stride_xr", "stride_yr", "stride_yc"),
+    "amax_cols": ("x_ptr", "part_ptr", "C", "stride_r"),
+    "finalize": ("part_ptr", "s_ptr", "C"),
+    "prep": ("a_ptr", "qa_ptr", "sa_ptr", "K", "stride_am", "stride_qam", "b_ptr", "part_ptr", "N", "stride_bk"),
+    "quant_cols": ("x_ptr", "q_ptr", "part_ptr", "s_ptr", "C", "stride_xr", "stride_xc", "stride_qr", "stride_qc"),
+}
+
+
 def compile_specs(arch: int) -> list[CompileSpec]:
     if arch < 89:
         return []
@@ -747,46 +912,90 @@ def compile_specs(arch: int) -> list[CompileSpec]:
                          "GROUP": "constexpr", "ROWS": "constexpr", "BLOCK_K": "constexpr", "SINGLE": "constexpr"},
                         {"FMAX": fmax, "GROUP": group or cfg["BLOCK_K"], "ROWS": cfg["ROWS"],
                          "BLOCK_K": cfg["BLOCK_K"], "SINGLE": single},
-                        num_warps=cfg["num_warps"], label=f"quant_rows {ti}->{to} K{block_k} g{group} s{single}"))
+                        num_warps=cfg["num_warps"], label=f"quant_rows {ti}->{to} K{block_k} g{group} s{single}",
+                        aligned=_ALIGNED["rows"]))
         for bm, bk in ((128, 128),) if bi else ((128, 128), (16, 128), (64, 256)):
             specs.append(CompileSpec(
                 _quant_block_kernel,
                 {"x_ptr": f"*{ti}", "q_ptr": f"*{to}", "s_ptr": "*fp32", "M": "i32", "K": "i32", "stride_xm": "i64",
                  "stride_qm": "i64", "stride_sm": "i64", "FMAX": "constexpr", "BM": "constexpr", "BK": "constexpr"},
                 {"FMAX": fmax, "BM": bm, "BK": bk}, num_warps=_block_warps(bm, bk),
-                label=f"quant_block {ti}->{to} {bm}x{bk}"))
+                label=f"quant_block {ti}->{to} {bm}x{bk}", aligned=_ALIGNED["block"]))
         for name, (br, bc, warps) in TILE_CONFIGS.items():
+            if name == "square":
+                continue  # transposed outputs go through _quant_cols_kernel; no launcher picks "square"
             specs.append(CompileSpec(
                 _amax_rows_kernel,
                 {"x_ptr": f"*{ti}", "part_ptr": "*fp32", "R": "i32", "C": "i32", "stride_r": "i64",
                  "rows_per_prog": "i32", "BLOCK_R": "constexpr", "BLOCK_C": "constexpr"},
-                {"BLOCK_R": br, "BLOCK_C": bc}, num_warps=warps, label=f"amax_rows {ti} {name}"))
+                {"BLOCK_R": br, "BLOCK_C": bc}, num_warps=warps, label=f"amax_rows {ti} {name}",
+                aligned=_ALIGNED["amax_rows"]))
             for mode in range(5):
                 for dq in (False, True):
                     src, dst = (to, ti) if dq else (ti, to)
+                    const_strides = {"stride_xc": 1, "stride_yc": 1}
+                    sig = {"x_ptr": f"*{src}", "y_ptr": f"*{dst}", "s_ptr": "*fp32", "R": "i32", "C": "i32",
+                           "stride_xr": "i64", "stride_xc": "i64", "stride_yr": "i64", "stride_yc": "i64",
+                           "stride_sr": "i64", "stride_sc": "i64", "n_part": "i32", "FMAX": "constexpr",
+                           "MODE": "constexpr", "DEQUANT": "constexpr", "REVERSE": "constexpr", "BM": "constexpr",
+                           "BK": "constexpr", "BLOCK_R": "constexpr", "BLOCK_C": "constexpr",
+                           "BLOCK_P": "constexpr"}
+                    for k in const_strides:
+                        sig[k] = "constexpr"
                     specs.append(CompileSpec(
-                        _scale_tile_kernel,
-                        {"x_ptr": f"*{src}", "y_ptr": f"*{dst}", "s_ptr": "*fp32", "R": "i32", "C": "i32",
-                         "stride_xr": "i64", "stride_xc": "i64", "stride_yr": "i64", "stride_yc": "i64",
-                         "stride_sr": "i64", "stride_sc": "i64", "n_part": "i32", "FMAX": "constexpr",
-                         "MODE": "constexpr", "DEQUANT": "constexpr", "REVERSE": "constexpr", "BM": "constexpr",
-                         "BK": "constexpr", "BLOCK_R": "constexpr", "BLOCK_C": "constexpr", "BLOCK_P": "constexpr"},
-                        {"FMAX": fmax, "MODE": mode, "DEQUANT": dq, "REVERSE": mode == 1, "BM": 128, "BK": 128,
-                         "BLOCK_R": br, "BLOCK_C": bc, "BLOCK_P": MAX_PARTIALS},
-                        num_warps=warps, label=f"scale_tile {src}->{dst} m{mode} {name}"))
+                        _scale_tile_kernel, sig,
+                        {**const_strides, "FMAX": fmax, "MODE": mode, "DEQUANT": dq, "REVERSE": mode == 1, "BM": 128,
+                         "BK": 128, "BLOCK_R": br, "BLOCK_C": bc, "BLOCK_P": MAX_PARTIALS},
+                        num_warps=warps, label=f"scale_tile {src}->{dst} m{mode} {name}",
+                        aligned=tuple(a for a in _ALIGNED["scale_tile"] if a not in const_strides)))
         for bc in (128, 64):
             specs.append(CompileSpec(
                 _amax_cols_kernel,
                 {"x_ptr": f"*{ti}", "part_ptr": "*fp32", "R": "i32", "C": "i32", "stride_r": "i64",
                  "stride_c": "i64", "rows_per_split": "i32", "BLOCK_R": "constexpr", "BLOCK_C": "constexpr"},
-                {"BLOCK_R": 32, "BLOCK_C": bc}, num_warps=4, label=f"amax_cols {ti} {bc}"))
+                {"BLOCK_R": 32, "BLOCK_C": bc}, num_warps=4, label=f"amax_cols {ti} {bc}",
+                aligned=_ALIGNED["amax_cols"]))
+        br, bc, warps, _ = COL_QUANT
+        # column quantization: row-major x -> row-major q, column-major x (w.t()) -> row-major q, and
+        # (-> e4m3, for fp8_gemm's b) row-major x -> K-major q
+        layouts = [({"stride_xc": 1, "stride_qc": 1}, to, fmax), ({"stride_xr": 1, "stride_qc": 1}, to, fmax),
+                   ({"stride_xc": 1, "stride_qr": 1}, "fp8e4nv", 448.0)]
+        for const_strides, qo, qmax in layouts:
+            sig = {"x_ptr": f"*{ti}", "q_ptr": f"*{qo}", "part_ptr": "*fp32", "s_ptr": "*fp32", "R": "i32",
+                   "C": "i32", "stride_xr": "i64", "stride_xc": "i64", "stride_qr": "i64", "stride_qc": "i64",
+                   "n_split": "i32", "rows_per_prog": "i32", "FMAX": "constexpr", "BLOCK_R": "constexpr",
+                   "BLOCK_C": "constexpr", "BLOCK_P": "constexpr", "REVERSE": "constexpr"}
+            for k in const_strides:
+                sig[k] = "constexpr"
+            specs.append(CompileSpec(
+                _quant_cols_kernel, sig,
+                {**const_strides, "FMAX": qmax, "BLOCK_R": br, "BLOCK_C": bc, "BLOCK_P": COL_MAX_SPLITS,
+                 "REVERSE": True},
+                num_warps=warps, label=f"quant_cols {ti}->{qo} {'/'.join(const_strides)}=1",
+                aligned=tuple(a for a in _ALIGNED["quant_cols"] if a not in const_strides)))
+        # fp8_gemm(a, b) from float inputs: a's rows + b's column amax, every row config for bf16
+        for block_k in ROW_BLOCKS if bi == 0 else (4096,):
+            cfg = row_config(block_k)
+            for single in {cfg["SINGLE"], False}:
+                specs.append(CompileSpec(
+                    _gemm_prep_kernel,
+                    {"a_ptr": f"*{ti}", "qa_ptr": "*fp8e4nv", "sa_ptr": "*fp32", "M": "i32", "K": "i32",
+                     "stride_am": "i64", "stride_qam": "i64", "n_a": "i32", "b_ptr": f"*{ti}",
+                     "part_ptr": "*fp32", "N": "i32", "stride_bk": "i64", "stride_bn": "constexpr",
+                     "rows_per_split": "i32", "n_cb": "i32", "FMAX": "constexpr", "ROWS": "constexpr",
+                     "BLOCK_K": "constexpr", "SINGLE": "constexpr", "CB_R": "constexpr", "CB_C": "constexpr"},
+                    {"stride_bn": 1, "FMAX": 448.0, "ROWS": cfg["ROWS"], "BLOCK_K": cfg["BLOCK_K"],
+                     "SINGLE": single, "CB_R": COL_AMAX[0], "CB_C": COL_AMAX[1]},
+                    num_warps=cfg["num_warps"], label=f"gemm_prep {ti} K{block_k} s{single}",
+                    aligned=_ALIGNED["prep"]))
     specs.append(CompileSpec(
         _finalize_cols_kernel,
         {"part_ptr": "*fp32", "s_ptr": "*fp32", "SPLIT": "i32", "C": "i32", "FMAX": "constexpr",
          "BLOCK_S": "constexpr", "BLOCK_C": "constexpr"},
-        {"FMAX": 448.0, "BLOCK_S": 64, "BLOCK_C": 128}, num_warps=4, label="finalize_cols"))
+        {"FMAX": 448.0, "BLOCK_S": 64, "BLOCK_C": 128}, num_warps=4, label="finalize_cols",
+        aligned=_ALIGNED["finalize"]))
     return specs
 
 
 __all__ = ["quantize_fp8", "dequantize_fp8", "FP8Quantizer", "FP8_MAX", "MIN_SCALE", "GRANULARITIES",
-           "row_config", "tile_config", "scale_shape", "column_scales", "compile_specs"]
+           "row_config", "tile_config", "scale_shape", "column_scales", "quantize_operands_for_gemm", "compile_specs"]
