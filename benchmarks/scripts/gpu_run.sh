@@ -19,6 +19,17 @@ for section in "$@"; do
       summary+=("tests: $(tail -1 "$out/gpu_tests.log")")
       summary+=("$(grep -E '^(FAILED|ERROR)' "$out/gpu_tests.log" | cut -c1-160 | head -25)")
       ;;
+    profile)
+      timeout 120 python3 benchmarks/scripts/profile_host.py > "$out/profile.log" 2>&1
+      summary+=("$(grep -E '^==' "$out/profile.log")")
+      ;;
+    tests_fp8)
+      timeout 300 python3 -m pytest -q -p no:cacheprovider tests/test_fp8_gemm.py tests/test_fp8_quantize.py \
+        tests/test_fp8_linear.py tests/test_compute_fp8.py "tests/test_gated_mlp.py::test_compile_check_sm90" \
+        -W ignore::DeprecationWarning > "$out/gpu_tests_fp8.log" 2>&1
+      summary+=("tests_fp8: $(tail -1 "$out/gpu_tests_fp8.log")")
+      summary+=("$(grep -E '^(FAILED|ERROR)' "$out/gpu_tests_fp8.log" | cut -c1-160 | head -25)")
+      ;;
     probe)
       timeout 120 python3 benchmarks/scripts/probe_rmsnorm_rope.py > "$out/probe.log" 2>&1
       summary+=("$(cat "$out/probe.log" | tail -5)")
