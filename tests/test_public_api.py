@@ -38,3 +38,12 @@ def test_every_public_name_is_documented():
     api = (pathlib.Path(__file__).resolve().parents[1] / "docs" / "api.md").read_text()
     missing = [n for n in triton_ops.__all__ if f"### `{n}" not in api and f"### `class {n}" not in api]
     assert not missing, f"regenerate docs/api.md (python docs/gen_api.py); missing: {missing}"
+
+
+def test_compute_references_need_neither_torch_nor_triton():
+    import subprocess
+    import sys
+
+    code = ("import sys, triton_ops.compute, triton_ops.exceptions; "
+            "assert 'triton' not in sys.modules and 'torch' not in sys.modules, sorted(sys.modules)")
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -9,41 +9,73 @@ The root package is the only public surface; everything users need is importable
 * ``BenchmarkSuite``: correctness-verified benchmarks against PyTorch, torch.compile and cuBLAS.
 """
 
-from .autotuner import (
-    FP8_GEMM_CONFIGS,
-    GATED_MLP_CONFIGS,
-    RMSNORM_ROPE_CONFIGS,
-    ConfigCache,
-    TritonAutoTuner,
-    compute_elementwise_metrics,
-    compute_gemm_metrics,
-    filter_valid_configs,
-    generate_configs,
-    get_default_config,
-    tuned_configs_enabled,
-    use_tuned_configs,
-)
-from .benchmark import BenchCase, BenchmarkReport, BenchmarkSuite, CorrectnessVerifier
-from .exceptions import (
-    CacheError,
-    CorrectnessError,
-    DeviceError,
-    DTypeError,
-    InvalidArgumentError,
-    LayoutError,
-    NumericalError,
-    ShapeError,
-    TritonOpsError,
-    TuningFailedError,
-    UnsupportedError,
-)
-from .kernels.fp8_gemm import fp8_gemm, fp8_weight_only_gemm
-from .kernels.fp8_linear import FP8Linear, convert_to_fp8_linear
-from .kernels.fp8_quantize import FP8Quantizer, dequantize_fp8, quantize_fp8
-from .kernels.gated_mlp import FusedGatedMLP, fused_gated_mlp, fused_gated_mlp_fp8
-from .kernels.rmsnorm_rope import FusedRMSNormRoPE, fused_rmsnorm_rope
-from .models import BenchmarkRow, CorrectnessResult, KernelMetrics, TensorSpec, TuningResult
-from .performance import DevicePeaks, PerformanceProfile, device_peaks
+# Names resolve on first use (PEP 562), so ``import triton_ops.compute`` (NumPy only) and the exceptions
+# work without importing torch or Triton, and ``import triton_ops`` stays cheap until an op is used.
+_LAZY = {
+    "FP8_GEMM_CONFIGS": "autotuner",
+    "GATED_MLP_CONFIGS": "autotuner",
+    "RMSNORM_ROPE_CONFIGS": "autotuner",
+    "ConfigCache": "autotuner",
+    "TritonAutoTuner": "autotuner",
+    "compute_elementwise_metrics": "autotuner",
+    "compute_gemm_metrics": "autotuner",
+    "filter_valid_configs": "autotuner",
+    "generate_configs": "autotuner",
+    "get_default_config": "autotuner",
+    "tuned_configs_enabled": "autotuner",
+    "use_tuned_configs": "autotuner",
+    "BenchCase": "benchmark",
+    "BenchmarkReport": "benchmark",
+    "BenchmarkSuite": "benchmark",
+    "CorrectnessVerifier": "benchmark",
+    "CacheError": "exceptions",
+    "CorrectnessError": "exceptions",
+    "DeviceError": "exceptions",
+    "DTypeError": "exceptions",
+    "InvalidArgumentError": "exceptions",
+    "LayoutError": "exceptions",
+    "NumericalError": "exceptions",
+    "ShapeError": "exceptions",
+    "TritonOpsError": "exceptions",
+    "TuningFailedError": "exceptions",
+    "UnsupportedError": "exceptions",
+    "fp8_gemm": "kernels.fp8_gemm",
+    "fp8_weight_only_gemm": "kernels.fp8_gemm",
+    "FP8Linear": "kernels.fp8_linear",
+    "convert_to_fp8_linear": "kernels.fp8_linear",
+    "FP8Quantizer": "kernels.fp8_quantize",
+    "dequantize_fp8": "kernels.fp8_quantize",
+    "quantize_fp8": "kernels.fp8_quantize",
+    "FusedGatedMLP": "kernels.gated_mlp",
+    "fused_gated_mlp": "kernels.gated_mlp",
+    "fused_gated_mlp_fp8": "kernels.gated_mlp",
+    "FusedRMSNormRoPE": "kernels.rmsnorm_rope",
+    "fused_rmsnorm_rope": "kernels.rmsnorm_rope",
+    "BenchmarkRow": "models",
+    "CorrectnessResult": "models",
+    "KernelMetrics": "models",
+    "TensorSpec": "models",
+    "TuningResult": "models",
+    "DevicePeaks": "performance",
+    "PerformanceProfile": "performance",
+    "device_peaks": "performance",
+}
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'triton_ops' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __version__ = "0.1.0"
 
