@@ -215,12 +215,20 @@ def test_pick_config_regimes():
     # few columns: narrower tiles to occupy the SMs
     assert G.pick_config(16, 4096, 4096, torch.bfloat16, 90, sms).block_n == 32
     assert G.pick_config(40, 14336, 4096, torch.float16, 90, sms).block_m == 64
-    # M = 128: weight-bound, 128 x 64 tiles -> 224 tiles
+    # M = 128: weight-bound; 128 x (2 x 128) tiles when they are >= 0.8 x #SMs (14336 / 128 = 112 >= 105.6)
     m = G.pick_config(128, 14336, 4096, torch.bfloat16, 90, sms)
-    assert (m.block_m, m.block_n, m.persistent) == (128, 64, False)
-    # prefill: persistent 128 x (2 x 128), TMA on Hopper
+    assert (m.block_m, m.block_n, m.num_warps, m.num_stages, m.persistent) == (128, 128, 8, 4, False)
+    # ... else (11008 / 128 = 86 tiles), above M = 128, and for FP8: 128 x (2 x 64) tiles
+    for M, Inter, dt in ((128, 11008, torch.bfloat16), (200, 14336, torch.float16),
+                         (128, 14336, torch.float8_e4m3fn)):
+        m = G.pick_config(M, Inter, 4096, dt, 90, sms)
+        assert (m.block_m, m.block_n, m.persistent) == (128, 64, False), (M, Inter, dt)
+    assert G.pick_config(128, 14336, 4096, torch.bfloat16, 80, 108).block_n == 64
+    # prefill: persistent 128 x (2 x 128), TMA on Hopper, GROUP_M 16 (fp16/bf16 and FP8)
     big = G.pick_config(16384, 14336, 4096, torch.bfloat16, 90, sms)
     assert (big.block_m, big.block_n, big.num_warps, big.persistent, big.use_tma) == (128, 128, 8, True, True)
+    assert big.group_m == 16
+    assert G.pick_config(16384, 14336, 4096, torch.float8_e4m3fn, 90, sms).group_m == 16
     assert not G.pick_config(16384, 14336, 4096, torch.bfloat16, 80, 108).use_tma
     assert G.pick_config(16384, 14336, 4096, torch.float8_e4m3fn, 90, sms).block_k == 128
     assert G.pick_config(5, 7, 9, torch.float16, 90, sms, aligned=False) == G._unaligned_config("fp16")

@@ -64,16 +64,21 @@ def _reference(i: dict[str, Any]) -> torch.Tensor:
 
 
 def _sweep_configs(arch: int | None, dtype: torch.dtype, M: int) -> list[G.GatedMLPConfig]:
-    """Every candidate of the heuristic plus its measured-only neighbours (:func:`G.sweep_configs`),
-    restricted to the regime of the case. Prefill: tiles of >= 64 x 64. Weight-bound M <= 256: tiles of
-    >= min(M, 64) rows (smaller ones re-read every weight tile M / BLOCK_M times; measured 0.19-0.22 ms
-    vs 0.13 ms at M=128) and no persistent 256-wide variants (their grid is the same 112 tiles)."""
+    """At most ~5 rows per case: the heuristic's candidates of the case's regime plus the measured-only
+    neighbours (:func:`G.sweep_configs`). Prefill: the persistent default, its neighbours and the
+    128 x (2 x 64) mid tile (smaller tiles measured 0.65-0.69x of cuBLAS). Weight-bound M <= 256: tiles of
+    >= min(M, 64) rows (smaller ones re-read every weight tile M / BLOCK_M times) with BLOCK_N >= 64 above
+    M = 64 (BLOCK_N = 32 measured 58% of copy at M=128); decode M <= 64: tiles of at most 2x the
+    heuristic's BLOCK_M (larger ones measured 45-81% of copy at M=16)."""
     seen: dict[G.GatedMLPConfig, None] = {}
     for c in list(G.candidate_configs(arch, dtype)) + G.sweep_configs(arch, dtype):
         seen.setdefault(c, None)
-    if M <= 256:
-        return [c for c in seen if c.block_m >= min(M, 64) and not (c.persistent and c.block_n > 64)]
-    return [c for c in seen if c.block_m >= 64 and c.block_n >= 64]
+    if M > 256:
+        return [c for c in seen if c.block_m >= 128 and c.block_n >= 64]
+    if M > 64:
+        return [c for c in seen if c.block_m >= 64 and c.block_n >= 64 and not c.persistent]
+    bm = max(16, G.next_power_of_2(M))
+    return [c for c in seen if c.block_m <= 2 * bm and not c.persistent]
 
 
 def _arch(device: str) -> int | None:

@@ -316,6 +316,17 @@ def _mid_config(family: int, kind: str) -> GatedMLPConfig:
     return GatedMLPConfig(64, 64, bk, group_m=8, num_warps=4, num_stages=3)
 
 
+def _wide_mid_config(family: int, kind: str) -> GatedMLPConfig | None:
+    """Hopper fp16/bf16, 64 < M <= 128 with >= 0.8 x #SMs tiles of 128 x (2 x 128): one 128-row tile covers
+    all of M, so every CTA reads x (1 MB at H=4096) once per 2 x 128 weight rows instead of per 2 x 64 rows,
+    halving the L2 traffic that rivals the weight bytes at this M. 8 warps, 4 stages of 48 KB plus the
+    32 KB store tile (ptxas: 224 KB, one CTA per SM). H200, M=128 H=4096 I=14336 bf16 (112 tiles):
+    0.0671 ms = 86% of copy vs 0.0689 ms (84%) for the 128 x (2 x 64) mid config."""
+    if family != 90 or kind != "fp16":
+        return None
+    return GatedMLPConfig(128, 128, 64, group_m=8, num_warps=8, num_stages=4, use_tma=True)
+
+
 def _large_configs(family: int, kind: str) -> list[GatedMLPConfig]:
     """Compute-bound M > 256. Hopper: 128 x (2 x 128) outputs per tile, i.e. the 128x256 wgmma tile of a
     plain GEMM, 8 warps (two warpgroups, 128 fp32 accumulator registers per thread), 3 stages of 48 KB
@@ -324,8 +335,12 @@ def _large_configs(family: int, kind: str) -> list[GatedMLPConfig]:
     nested vs 6.90 ms with the tile loop flattened into the k loop (FLATTEN) and 6.08 ms with one tile
     per program; the flattened loop stays a kernel option and a sweep candidate only."""
     if family == 90:
+        # GROUP_M 16: the 132 tiles in flight span G row-tiles of x (1 MB each at H=4096 fp16) and 132/G
+        # column-tiles of the weights (2 MB each), G + 264/G MB of L2 working set, least at G = 16 (33 MB
+        # vs 41 MB at G = 8, of a 50 MB L2; FP8 halves both terms, same optimum). H200: 4.77 vs 4.85 ms
+        # (I=11264 fp16), 5.79 vs 5.82 ms (I=14336 bf16), 3.28 vs 3.39 ms (FP8) over G = 8.
         bk = 128 if kind == "fp8" else 64
-        return [GatedMLPConfig(128, 128, bk, group_m=8, num_warps=8, num_stages=3, persistent=True,
+        return [GatedMLPConfig(128, 128, bk, group_m=16, num_warps=8, num_stages=3, persistent=True,
                                use_tma=True)]
     # sm_80/89 (mma.sync, operands staged through registers): 128 x (2 x 128) tiles on 8 warps spill
     # 256+ bytes in ptxas (two 128x128 fp32 accumulators plus operand fragments), 128 x (2 x 64) on 4
@@ -337,27 +352,23 @@ def _large_configs(family: int, kind: str) -> list[GatedMLPConfig]:
 
 
 def sweep_configs(arch: int | None, dtype: torch.dtype) -> list[GatedMLPConfig]:
-    """Neighbours of the Hopper defaults that only a measurement can rank: the benchmark sweep times them
-    and ``triton-ops tune`` searches them (with :func:`candidate_configs`); the compile check builds them.
-
-    Prefill (shared memory per stage (BLOCK_M + 2 BLOCK_N) x BLOCK_K x bytes, plus the output tile):
-    4 stages (4 x 48 KB + 32 KB = 224 KB of the 227 KB), GROUP_M 4 / 16 (L2 reuse of x vs weights),
-    BLOCK_K = 2x with 2 stages (half the barriers per byte), one tile per program with 4 stages, and the
-    flattened persistent loop. Weight-bound M <= 256: the 128 x (2 x 64) tile on 8 warps (two
-    warpgroups of 64 rows: more loads in flight per CTA at the same 112 KB, two CTAs per SM) and
-    persistent (132 CTAs streaming 1-2 tiles each instead of 224 scheduled CTAs).
+    """Neighbours of the Hopper prefill default that only a measurement can rank: the benchmark sweep times
+    them and ``triton-ops tune`` searches them (with :func:`candidate_configs`); the compile check builds
+    them. GROUP_M 8 (the previous default) and 32 (L2 working set 40 MB vs 33 MB at 16: predicted slower);
+    FP8: one tile per program with 4 stages (4 x 48 KB + 32 KB = 224 KB; for fp16/bf16 the wide mid
+    candidate is that tile already). Dropped after two H200 runs
+    (all slower than the default at both prefill shapes and FP8): 4 stages persistent (+15%), BLOCK_K x2
+    with 2 stages (+33%), GROUP_M 4 (+4%), the flattened tile loop (+17%); at M=128 the 128 x (2 x 64)
+    tile on 8 warps or persistent (+3%, +32%).
     """
     family, kind = _arch_family(arch), _kind(dtype)
     if family != 90 or kind not in ("fp16", "fp8"):
         return []
     big = _large_configs(90, kind)[0]
-    mid = _mid_config(90, kind)
-    return [
-        replace(big, num_stages=4), replace(big, group_m=16), replace(big, group_m=4),
-        replace(big, block_k=2 * big.block_k, num_stages=2), replace(big, persistent=False, num_stages=4),
-        replace(big, flatten=True),
-        replace(mid, num_warps=8), replace(mid, persistent=True),
-    ]
+    out = [replace(big, group_m=8), replace(big, group_m=32)]
+    if kind == "fp8":
+        out.append(replace(big, persistent=False, num_stages=4))
+    return out
 
 
 #: fp32 inputs use exact fp32 dots (``input_precision="ieee"``, FMA, not tensor cores): small tiles keep
@@ -378,7 +389,9 @@ def candidate_configs(arch: int | None, dtype: torch.dtype) -> list[GatedMLPConf
     family, kind = _arch_family(arch), _kind(dtype)
     if kind == "fp32":
         return [_FP32_CONFIG]
-    return [*_decode_configs(family, kind), _mid_config(family, kind), *_large_configs(family, kind)]
+    wide = _wide_mid_config(family, kind)
+    mids = [_mid_config(family, kind)] + ([wide] if wide is not None else [])
+    return [*_decode_configs(family, kind), *mids, *_large_configs(family, kind)]
 
 
 def pick_config(M: int, N: int, K: int, dtype: torch.dtype, arch: int | None,
@@ -391,7 +404,8 @@ def pick_config(M: int, N: int, K: int, dtype: torch.dtype, arch: int | None,
     * fp32: one exact-fp32 config.
     * M <= 64 (decode): BLOCK_M = the next power of two >= M (min 16, the smallest MMA M), BLOCK_N = 64
       unless that leaves fewer tiles than SMs (then 32), one tile per program.
-    * M <= 256: the weight-bound mid config, one tile per program.
+    * M <= 256: the weight-bound mid config, one tile per program; on Hopper (fp16/bf16) with M <= 128
+      and at least 0.8 x #SMs tiles of 128 x (2 x 128), the wide mid config.
     * else: the persistent large-tile config.
     """
     family, kind = _arch_family(arch), _kind(dtype)
@@ -406,6 +420,9 @@ def pick_config(M: int, N: int, K: int, dtype: torch.dtype, arch: int | None,
             if c.block_m == bm and c.block_n == bn:
                 return c
     if M <= 256:
+        wide = _wide_mid_config(family, kind)
+        if wide is not None and M <= wide.block_m and cdiv(N, wide.block_n) * 5 >= sms * 4:
+            return wide
         return _mid_config(family, kind)
     return _large_configs(family, kind)[0]
 
@@ -1024,7 +1041,8 @@ def compile_specs(arch: int) -> list[CompileSpec]:
         specs.append(_spec(arch, dtype, un, aligned=True))
     large = _large_configs(family, "fp16")[0]
     mid = _mid_config(family, "fp16")
-    for cfg in (large, mid):
+    wide = _wide_mid_config(family, "fp16")
+    for cfg in (large, mid) + ((wide,) if wide is not None else ()):
         for act in ("gelu", "gelu_tanh"):
             specs.append(_spec(arch, torch.float16, cfg, act=act))
         specs.append(_spec(arch, torch.bfloat16, cfg, has_bias=True))
