@@ -145,3 +145,14 @@ def rows_view(x: torch.Tensor) -> torch.Tensor:
         return x.view(-1, last)
     except RuntimeError:
         return x.reshape(-1, last)
+
+
+def direct_launch_ok(*tensors: torch.Tensor | None) -> bool:
+    """True for a plain eager call that may launch its kernels directly instead of through the registered
+    custom op: not traced by torch.compile, no tensor subclasses (FakeTensor, DTensor, ...) and no autograd
+    graph to record. The custom-op dispatcher costs tens of microseconds of host time per call, more than
+    small kernels take on the GPU; everything that needs it (compile, fake tensors, autograd) still gets it."""
+    if torch.compiler.is_compiling():
+        return False
+    grad = torch.is_grad_enabled()
+    return all(t is None or (type(t) is torch.Tensor and not (grad and t.requires_grad)) for t in tensors)

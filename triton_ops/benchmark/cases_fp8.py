@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from ..utils import cdiv
 from .case import BenchCase
 from .timing import compiled, copy_ceiling
 
@@ -185,8 +186,9 @@ def _auto_cases(shapes, device, gpu: bool, graph: bool = False) -> list[BenchCas
 
 
 def _decode_cases(shapes, device, gpu: bool, graph: bool = False) -> list[BenchCase]:
-    """Decode GEMM with FP8 weights. "triton_ops_nosplit" is the same kernel without split-K (one
-    program per 64 output columns), the candidate the split-K default replaced. ``graph``: CUDA-graph
+    """Decode GEMM with FP8 weights. "triton_ops" is the default (no split-K when the N tiles cover the
+    SMs, hardware fp8 -> fp16 conversion on sm_89+); "triton_ops_split" splits K for ~4 programs per SM
+    (the previous default); "triton_ops_n32" uses 32-column tiles. ``graph``: CUDA-graph
     replays (op "fp8_decode_gemm_graph"), how decode steps run in serving stacks."""
     from ..kernels.fp8_gemm import _weight_only_impl, fp8_weight_only_gemm, gemm_config
     from ..kernels.fp8_quantize import quantize_fp8
@@ -207,17 +209,26 @@ def _decode_cases(shapes, device, gpu: bool, graph: bool = False) -> list[BenchC
         def eager(i):
             return i["x"] @ (i["qw_t"].to(torch.float16) * i["sw"].to(torch.float16))
 
-        def nosplit(i, M=M, N=N, K=K):
+        def variant(name=None, split_k=None, M=M, N=N, K=K):
             from ..kernels.fp8_gemm import _arch, _finish_config
 
-            dev = i["x"].device
-            cfg = gemm_config(M, N, K, _arch(dev), weight_only=True, sms=num_sms(dev))
-            cfg = _finish_config(cfg["name"], M, N, K, _arch(dev), num_sms(dev), split_k=1)
-            return _weight_only_impl(i["x"], i["qw_t"], i["sw"], None, torch.float16, config=cfg)
+            def run(i):
+                dev = i["x"].device
+                cfg = gemm_config(M, N, K, _arch(dev), weight_only=True, sms=num_sms(dev))
+                if split_k is None:  # the old rule: ~4 programs per SM whatever the tile count
+                    k_tiles = cdiv(K, cfg["BLOCK_K"])
+                    split = max(1, min(cdiv(4 * num_sms(dev), cdiv(N, cfg["BLOCK_N"])), k_tiles // 2, 8))
+                else:
+                    split = split_k
+                cfg = _finish_config(name or cfg["name"], M, N, K, _arch(dev), num_sms(dev), split_k=split)
+                return _weight_only_impl(i["x"], i["qw_t"], i["sw"], None, torch.float16, config=cfg)
+            return run
 
         systems: dict[str, Any] = {
             "triton_ops": lambda i: fp8_weight_only_gemm(i["x"], i["qw_t"], i["sw"]),
-            "triton_ops_nosplit": nosplit,
+            # candidates: split-K as the previous default picked it, and 32-column tiles (448 programs)
+            "triton_ops_split": variant(),
+            "triton_ops_n32": variant("small_16_n32", 1) if M <= 16 else variant(None, 1),
             "torch_eager": eager,
             "copy": (lambda f: (lambda i: f()))(copy_ceiling(nbytes, device)),
         }

@@ -5,8 +5,9 @@ One Triton kernel, ``_fp8_gemm_kernel``, covers every path; constexpr switches p
 * **native FP8** (sm_89 Ada, sm_90 Hopper): fp8 operands go straight into ``tl.dot`` (``wgmma ... e4m3`` on
   Hopper when the tile has >= 64 rows, ``mma ... e4m3`` on Ada), persistent grid (one program per SM
   walking tiles in grouped order so neighbouring programs share A rows / B columns in L2).
-* **weight-only** (sm_80, and small M everywhere): B holds FP8 *bits* (read as uint8: Triton refuses the
-  fp8 types on sm_80) decoded in registers to fp16/bf16 with two shifts and a mask, then an fp16/bf16 dot.
+* **weight-only** (sm_80, and small M everywhere): B holds FP8 converted in registers to fp16/bf16, then an
+  fp16/bf16 dot: by the hardware conversion on sm_89+, from the bits (read as uint8: Triton refuses the fp8
+  types on sm_80) with shifts and masks on sm_80.
   Weight bytes are halved against fp16, so FP8Linear saves memory on Ampere too, and small-M (decode)
   GEMMs read the weights once at near copy speed without quantizing the activations.
 
@@ -29,10 +30,12 @@ dynamic. Bytes per element, the choice made on paper (M = N = K = 4096, fp16, H1
 The separate passes win on paper and keep the GEMM at the cuBLASLt-class rate, so that is the path
 (docs/perf-notes.md, "fp8", has the numbers).
 
-Small M (decode, M <= 64) streams the weights: one 16/32/64-row tile, 64 output columns per program and K
-split so that ~4 programs run per SM (fp32 partials summed by ``_splitk_reduce_kernel``, which also runs
-the epilogue). Launch configs come from ``gemm_config`` or, when tuned configs are switched on, from the
-tuning cache (``triton-ops tune fp8_gemm``, see ``tuning_entry``).
+Small M (decode, M <= 64) streams the weights: one 16/32/64-row tile, 64 output columns per program; on
+sm_89+ the fp8 weights are converted by the hardware (``HW_CVT``; the bit decode's integer ops bounded the
+weight streaming). K is split only when the N tiles are fewer than the SMs, for ~4 programs per SM (fp32
+partials summed by ``_splitk_reduce_kernel``, which also runs the epilogue). Launch configs come from
+``gemm_config`` or, when tuned configs are switched on, from the tuning cache (``triton-ops tune
+fp8_gemm``, see ``tuning_entry``).
 
 Weights may be given transposed (``b = w.t()`` with ``w [N, K]`` contiguous) at no cost: the kernel takes
 any strides; K-major B (``stride_bk == 1``) is the fast layout for FP8 on Hopper.
@@ -46,7 +49,7 @@ import triton.language as tl
 
 from ..compile_check import CompileSpec
 from ..exceptions import InvalidArgumentError, ShapeError
-from ..utils import cdiv, device_capability, num_sms
+from ..utils import cdiv, device_capability
 from ..validation import (
     FLOAT_DTYPES,
     FP8_DTYPES,
@@ -54,8 +57,9 @@ from ..validation import (
     check_runnable_device,
     check_same_device,
     check_tensor,
+    direct_launch_ok,
 )
-from .fp8_quantize import _quantize_impl, check_scale_values, quantize_operands_for_gemm
+from .fp8_quantize import _quantize_impl, check_scale_values, device_sms, quantize_operands_for_gemm
 
 # ---------------------------------------------------------------------------------------------------
 # Layer 1: kernel
@@ -117,12 +121,15 @@ def _fp8_gemm_kernel(a_ptr, b_ptr, c_ptr, as_ptr, bs_ptr, bias_ptr, ws_ptr, M, N
                      A_DECODE: tl.constexpr, B_DECODE: tl.constexpr, A_E5M2: tl.constexpr,
                      B_E5M2: tl.constexpr, DOT_TY: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                     GROUP_M: tl.constexpr, FLATTEN: tl.constexpr, SPLIT_K: tl.constexpr):
+                     GROUP_M: tl.constexpr, FLATTEN: tl.constexpr, SPLIT_K: tl.constexpr,
+                     HW_CVT: tl.constexpr = False):
     """Persistent tiled GEMM. Scale modes (A_SCALE / B_SCALE): 0 one scale, 1 per row of a / per column
     of b, 2 per (1, BLOCK_K) block of a / per (BLOCK_K, 128) block of b (BLOCK_K == 128).
     *_DECODE: the operand holds FP8 bits (uint8) decoded to DOT_TY in registers; otherwise it feeds
     ``tl.dot`` as loaded (fp8 on sm_89+, or fp16/bf16 for the weight-only path). ``out_factor`` folds
-    the decode's power of two into the epilogue.
+    the decode's power of two into the epilogue. HW_CVT (sm_89+): the decoded operand is loaded with its
+    fp8 type and converted by the hardware (``cvt.rn.f16x2.e4m3x2``, two elements per instruction) instead
+    of the ~6 integer ops per element of the bit decode, which bound the decode GEMM's weight streaming.
     SPLIT_K > 1: work item = (tile, K slice of ``k_tiles_per_split`` K steps); the raw fp32 partial goes
     to ``ws[split, M, N]`` and ``_splitk_reduce_kernel`` sums the slices and runs the epilogue."""
     pid = tl.program_id(0)
@@ -159,11 +166,17 @@ def _fp8_gemm_kernel(a_ptr, b_ptr, c_ptr, as_ptr, bs_ptr, bias_ptr, ws_ptr, M, N
         for kt in range(kt0, kt1):
             kmask = offs_k < K - kt * BLOCK_K
             if A_DECODE:
-                a = _decode_fp8_bits(tl.load(a_ptrs, mask=kmask[None, :], other=0), A_E5M2, DOT_TY)
+                if HW_CVT:
+                    a = tl.load(a_ptrs, mask=kmask[None, :], other=0.0).to(DOT_TY)
+                else:
+                    a = _decode_fp8_bits(tl.load(a_ptrs, mask=kmask[None, :], other=0), A_E5M2, DOT_TY)
             else:
                 a = tl.load(a_ptrs, mask=kmask[None, :], other=0.0)
             if B_DECODE:
-                b = _decode_fp8_bits(tl.load(b_ptrs, mask=kmask[:, None], other=0), B_E5M2, DOT_TY)
+                if HW_CVT:
+                    b = tl.load(b_ptrs, mask=kmask[:, None], other=0.0).to(DOT_TY)
+                else:
+                    b = _decode_fp8_bits(tl.load(b_ptrs, mask=kmask[:, None], other=0), B_E5M2, DOT_TY)
             else:
                 b = tl.load(b_ptrs, mask=kmask[:, None], other=0.0)
             if A_SCALE == 2 or B_SCALE == 2:
@@ -226,6 +239,9 @@ CONFIGS = {
     "small_16": (16, 64, 256, 4, 4),
     "small_32": (32, 64, 256, 4, 4),
     "small_64": (64, 64, 128, 4, 4),
+    # Candidate for M <= 16: half-width tiles, 448 programs for N=14336 (3 resident per SM at 64 KB of
+    # shared memory) instead of 224 on 132 SMs; costs twice the L2 reads of the activations.
+    "small_16_n32": (16, 32, 256, 4, 4),
     # Block-scaled (K step fixed at 128 by the scale groups): the per-step partial product doubles the
     # accumulator registers, so one warpgroup owns a 64x128 tile (128x128 over 8 warps spilled 1.5 KB).
     "h_blk": (64, 128, 128, 4, 4),
@@ -249,7 +265,7 @@ def config_names(arch: int, *, weight_only: bool = False, block_scaled: bool = F
     if block_scaled:
         return ["h_blk"] if (arch >= 90 and not weight_only) else ["blk_ada"] if (arch >= 89 and not weight_only) \
             else ["amp_blk"]
-    small = ["small_16", "small_32", "small_64"]
+    small = ["small_16", "small_16_n32", "small_32", "small_64"]
     if weight_only or arch < 89:
         return ["amp_128"] + small
     if arch >= 90:
@@ -258,10 +274,11 @@ def config_names(arch: int, *, weight_only: bool = False, block_scaled: bool = F
 
 
 def _small_split(tiles: int, k_tiles: int, sms: int) -> int:
-    """Split-K for the weight-streaming small-M configs: N/BLOCK_N tiles alone leave SMs idle or unevenly
-    loaded (M=16, N=14336: 224 programs on 132 SMs, 1.7 waves); splitting K gives ~4 programs per SM, each
-    at least two K steps long."""
-    if k_tiles < 4:
+    """Split-K for the weight-streaming small-M configs, only when N/BLOCK_N tiles leave SMs idle (fewer
+    tiles than SMs); then ~4 programs per SM, each at least two K steps long. At M=16, N=14336 (224 tiles,
+    132 SMs) split-K 3 measured 29.7 us against 25.6 us without (CUDA graphs, H200): the partials' 2.8 MB
+    round trip and the reduction launch cost more than the uneven SM load, so enough tiles means no split."""
+    if k_tiles < 4 or tiles >= sms:
         return 1
     return max(1, min(cdiv(SMALL_PROGS_PER_SM * sms, tiles), k_tiles // 2, MAX_SPLIT_K))
 
@@ -319,12 +336,17 @@ def tuned_config(M: int, N: int, K: int, arch: int, device, *, weight_only: bool
     return _finish_config(want["name"], M, N, K, arch, sms, group_m=want["GROUP_M"], split_k=want["SPLIT_K"])
 
 
+_ARCH: dict = {}
+
+
 def _arch(device: torch.device) -> int:
-    """Compute capability as an int (90, 89, 80); the interpreter runs the Hopper path."""
-    cap = device_capability(device)
-    if cap is None:
-        return 90
-    return cap[0] * 10 + cap[1]
+    """Compute capability as an int (90, 89, 80), cached per device; the interpreter runs the Hopper path."""
+    key = (device.type, device.index)
+    arch = _ARCH.get(key)
+    if arch is None:
+        cap = device_capability(device)
+        arch = _ARCH[key] = 90 if cap is None else cap[0] * 10 + cap[1]
+    return arch
 
 
 def _scale_mode(s: torch.Tensor, rows: int, groups: int, name: str, row_like: bool) -> int:
@@ -365,17 +387,23 @@ def _launch(a2: torch.Tensor, b: torch.Tensor, a_s: torch.Tensor, b_s: torch.Ten
     block_scaled = 2 in (a_mode, b_mode)
     if config is None:
         config = tuned_config(M, N, K, arch, a2.device, weight_only=weight_only or a_decode,
-                              block_scaled=block_scaled, sms=num_sms(a2.device), out_fp32=out.dtype == torch.float32)
+                              block_scaled=block_scaled, sms=device_sms(a2.device), out_fp32=out.dtype == torch.float32)
     cfg = config
     if block_scaled and cfg["BLOCK_K"] != 128:
         raise AssertionError("block-scaled configs must use BLOCK_K == 128")  # config table invariant
     factor = 1.0
     a_e5 = a2.dtype == torch.float8_e5m2
     b_e5 = b.dtype == torch.float8_e5m2
-    if a_decode:
+    # Weight-only on sm_89+: hardware fp8 -> fp16 conversion (exact), no power-of-two factor.
+    hw_cvt = weight_only and arch >= 89
+    if hw_cvt:
+        a_decode_bits = b_decode_bits = False
+    else:
+        a_decode_bits, b_decode_bits = a_decode, b_decode
+    if a_decode_bits:
         factor *= 1.0 if a_e5 else 256.0
         a2 = a2.view(torch.uint8)
-    if b_decode:
+    if b_decode_bits:
         factor *= 1.0 if b_e5 else 256.0
         b = b.view(torch.uint8)
     dot_ty = tl.bfloat16 if (a2.dtype == torch.bfloat16) else tl.float16
@@ -391,7 +419,7 @@ def _launch(a2: torch.Tensor, b: torch.Tensor, a_s: torch.Tensor, b_s: torch.Ten
         sam, sak, sbk, sbn, factor, cfg["NUM_PROGS"], cfg["K_TILES_PER_SPLIT"],
         A_SCALE=a_mode, B_SCALE=b_mode, HAS_BIAS=has_bias, A_DECODE=a_decode, B_DECODE=b_decode,
         A_E5M2=a_e5, B_E5M2=b_e5, DOT_TY=dot_ty, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
-        BLOCK_K=cfg["BLOCK_K"], GROUP_M=cfg["GROUP_M"], FLATTEN=cfg["FLATTEN"], SPLIT_K=split,
+        BLOCK_K=cfg["BLOCK_K"], GROUP_M=cfg["GROUP_M"], FLATTEN=cfg["FLATTEN"], SPLIT_K=split, HW_CVT=hw_cvt,
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     if split > 1:
         rbm, rbn = REDUCE_BLOCK
@@ -577,6 +605,8 @@ def fp8_gemm(a: torch.Tensor, b: torch.Tensor, *, a_scale: torch.Tensor | None =
                 check_scale_values(s, name)
     if out_dtype is None:
         out_dtype = a.dtype if a.dtype in FLOAT_DTYPES else torch.bfloat16
+    if direct_launch_ok(a, b, a_scale, b_scale, bias):
+        return _gemm_impl(a, b, a_scale, b_scale, bias, out_dtype, _path)
     return _fp8_gemm_op(a, b, a_scale, b_scale, bias, out_dtype, _path)
 
 
@@ -600,6 +630,8 @@ def fp8_weight_only_gemm(x: torch.Tensor, w_t: torch.Tensor, w_scale: torch.Tens
     check_runnable_device(x.device, "x")
     if out_dtype is None:
         out_dtype = x.dtype
+    if direct_launch_ok(x, w_t, w_scale, bias):
+        return _weight_only_impl(x, w_t, w_scale, bias, out_dtype)
     return _fp8_weight_only_op(x, w_t, w_scale, bias, out_dtype)
 
 
@@ -610,7 +642,7 @@ def fp8_weight_only_gemm(x: torch.Tensor, w_t: torch.Tensor, w_scale: torch.Tens
 
 def _device_arch_sms(device) -> tuple[int, int]:
     dev = torch.device(device)
-    return _arch(dev), num_sms(dev)
+    return _arch(dev), device_sms(dev)
 
 
 def tuning_entry():
@@ -689,12 +721,12 @@ _SIG_BASE = {
     "stride_bsk": "i64", "stride_bsn": "i64", "out_factor": "fp32", "NUM_PROGS": "i32", "k_tiles_per_split": "i32",
 }
 _CONSTEXPR_NAMES = ("A_SCALE", "B_SCALE", "HAS_BIAS", "A_DECODE", "B_DECODE", "A_E5M2", "B_E5M2", "DOT_TY",
-                    "BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "FLATTEN", "SPLIT_K")
+                    "BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "FLATTEN", "SPLIT_K", "HW_CVT")
 
 
 def _spec(name: str, arch: int, *, a_ty: str, b_ty: str, a_decode: bool, b_decode: bool, a_mode: int, b_mode: int,
           bias: bool, dot_ty=tl.float16, flatten: bool = False, out_ty: str = "bf16",
-          must: list[str] | None = None, split_k: int = 1) -> CompileSpec:
+          must: list[str] | None = None, split_k: int = 1, hw_cvt: bool = False) -> CompileSpec:
     bm, bn, bk, warps, stages = CONFIGS[name]
     sig = dict(_SIG_BASE)
     sig["a_ptr"], sig["b_ptr"], sig["c_ptr"] = f"*{a_ty}", f"*{b_ty}", f"*{out_ty}"
@@ -704,11 +736,11 @@ def _spec(name: str, arch: int, *, a_ty: str, b_ty: str, a_decode: bool, b_decod
     const = {"stride_ak": 1, "stride_bk": 1, "stride_cn": 1, "A_SCALE": a_mode, "B_SCALE": b_mode,
              "HAS_BIAS": bias, "A_DECODE": a_decode, "B_DECODE": b_decode, "A_E5M2": False, "B_E5M2": False,
              "DOT_TY": dot_ty, "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "FLATTEN": flatten,
-             "SPLIT_K": split_k}
+             "SPLIT_K": split_k, "HW_CVT": hw_cvt}
     return CompileSpec(_fp8_gemm_kernel, sig, const, num_warps=warps, num_stages=stages,
                        label=f"fp8_gemm {name} a{a_ty}{'(dec)' if a_decode else ''} b{b_ty}"
                              f"{'(dec)' if b_decode else ''} s{a_mode}{b_mode} bias{int(bias)} ->{out_ty}"
-                             f" split{split_k}",
+                             f" split{split_k}{' cvt' if hw_cvt else ''}",
                        ptx_must_contain=must or [], aligned=_ALIGNED_ARGS)
 
 
@@ -728,16 +760,19 @@ def compile_specs(arch: int) -> list[CompileSpec]:
                                    must=must))
         specs.append(_spec(blk, arch, a_ty="fp8e4nv", b_ty="fp8e4nv", a_decode=False, b_decode=False, a_mode=2,
                            b_mode=2, bias=False, flatten=arch >= 90, must=must))
-        for name in ("small_16", "small_32", "small_64"):
+        for name in ("small_16", "small_16_n32", "small_32", "small_64"):
             for split in (1, 2):  # the small configs split K when N alone gives too few programs
                 specs.append(_spec(name, arch, a_ty="fp8e4nv", b_ty="fp8e4nv", a_decode=False, b_decode=False,
                                    a_mode=1, b_mode=1, bias=True, split_k=split))
-    # Weight-only (small M on every arch; every M on sm_80) and the sm_80 all-decoded path.
-    for name in ("small_16", "small_32", "small_64"):
+    # Weight-only (small M on every arch; every M on sm_80) and the sm_80 all-decoded path. sm_89+ converts
+    # the fp8 weights with the hardware instruction (HW_CVT), sm_80 decodes the bits.
+    hw = arch >= 89
+    for name in ("small_16", "small_16_n32", "small_32", "small_64"):
         for a_ty, dot in (("fp16", tl.float16), ("bf16", tl.bfloat16)):
             for split in (1, 2):
-                specs.append(_spec(name, arch, a_ty=a_ty, b_ty="u8", a_decode=False, b_decode=True,
-                                   a_mode=_NO_SCALE, b_mode=1, bias=True, dot_ty=dot, out_ty=a_ty, split_k=split))
+                specs.append(_spec(name, arch, a_ty=a_ty, b_ty="fp8e4nv" if hw else "u8", a_decode=False,
+                                   b_decode=True, a_mode=_NO_SCALE, b_mode=1, bias=True, dot_ty=dot, out_ty=a_ty,
+                                   split_k=split, hw_cvt=hw))
     if arch < 89:
         for a_ty, dot in (("fp16", tl.float16), ("bf16", tl.bfloat16)):
             specs.append(_spec("amp_128", arch, a_ty=a_ty, b_ty="u8", a_decode=False, b_decode=True,

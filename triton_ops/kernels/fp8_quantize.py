@@ -49,6 +49,7 @@ from ..validation import (
     check_runnable_device,
     check_same_device,
     check_tensor,
+    direct_launch_ok,
 )
 
 #: Largest finite value per format.
@@ -401,11 +402,24 @@ def _on_sm80(device: torch.device) -> bool:
     return cap is not None and cap < (8, 9)
 
 
-def _grid_rows(R: int, n: int) -> tuple[int, int]:
-    """(programs, rows per program) for the per-tensor amax pass: <= MAX_PARTIALS programs."""
-    from ..utils import num_sms
+_SMS: dict = {}
 
-    want = min(MAX_PARTIALS, max(1, 4 * num_sms()), R)
+
+def device_sms(device: torch.device) -> int:
+    """Multiprocessor count of ``device``, cached per device (``get_device_properties`` costs a few
+    microseconds of host time, paid on every call before)."""
+    key = (device.type, device.index)
+    n = _SMS.get(key)
+    if n is None:
+        from ..utils import num_sms
+
+        n = _SMS[key] = num_sms(device)
+    return n
+
+
+def _grid_rows(R: int, n: int, device: torch.device) -> tuple[int, int]:
+    """(programs, rows per program) for the per-tensor amax pass: <= MAX_PARTIALS programs."""
+    want = min(MAX_PARTIALS, max(1, 4 * device_sms(device)), R)
     per = cdiv(R, want)
     return cdiv(R, per), per
 
@@ -444,7 +458,7 @@ def _scale_tiles(x2, y2, s, mode: int, fmax: float, *, dequant: bool, block=(1, 
 def _amax_tensor_partials(x2: torch.Tensor) -> tuple[torch.Tensor, int]:
     """Partials buffer of n+1 floats (the last slot receives the scale) and n."""
     R, C = x2.shape
-    n, per = _grid_rows(R, 0)
+    n, per = _grid_rows(R, 0, x2.device)
     part = torch.empty(n + 1, dtype=torch.float32, device=x2.device)
     br, bc, warps = tile_config(R, C)
     _amax_rows_kernel[(n,)](x2, part, R, C, x2.stride(0), per, BLOCK_R=br, BLOCK_C=bc, num_warps=warps)
@@ -456,10 +470,8 @@ def column_scales(x2: torch.Tensor, fmax: float) -> torch.Tensor:
     R, C = x2.shape
     bc = 128 if x2.stride(1) == 1 else 64
     br = 32
-    from ..utils import num_sms
-
     # Enough programs to fill the GPU: split the rows so that (C / bc) * split >= 4 programs per SM.
-    split = max(1, min(64, cdiv(4 * num_sms(), cdiv(C, bc)), cdiv(R, br)))
+    split = max(1, min(64, cdiv(4 * device_sms(x2.device), cdiv(C, bc)), cdiv(R, br)))
     per = cdiv(R, split)
     split = cdiv(R, per)
     part = torch.empty(split, C, dtype=torch.float32, device=x2.device)
@@ -811,6 +823,8 @@ def quantize_fp8(x: torch.Tensor, *, dtype: torch.dtype = torch.float8_e4m3fn, g
         if check_scale:
             check_scale_values(scale, "scale")
     check_runnable_device(x.device, "x")
+    if direct_launch_ok(x, scale):
+        return _quantize_impl(x, fmt, granularity, bm, bk, scale)
     return _fp8_quantize_op(x, fmt, granularity, bm, bk, scale)
 
 
@@ -846,6 +860,8 @@ def dequantize_fp8(q: torch.Tensor, scale: torch.Tensor, *, out_dtype: torch.dty
     bm, bk = _check_block(granularity, block_size)
     check_scale_shape(scale, tuple(q.shape), granularity, (bm, bk), "scale")
     check_runnable_device(q.device, "q")
+    if direct_launch_ok(q, scale):
+        return _dequantize_impl(q, scale, granularity, bm, bk, out_dtype)
     return _fp8_dequantize_op(q, scale, granularity, bm, bk, out_dtype)
 
 

@@ -554,7 +554,7 @@ def fused_rmsnorm_rope(x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor,
 
     if out is not None:
         V.check_out(out, "out", x.shape, x.dtype, device)
-    if _direct_launch_ok(x, weight, cos, sin, residual):
+    if V.direct_launch_ok(x, weight, cos, sin, residual):
         # Plain eager call: launch without the custom-op dispatcher, which costs ~12 us of host time per
         # call (measured on the CPU side) -- several times this kernel's 2 us at decode sizes.
         y = out if out is not None else torch.empty(x.shape, dtype=x.dtype, device=x.device)
@@ -572,15 +572,6 @@ def fused_rmsnorm_rope(x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor,
                                                  weight_offset, per_token)
     return torch.ops.triton_ops.add_rmsnorm_rope(x, residual, weight, cos, sin, position_ids, eps, head_dim,
                                                  gptj, weight_offset, per_token)
-
-
-def _direct_launch_ok(*tensors: Optional[torch.Tensor]) -> bool:
-    """True for a plain eager call: not traced by torch.compile, no tensor subclasses (FakeTensor, DTensor
-    ...) and no autograd graph to record. Everything else goes through the registered custom op."""
-    if torch.compiler.is_compiling():
-        return False
-    grad = torch.is_grad_enabled()
-    return all(t is None or (type(t) is torch.Tensor and not (grad and t.requires_grad)) for t in tensors)
 
 
 class FusedRMSNormRoPE(torch.nn.Module):
