@@ -45,9 +45,17 @@ for section in "$@"; do
         --no-progress --no-merge > "$out/fp8_bench.log" 2>&1
       summary+=("$(grep -E '^\|' "$out/fp8_bench.log" | cut -c1-170 | head -80)")
       ;;
-    bench)
-      timeout 540 python3 -m triton_ops.cli bench --out "$out/results" --no-progress > "$out/bench.log" 2>&1
-      summary+=("bench: $(tail -3 "$out/bench.log")")
+    bench_rmsnorm|bench_gated_mlp)
+      op=${section#bench_}; [ "$op" = rmsnorm ] && op=rmsnorm_rope
+      timeout 420 python3 -m triton_ops.cli bench "$op" --out "$out/r_$op" --no-progress --no-merge \
+        > "$out/bench_$op.log" 2>&1
+      summary+=("$(grep -E '^\| .*(triton_ops\*\*|compile|copy |cublas)' "$out/bench_$op.log" | cut -c1-150)")
+      ;;
+    bench_fp8)
+      # The FP8 targets are against torch.compile's default mode, cuBLAS and cuBLASLt: max-autotune skipped.
+      timeout 300 python3 -m triton_ops.cli bench fp8 --out "$out/r_fp8" --no-progress --no-merge \
+        --skip torch_compile_max > "$out/bench_fp8.log" 2>&1
+      summary+=("$(grep -E '^\|' "$out/bench_fp8.log" | grep -v -- '---' | cut -c1-150)")
       ;;
     tune)
       timeout 300 python3 -m triton_ops.cli tune --shapes rmsnorm_rope=8x2048x4096x64 gated_mlp=16384x4096x11264 \
