@@ -47,20 +47,23 @@ for section in "$@"; do
       ;;
     bench_rmsnorm|bench_gated_mlp)
       op=${section#bench_}; [ "$op" = rmsnorm ] && op=rmsnorm_rope
-      timeout 420 python3 -m triton_ops.cli bench "$op" --out "$out/r_$op" --no-progress --no-merge \
-        > "$out/bench_$op.log" 2>&1
+      timeout 480 python3 -m triton_ops.cli bench "$op" --out "$out/r_$op" --no-progress --no-merge \
+        --no-plots > "$out/bench_$op.log" 2>&1
+      rm -f "$out/r_$op"/*.csv "$out/r_$op"/*.md  # rebuilt from the JSON here; at most 8 files come back
       summary+=("$(grep -E '^\| .*(triton_ops\*\*|compile|copy |cublas)' "$out/bench_$op.log" | cut -c1-150)")
       ;;
     bench_fp8)
       # The FP8 targets are against torch.compile's default mode, cuBLAS and cuBLASLt: max-autotune skipped.
       timeout 300 python3 -m triton_ops.cli bench fp8 --out "$out/r_fp8" --no-progress --no-merge \
-        --skip torch_compile_max > "$out/bench_fp8.log" 2>&1
+        --skip torch_compile_max --no-plots > "$out/bench_fp8.log" 2>&1
+      rm -f "$out/r_fp8"/*.csv "$out/r_fp8"/*.md
       summary+=("$(grep -E '^\|' "$out/bench_fp8.log" | grep -v -- '---' | cut -c1-150)")
       ;;
     tune)
       timeout 300 python3 -m triton_ops.cli tune --shapes rmsnorm_rope=8x2048x4096x64 gated_mlp=16384x4096x11264 \
         fp8_gemm=4096x4096x4096 --max-configs 12 --time-budget 40 --cache-dir /tmp/tt-tune --out "$out/tune" \
         --no-progress > "$out/tune.log" 2>&1
+      rm -f "$out/tune"/*.md
       summary+=("$(tail -20 "$out/tune.log")")
       ;;
     *) echo "unknown section $section"; exit 2 ;;
