@@ -434,24 +434,30 @@ def _launch(a2: torch.Tensor, b: torch.Tensor, a_s: torch.Tensor, b_s: torch.Ten
 REDUCE_BLOCK = (16, 64)
 
 
-def _gemm_impl(a: torch.Tensor, b: torch.Tensor, a_scale, b_scale, bias, out_dtype: torch.dtype,
-               path: str, config: dict | None = None) -> torch.Tensor:
-    """Launcher (inputs validated). ``path``: "auto", or "native" / "decode" to force a variant (tests).
-    ``config``: a full config dict (as from gemm_config) instead of the heuristic (tuning)."""
+def _flatten_and_allocate(a: torch.Tensor, N: int, bias, out_dtype: torch.dtype):
+    """``a [..., K]`` as ``[M, K]`` and the ``[M, N]`` output. ``trivial`` is True when nothing is left to
+    launch: an empty output, or K == 0 (the output is then just the bias, or zeros)."""
     lead = a.shape[:-1]
     K = a.shape[-1]
-    N = b.shape[1]
     M = 1
     for d in lead:
         M *= d
     a2 = a.reshape(M, K)
     out = torch.empty(M, N, dtype=out_dtype, device=a.device)
-    if M == 0 or N == 0:
-        return out.reshape(*lead, N)
-    if K == 0:
+    trivial = M == 0 or N == 0 or K == 0
+    if K == 0 and M and N:
         out.zero_()
         if bias is not None:
             out += bias.to(out_dtype)
+    return lead, M, K, N, a2, out, trivial
+
+
+def _gemm_impl(a: torch.Tensor, b: torch.Tensor, a_scale, b_scale, bias, out_dtype: torch.dtype,
+               path: str, config: dict | None = None) -> torch.Tensor:
+    """Launcher (inputs validated). ``path``: "auto", or "native" / "decode" to force a variant (tests).
+    ``config``: a full config dict (as from gemm_config) instead of the heuristic (tuning)."""
+    lead, M, K, N, a2, out, trivial = _flatten_and_allocate(a, b.shape[1], bias, out_dtype)
+    if trivial:
         return out.reshape(*lead, N)
     arch = _arch(a.device)
     decode = path == "decode" or (path == "auto" and arch < 89)
@@ -476,20 +482,8 @@ def _gemm_impl(a: torch.Tensor, b: torch.Tensor, a_scale, b_scale, bias, out_dty
 def _weight_only_impl(x: torch.Tensor, w_t: torch.Tensor, w_scale: torch.Tensor, bias, out_dtype,
                       config: dict | None = None) -> torch.Tensor:
     """``x [.., K]`` fp16/bf16 times FP8 ``w_t [K, N]`` (decoded in registers) times per-column/tensor scales."""
-    lead = x.shape[:-1]
-    K = x.shape[-1]
-    N = w_t.shape[1]
-    M = 1
-    for d in lead:
-        M *= d
-    x2 = x.reshape(M, K)
-    out = torch.empty(M, N, dtype=out_dtype, device=x.device)
-    if M == 0 or N == 0:
-        return out.reshape(*lead, N)
-    if K == 0:
-        out.zero_()
-        if bias is not None:
-            out += bias.to(out_dtype)
+    lead, M, K, N, x2, out, trivial = _flatten_and_allocate(x, w_t.shape[1], bias, out_dtype)
+    if trivial:
         return out.reshape(*lead, N)
     if x2.dtype == torch.float32:
         x2 = x2.to(torch.float16)  # the tensor-core dot takes fp16/bf16; weights carry 4 significant bits

@@ -25,6 +25,7 @@ import triton
 import triton.language as tl
 
 from .. import validation as V
+from ..autotuner import runtime as _rt
 from ..exceptions import LayoutError, ShapeError
 from ..utils import cdiv, next_power_of_2, num_sms
 
@@ -695,14 +696,10 @@ def compile_specs(arch: int):
     return specs
 
 
-__all__ = ["fused_rmsnorm_rope", "FusedRMSNormRoPE", "rmsnorm_rope_reference", "pick_config",
-           "RMSNormRoPEConfig"]
-
 
 # ----------------------------------------------------------------------------------------------------
 # Tuning: `triton-ops tune rmsnorm_rope` and the opt-in tuned configs (triton_ops.use_tuned_configs())
 # ----------------------------------------------------------------------------------------------------
-from ..autotuner import runtime as _rt  # noqa: E402  (already imported by the package: no cost, no cycle)
 
 #: Launch parameters a tuned config may set, with the values the kernel accepts for them.
 _TUNED_KEYS = {"ROWS_PER_PROG": (1, 2, 4, 8, 16), "num_warps": (1, 2, 4, 8, 16)}
@@ -796,3 +793,7 @@ def tuning_entry():
         dtype=torch.float16, cache_key=cache_key, profile=profile, valid_configs=valid_configs,
         # fp16 outputs of one row computed in fp32 either way; only the cast rounds: ~5e-4 relative
         rtol=2e-3)
+
+
+__all__ = ["fused_rmsnorm_rope", "FusedRMSNormRoPE", "rmsnorm_rope_reference", "pick_config",
+           "RMSNormRoPEConfig", "tuning_entry"]
