@@ -96,3 +96,24 @@ def test_gpu_linear(M):
     x = torch.randn(M, 4096, device="cuda", dtype=torch.bfloat16)
     assert _cos(f(x).float(), lin(x).float()) >= 0.999
     assert f.weight.numel() * f.weight.element_size() * 2 == lin.weight.numel() * lin.weight.element_size()
+
+
+def test_module_dtype_casts_keep_fp8_weights(device):
+    """``model.half()`` / ``.to(torch.bfloat16)`` convert floating buffers; the FP8 weight and its fp32
+    scales must keep their dtype and bits (only the bias follows the module dtype)."""
+    from triton_ops import FP8Linear
+
+    lin = FP8Linear(64, 32, device=device)
+    w_bits = lin.weight.view(torch.uint8).clone()
+    s = lin.weight_scale.clone()
+    for cast in (lambda m: m.half(), lambda m: m.to(torch.bfloat16), lambda m: m.float(), lambda m: m.to(device)):
+        cast(lin)
+        assert lin.weight.dtype == torch.float8_e4m3fn and lin.weight_scale.dtype == torch.float32
+        assert torch.equal(lin.weight.view(torch.uint8), w_bits) and torch.equal(lin.weight_scale, s)
+    lin.half()
+    assert lin.bias.dtype == torch.float16
+    x = torch.randn(3, 64, device=device, dtype=torch.float16)
+    ref = x.float() @ lin.dequantized_weight().t() + lin.bias.float()
+    out = lin(x)
+    assert out.dtype == torch.float16
+    assert torch.linalg.vector_norm(out.float() - ref) / torch.linalg.vector_norm(ref) < 2e-2

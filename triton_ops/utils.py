@@ -80,3 +80,22 @@ def triton_version() -> str:
     import triton
 
     return triton.__version__
+
+
+#: Reinterpretation dtypes that keep a tensor's bits through ``Module.to(dtype)`` / ``.half()``: those only
+#: convert floating tensors, and integer views of the same width are left alone.
+_BIT_VIEW = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def apply_keeping_dtypes(module: torch.nn.Module, fn, names: tuple[str, ...]) -> None:
+    """Run ``fn`` (as given to ``Module._apply``) on the named buffers without changing their dtype.
+
+    FP8 weights and their fp32 scales must survive ``model.half()`` or ``model.to(torch.bfloat16)``, which
+    convert every floating buffer; device moves (``.cuda()``, ``.to("cuda")``) still apply.
+    """
+    for name in names:
+        t = module._buffers.get(name)
+        if t is None:
+            continue
+        bits = _BIT_VIEW[t.element_size()]
+        module._buffers[name] = fn(t.view(bits)).view(t.dtype)

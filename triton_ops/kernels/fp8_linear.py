@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..exceptions import InvalidArgumentError, ShapeError
-from ..utils import interpreter_enabled
+from ..utils import apply_keeping_dtypes, interpreter_enabled
 from ..validation import FLOAT_DTYPES, FP8_DTYPES, check_dtype, check_tensor
 from .fp8_gemm import SMALL_M, _arch, fp8_gemm, fp8_weight_only_gemm
 from .fp8_quantize import FP8_MAX, MIN_SCALE, quantize_fp8
@@ -114,6 +114,14 @@ class FP8Linear(nn.Module):
         else:
             mod.register_parameter("bias", None)
         return mod
+
+    def _apply(self, fn, recurse=True):
+        # ``model.half()`` would otherwise turn the FP8 weight and fp32 scales into fp16 values.
+        keep = {n: self._buffers.pop(n) for n in ("weight", "weight_scale") if n in self._buffers}
+        super()._apply(fn, recurse)
+        self._buffers.update(keep)
+        apply_keeping_dtypes(self, fn, tuple(keep))
+        return self
 
     def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """``W`` as ``weight.float() * weight_scale`` (for inspection and references)."""

@@ -37,7 +37,7 @@ import triton.language as tl
 from ..autotuner import runtime
 from ..compile_check import CompileSpec
 from ..exceptions import InvalidArgumentError, ShapeError, UnsupportedError
-from ..utils import cdiv, device_capability, interpreter_enabled, next_power_of_2, num_sms
+from ..utils import apply_keeping_dtypes, cdiv, device_capability, interpreter_enabled, next_power_of_2, num_sms
 from ..validation import (
     FLOAT_DTYPES,
     check_choice,
@@ -932,6 +932,14 @@ class FusedGatedMLP(torch.nn.Module):
             sd[f"{prefix}gate_proj.bias"] = self.bias.detach()[:inter].clone()
             sd[f"{prefix}up_proj.bias"] = self.bias.detach()[inter:].clone()
         return sd
+
+    def _apply(self, fn, recurse=True):
+        # ``model.half()`` would otherwise turn the FP8 weights and fp32 scales into fp16 values.
+        keep = {n: self._buffers.pop(n) for n in ("weight_fp8", "weight_scale") if n in self._buffers}
+        super()._apply(fn, recurse)
+        self._buffers.update(keep)
+        apply_keeping_dtypes(self, fn, tuple(keep))
+        return self
 
     @torch.no_grad()
     def to_fp8(self) -> FusedGatedMLP:
