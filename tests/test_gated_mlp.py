@@ -25,6 +25,7 @@ from triton_ops.exceptions import (
 )
 from triton_ops.kernels import gated_mlp as G
 from triton_ops.kernels.gated_mlp import FusedGatedMLP, fused_gated_mlp, fused_gated_mlp_fp8
+from triton_ops.utils import device_arch, num_sms
 
 from .conftest import DEVICE, HAS_CUDA
 
@@ -280,7 +281,7 @@ def test_tuning_entry_and_tuned_config(tmp_path, monkeypatch):
     M, H, Inter = shape
     tuned = G.GatedMLPConfig(32, 32, 32, num_stages=2)
     ConfigCache(tmp_path).set("gated_mlp", (M, H, Inter), runtime.device_key(DEVICE), {"config": tuned.label()})
-    heur = G.pick_config(M, Inter, H, torch.float16, *G._device_info(x.device.type, x.device.index))
+    heur = G.pick_config(M, Inter, H, torch.float16, device_arch(x.device), num_sms(x.device))
     with runtime.use_tuned_configs(False):
         assert G._tuned_config(heur, M, Inter, H, x.device) == heur
     with runtime.use_tuned_configs(True):

@@ -68,12 +68,27 @@ def is_hopper(device: torch.device | str | None = None) -> bool:
     return cap is not None and cap[0] == 9
 
 
+@functools.lru_cache(maxsize=16)
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
 def num_sms(device: torch.device | str | None = None) -> int:
-    """Multiprocessor count (132 on H100/H200 SXM); a nominal 4 on the CPU interpreter."""
+    """Multiprocessor count (132 on H100/H200 SXM); a nominal 4 on the CPU interpreter.
+
+    Cached per device, like the capability: launchers call it on every call, and querying the device
+    properties costs microseconds of host time, which shows at decode sizes.
+    """
     if device_capability(device) is None:
         return 4
     dev = torch.device(device) if device is not None else torch.device("cuda")
-    return torch.cuda.get_device_properties(dev).multi_processor_count
+    return _sm_count(dev.index if dev.index is not None else torch.cuda.current_device())
+
+
+def device_arch(device: torch.device | str | None = None) -> int | None:
+    """Compute capability as one int (80, 89, 90 ...), or None for CPU / no GPU."""
+    cap = device_capability(device)
+    return None if cap is None else cap[0] * 10 + cap[1]
 
 
 def triton_version() -> str:

@@ -49,7 +49,7 @@ import triton.language as tl
 
 from ..compile_check import CompileSpec
 from ..exceptions import InvalidArgumentError, ShapeError
-from ..utils import cdiv, device_capability
+from ..utils import cdiv, device_arch, num_sms
 from ..validation import (
     FLOAT_DTYPES,
     FP8_DTYPES,
@@ -59,7 +59,7 @@ from ..validation import (
     check_tensor,
     direct_launch_ok,
 )
-from .fp8_quantize import _quantize_impl, check_scale_values, device_sms, quantize_operands_for_gemm
+from .fp8_quantize import _quantize_impl, check_scale_values, quantize_operands_for_gemm
 
 # ---------------------------------------------------------------------------------------------------
 # Layer 1: kernel
@@ -336,17 +336,10 @@ def tuned_config(M: int, N: int, K: int, arch: int, device, *, weight_only: bool
     return _finish_config(want["name"], M, N, K, arch, sms, group_m=want["GROUP_M"], split_k=want["SPLIT_K"])
 
 
-_ARCH: dict = {}
-
-
 def _arch(device: torch.device) -> int:
-    """Compute capability as an int (90, 89, 80), cached per device; the interpreter runs the Hopper path."""
-    key = (device.type, device.index)
-    arch = _ARCH.get(key)
-    if arch is None:
-        cap = device_capability(device)
-        arch = _ARCH[key] = 90 if cap is None else cap[0] * 10 + cap[1]
-    return arch
+    """Compute capability as an int (90, 89, 80); the interpreter runs the Hopper path."""
+    arch = device_arch(device)
+    return 90 if arch is None else arch
 
 
 def _scale_mode(s: torch.Tensor, rows: int, groups: int, name: str, row_like: bool) -> int:
@@ -387,7 +380,7 @@ def _launch(a2: torch.Tensor, b: torch.Tensor, a_s: torch.Tensor, b_s: torch.Ten
     block_scaled = 2 in (a_mode, b_mode)
     if config is None:
         config = tuned_config(M, N, K, arch, a2.device, weight_only=weight_only or a_decode,
-                              block_scaled=block_scaled, sms=device_sms(a2.device), out_fp32=out.dtype == torch.float32)
+                              block_scaled=block_scaled, sms=num_sms(a2.device), out_fp32=out.dtype == torch.float32)
     cfg = config
     if block_scaled and cfg["BLOCK_K"] != 128:
         raise AssertionError("block-scaled configs must use BLOCK_K == 128")  # config table invariant
@@ -636,7 +629,7 @@ def fp8_weight_only_gemm(x: torch.Tensor, w_t: torch.Tensor, w_scale: torch.Tens
 
 def _device_arch_sms(device) -> tuple[int, int]:
     dev = torch.device(device)
-    return _arch(dev), device_sms(dev)
+    return _arch(dev), num_sms(dev)
 
 
 def tuning_entry():

@@ -41,7 +41,7 @@ import triton.language as tl
 
 from ..compile_check import CompileSpec
 from ..exceptions import InvalidArgumentError, NumericalError, ShapeError
-from ..utils import cdiv, device_capability, interpreter_enabled, next_power_of_2
+from ..utils import cdiv, device_capability, interpreter_enabled, next_power_of_2, num_sms
 from ..validation import (
     FLOAT_DTYPES,
     FP8_DTYPES,
@@ -50,6 +50,7 @@ from ..validation import (
     check_same_device,
     check_tensor,
     direct_launch_ok,
+    rows_view,
 )
 
 #: Largest finite value per format.
@@ -402,24 +403,9 @@ def _on_sm80(device: torch.device) -> bool:
     return cap is not None and cap < (8, 9)
 
 
-_SMS: dict = {}
-
-
-def device_sms(device: torch.device) -> int:
-    """Multiprocessor count of ``device``, cached per device (``get_device_properties`` costs a few
-    microseconds of host time, paid on every call before)."""
-    key = (device.type, device.index)
-    n = _SMS.get(key)
-    if n is None:
-        from ..utils import num_sms
-
-        n = _SMS[key] = num_sms(device)
-    return n
-
-
 def _grid_rows(R: int, n: int, device: torch.device) -> tuple[int, int]:
     """(programs, rows per program) for the per-tensor amax pass: <= MAX_PARTIALS programs."""
-    want = min(MAX_PARTIALS, max(1, 4 * device_sms(device)), R)
+    want = min(MAX_PARTIALS, max(1, 4 * num_sms(device)), R)
     per = cdiv(R, want)
     return cdiv(R, per), per
 
@@ -471,7 +457,7 @@ def column_scales(x2: torch.Tensor, fmax: float) -> torch.Tensor:
     bc = 128 if x2.stride(1) == 1 else 64
     br = 32
     # Enough programs to fill the GPU: split the rows so that (C / bc) * split >= 4 programs per SM.
-    split = max(1, min(64, cdiv(4 * device_sms(x2.device), cdiv(C, bc)), cdiv(R, br)))
+    split = max(1, min(64, cdiv(4 * num_sms(x2.device), cdiv(C, bc)), cdiv(R, br)))
     per = cdiv(R, split)
     split = cdiv(R, per)
     part = torch.empty(split, C, dtype=torch.float32, device=x2.device)
@@ -561,10 +547,7 @@ def _as_2d(x: torch.Tensor) -> torch.Tensor:
         return x.reshape(1, -1)
     if x.shape[-1] > 1 and x.stride(-1) != 1:
         x = x.contiguous()
-    try:
-        return x.view(-1, x.shape[-1])
-    except RuntimeError:
-        return x.reshape(-1, x.shape[-1])
+    return rows_view(x)
 
 
 def scale_shape(shape: tuple[int, ...], granularity: str, block_size: tuple[int, int] | None) -> tuple:

@@ -24,7 +24,6 @@ pipelines that each SM keeps ~100 KB of weight loads in flight.
 
 from __future__ import annotations
 
-import functools
 import math
 import re
 from dataclasses import dataclass, replace
@@ -37,7 +36,14 @@ import triton.language as tl
 from ..autotuner import runtime
 from ..compile_check import CompileSpec
 from ..exceptions import InvalidArgumentError, ShapeError, UnsupportedError
-from ..utils import apply_keeping_dtypes, cdiv, device_capability, interpreter_enabled, next_power_of_2, num_sms
+from ..utils import (
+    apply_keeping_dtypes,
+    cdiv,
+    device_arch,
+    device_capability,
+    next_power_of_2,
+    num_sms,
+)
 from ..validation import (
     FLOAT_DTYPES,
     check_choice,
@@ -51,11 +57,10 @@ from ..validation import (
     check_tensor,
     rows_view,
 )
+from .fp8_linear import quantize_weight
 
 #: Activation names and the constexpr id the kernel switches on.
 ACTIVATIONS = {"silu": 0, "gelu": 1, "gelu_tanh": 2}
-#: Largest finite e4m3 value (the FP8 scales map each row's absmax onto it).
-FP8_E4M3_MAX = 448.0
 
 _TORCH_TO_TL = {
     torch.float16: "fp16",
@@ -427,19 +432,6 @@ def pick_config(M: int, N: int, K: int, dtype: torch.dtype, arch: int | None,
     return _large_configs(family, kind)[0]
 
 
-def _device_arch(device: torch.device) -> int | None:
-    return _device_info(device.type, device.index)[0]
-
-
-@functools.lru_cache(maxsize=32)
-def _device_info(dev_type: str, index: int | None) -> tuple[int | None, int]:
-    """(arch, SM count) of a device, cached: every launch needs both, and at decode sizes (kernels of
-    ~70 us) each microsecond of host work per call shows when launches are not captured in a graph."""
-    dev = torch.device(dev_type, index) if index is not None else torch.device(dev_type)
-    cap = device_capability(dev)
-    return (None if cap is None else cap[0] * 10 + cap[1]), num_sms(dev)
-
-
 #: kernel_type of the tuning cache (fp16/bf16 share tile configs; the problem key is (M, hidden, inter)).
 TUNING_KERNEL_TYPE = "gated_mlp"
 
@@ -478,7 +470,7 @@ def _launch(x2: torch.Tensor, wg: torch.Tensor, wu: torch.Tensor, out2: torch.Te
     """Launch the kernel on validated 2-D operands: x2 [M, K], wg/wu [N, K], out2 [M, N]; M, N, K > 0."""
     M, K = x2.shape
     N = wg.shape[0]
-    arch, sms = _device_info(x2.device.type, x2.device.index)
+    arch, sms = device_arch(x2.device), num_sms(x2.device)
     fp8 = x_scale is not None
     in_aligned = _aligned16(x2, wg, wu)
     out_aligned = _aligned16(out2)
@@ -736,21 +728,11 @@ def _direct_call_ok(*tensors: torch.Tensor | None) -> bool:
 def quantize_rows_fp8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row (per-token / per-output-channel) e4m3 quantization: ``x ~= q.float() * scale``.
 
-    Returns ``q`` (e4m3, x's shape) and ``scale`` (fp32, ``[..., 1]``). Uses the library's FP8 quantizer
-    when it is available and a few torch ops otherwise (all-zero rows get scale 1).
+    Returns ``q`` (e4m3, x's shape) and ``scale`` (fp32, ``[..., 1]``): the library's per-channel weight
+    quantizer, which runs the Triton kernel where it can and the same math in torch ops on a CPU.
     """
-    try:
-        from .fp8_quantize import quantize_fp8
-    except ImportError:
-        quantize_fp8 = None
-    if quantize_fp8 is not None and x.numel() and (x.is_cuda or interpreter_enabled()):
-        q, scale = quantize_fp8(x, dtype=torch.float8_e4m3fn, granularity="row")
-        return q, scale.reshape(*x.shape[:-1], 1).float()
-    amax = x.detach().abs().amax(dim=-1, keepdim=True).float() if x.numel() else \
-        torch.zeros((*x.shape[:-1], 1), device=x.device)
-    scale = torch.where(amax > 0, amax / FP8_E4M3_MAX, torch.ones_like(amax))
-    q = (x.float() / scale).clamp(-FP8_E4M3_MAX, FP8_E4M3_MAX).to(torch.float8_e4m3fn)
-    return q, scale
+    q, scale = quantize_weight(x.reshape(-1, x.shape[-1]), torch.float8_e4m3fn, "channel")
+    return q.reshape(x.shape), scale.reshape(*x.shape[:-1], 1)
 
 
 def fused_gated_mlp_fp8(x_q: torch.Tensor, x_scale: torch.Tensor, gate_q: torch.Tensor,
@@ -777,7 +759,7 @@ def fused_gated_mlp_fp8(x_q: torch.Tensor, x_scale: torch.Tensor, gate_q: torch.
                              f"per {'row of x' if name == 'x_scale' else 'output channel'} ({n})")
     check_same_device({"x_q": x_q, "x_scale": x_scale, "gate_q": gate_q, "gate_scale": gate_scale,
                        "up_q": up_q, "up_scale": up_scale})
-    arch = _device_arch(x_q.device)
+    arch = device_arch(x_q.device)
     if arch is not None and arch < 89:
         raise UnsupportedError(f"the FP8 gated MLP needs FP8 tensor cores (sm_89 or newer); this device is "
                                f"sm_{arch}. Use the fp16/bf16 path (FusedGatedMLP without fp8) instead")
