@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# One batched GPU job: tests, probes, sweeps, benchmarks and tuning, by section.
+# One batched GPU job: tests, host profile, sweeps, benchmarks and tuning, by section.
 #
-#   bash benchmarks/scripts/gpu_run.sh OUTDIR tests|probe|gmlp_sweep|fp8|bench|tune ...
+#   bash benchmarks/scripts/gpu_run.sh OUTDIR SECTION...
+#   SECTION: tests | profile | rmsnorm_sweep | gmlp_sweep | bench_rmsnorm_rope | bench_gated_mlp | bench_fp8 | tune
 #
 # Each section writes its log under OUTDIR and prints a short summary last. Sections run in the order given.
+# Bench sections keep only the results JSON (the device machine returns at most 8 files); rebuild the
+# Markdown, CSV and plots with benchmarks/scripts/combine_results.py.
 set -uo pipefail
 out=${1:?usage: gpu_run.sh OUTDIR SECTION...}
 shift
@@ -23,16 +26,9 @@ for section in "$@"; do
       timeout 120 python3 benchmarks/scripts/profile_host.py > "$out/profile.log" 2>&1
       summary+=("$(grep -E '^==' "$out/profile.log")")
       ;;
-    tests_fp8)
-      timeout 300 python3 -m pytest -q -p no:cacheprovider tests/test_fp8_gemm.py tests/test_fp8_quantize.py \
-        tests/test_fp8_linear.py tests/test_compute_fp8.py "tests/test_gated_mlp.py::test_compile_check_sm90" \
-        -W ignore::DeprecationWarning > "$out/gpu_tests_fp8.log" 2>&1
-      summary+=("tests_fp8: $(tail -1 "$out/gpu_tests_fp8.log")")
-      summary+=("$(grep -E '^(FAILED|ERROR)' "$out/gpu_tests_fp8.log" | cut -c1-160 | head -25)")
-      ;;
-    probe)
-      timeout 120 python3 benchmarks/scripts/probe_rmsnorm_rope.py > "$out/probe.log" 2>&1
-      summary+=("$(cat "$out/probe.log" | tail -5)")
+    rmsnorm_sweep)
+      timeout 300 python3 benchmarks/scripts/sweep_rmsnorm_rope.py --out "$out" > "$out/rmsnorm_sweep.log" 2>&1
+      summary+=("$(tail -70 "$out/rmsnorm_sweep.log")")
       ;;
     gmlp_sweep)
       TRITON_OPS_GATED_MLP_SWEEP=1 timeout 300 python3 -m triton_ops.cli bench gated_mlp \
@@ -40,24 +36,14 @@ for section in "$@"; do
         --skip torch_compile_max torch_compile --no-progress --no-merge > "$out/gmlp_sweep.log" 2>&1
       summary+=("$(grep -E '^\| .*\*\*triton_ops|cublas|copy \|' "$out/gmlp_sweep.log" | cut -c1-150 | head -60)")
       ;;
-    fp8)
-      timeout 300 python3 -m triton_ops.cli bench fp8 --out "$out/fp8" --no-plots --skip torch_compile_max \
-        --no-progress --no-merge > "$out/fp8_bench.log" 2>&1
-      summary+=("$(grep -E '^\|' "$out/fp8_bench.log" | cut -c1-170 | head -80)")
-      ;;
-    bench_rmsnorm|bench_gated_mlp)
-      op=${section#bench_}; [ "$op" = rmsnorm ] && op=rmsnorm_rope
-      timeout 480 python3 -m triton_ops.cli bench "$op" --out "$out/r_$op" --no-progress --no-merge \
-        --no-plots > "$out/bench_$op.log" 2>&1
-      rm -f "$out/r_$op"/*.csv "$out/r_$op"/*.md  # rebuilt from the JSON here; at most 8 files come back
-      summary+=("$(grep -E '^\| .*(triton_ops\*\*|compile|copy |cublas)' "$out/bench_$op.log" | cut -c1-150)")
-      ;;
-    bench_fp8)
+    bench_*)
+      op=${section#bench_}
       # The FP8 targets are against torch.compile's default mode, cuBLAS and cuBLASLt: max-autotune skipped.
-      timeout 300 python3 -m triton_ops.cli bench fp8 --out "$out/r_fp8" --no-progress --no-merge \
-        --skip torch_compile_max --no-plots > "$out/bench_fp8.log" 2>&1
-      rm -f "$out/r_fp8"/*.csv "$out/r_fp8"/*.md
-      summary+=("$(grep -E '^\|' "$out/bench_fp8.log" | grep -v -- '---' | cut -c1-150)")
+      skip=(); [ "$op" = fp8 ] && skip=(--skip torch_compile_max)
+      timeout 480 python3 -m triton_ops.cli bench "$op" --out "$out/r_$op" --no-progress --no-merge \
+        --no-plots "${skip[@]}" > "$out/bench_$op.log" 2>&1
+      rm -f "$out/r_$op"/*.csv "$out/r_$op"/*.md
+      summary+=("$(grep -E '^\|' "$out/bench_$op.log" | grep -v -- '---' | cut -c1-150)")
       ;;
     tune)
       timeout 300 python3 -m triton_ops.cli tune --shapes rmsnorm_rope=8x2048x4096x64 gated_mlp=16384x4096x11264 \

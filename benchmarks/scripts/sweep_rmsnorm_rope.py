@@ -16,7 +16,7 @@ import torch
 
 from triton_ops.benchmark.timing import compiled, copy_ceiling, do_bench_median
 from triton_ops.compute.rope import rope_cos_sin
-from triton_ops.kernels.rmsnorm_rope import _launch, pick_config, rmsnorm_rope_reference
+from triton_ops.kernels.rmsnorm_rope import _launch, fused_rmsnorm_rope, pick_config, rmsnorm_rope_reference
 
 SHAPES = [
     ("8x2048x4096 hd64 fp16", (8, 2048, 4096), 64, torch.float16, False),
@@ -54,6 +54,9 @@ def sweep_shape(label, shape, hd, dtype, per_head, max_autotune: bool) -> list[d
             except Exception as exc:  # a config that fails to build is reported, not fatal
                 print(label, cfg, "failed:", type(exc).__name__, str(exc)[:200])
     results["ours default"] = do_bench_median(ours(None))
+    # The public op adds validation and allocation; where it is slower than "ours default", the call is
+    # host-bound (do_bench's L2 flush hides only ~65 us of host work per call).
+    results["public op"] = do_bench_median(lambda: fused_rmsnorm_rope(x, w, cos, sin, head_dim=hd))
     print(f"\n{label}: default config {base}")
     for k, ms in sorted(results.items(), key=lambda kv: kv[1]):
         print(f"  {k:24s} {ms * 1e3:9.1f} us  {nbytes / ms / 1e6:8.0f} GB/s  "

@@ -65,3 +65,11 @@ def sqnr_db(out: torch.Tensor, ref: torch.Tensor) -> float:
     if noise == 0:
         return math.inf
     return 10.0 * math.log10(sig / noise) if sig > 0 else -math.inf
+
+
+def select_shapes(cases: list[BenchCase], shapes: list[str] | None) -> list[BenchCase]:
+    """The cases whose shape label contains one of ``shapes`` (all of them when ``shapes`` is empty): the
+    filter every ``cases(..., shapes=...)`` applies, so ``--shapes`` means the same for every op."""
+    if not shapes:
+        return list(cases)
+    return [c for c in cases if any(s in c.shape for s in shapes)]

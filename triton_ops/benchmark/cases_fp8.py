@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from ..utils import cdiv
-from .case import BenchCase
+from .case import BenchCase, select_shapes
 from .timing import compiled, copy_ceiling
 
 E4M3 = torch.float8_e4m3fn
@@ -260,7 +260,7 @@ DECODE_SHAPES = ["16x14336x4096"]
 
 def cases(quick: bool = False, shapes: list[str] | None = None, device: str = "cuda") -> list[BenchCase]:
     """All FP8 benchmark cases. ``quick``: tiny shapes (interpreter-friendly). ``shapes``: keep only cases
-    whose shape label starts with one of these strings."""
+    whose shape label contains one of these strings."""
     gpu = device != "cpu" and torch.cuda.is_available()
     if quick:
         qs, ps, aus, ds = ["64x256"], ["64x96x128"], ["48x80x160"], ["4x96x128"]
@@ -270,9 +270,7 @@ def cases(quick: bool = False, shapes: list[str] | None = None, device: str = "c
            + _decode_cases(ds, device, gpu))
     if gpu:  # CUDA-graph twins: GPU time without the per-call host work (see _auto_cases)
         out += _auto_cases(aus, device, gpu, graph=True) + _decode_cases(ds, device, gpu, graph=True)
-    if shapes:
-        out = [c for c in out if any(c.shape.startswith(s) for s in shapes)]
-    return out
+    return select_shapes(out, shapes)
 
 
 __all__ = ["cases", "torch_quantize", "torch_quant_scaled_mm", "torch_dequant_mm"]

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from ..kernels import gated_mlp as G
-from .case import BenchCase
+from .case import BenchCase, select_shapes
 from .timing import compiled, copy_ceiling
 
 E4M3 = torch.float8_e4m3fn
@@ -185,7 +185,4 @@ def _case(label: str, M: int, H: int, Inter: int, dtype: torch.dtype, kind: str,
 
 def cases(quick: bool = False, shapes: list[str] | None = None, device: str = "cuda") -> list[BenchCase]:
     table = _QUICK if quick else _FULL
-    out = [_case(*row, device=device) for row in table]
-    if shapes:
-        out = [c for c in out if any(s in c.shape for s in shapes)]
-    return out
+    return select_shapes([_case(*row, device=device) for row in table], shapes)

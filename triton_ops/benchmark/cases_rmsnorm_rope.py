@@ -13,7 +13,7 @@ import torch
 
 from ..compute.rope import rope_cos_sin
 from ..kernels.rmsnorm_rope import fused_rmsnorm_rope, rmsnorm_rope_reference
-from .case import BenchCase
+from .case import BenchCase, select_shapes
 from .timing import compiled, copy_ceiling
 
 # (label, batch, seq, hidden, head_dim, dtype, per_head, decode)
@@ -102,7 +102,4 @@ def _case(label, batch, seq, hidden, head_dim, dtype, per_head, decode, device) 
 
 def cases(quick: bool = False, shapes: list[str] | None = None, device: str = "cuda") -> list[BenchCase]:
     table = _QUICK if quick else _FULL
-    out = [_case(*row, device=device) for row in table]
-    if shapes:
-        out = [c for c in out if any(s in c.shape for s in shapes)]
-    return out
+    return select_shapes([_case(*row, device=device) for row in table], shapes)
