@@ -7,9 +7,6 @@ import os
 
 import torch
 
-#: Largest int32 value. Offsets that can exceed it must be computed in int64 inside kernels.
-INT32_MAX = 2**31 - 1
-
 
 def interpreter_enabled() -> bool:
     """True when Triton runs kernels through its CPU interpreter (``TRITON_INTERPRET=1``).
@@ -63,11 +60,6 @@ def has_fp8_tensor_cores(device: torch.device | str | None = None) -> bool:
     return cap is not None and cap >= (8, 9)
 
 
-def is_hopper(device: torch.device | str | None = None) -> bool:
-    cap = device_capability(device)
-    return cap is not None and cap[0] == 9
-
-
 @functools.lru_cache(maxsize=16)
 def _sm_count(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
@@ -90,11 +82,6 @@ def device_arch(device: torch.device | str | None = None) -> int | None:
     cap = device_capability(device)
     return None if cap is None else cap[0] * 10 + cap[1]
 
-
-def triton_version() -> str:
-    import triton
-
-    return triton.__version__
 
 
 #: Reinterpretation dtypes that keep a tensor's bits through ``Module.to(dtype)`` / ``.half()``: those only

@@ -514,8 +514,7 @@ def fused_rmsnorm_rope(x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor,
         V.check_last_dim_contiguous(t, name)
     V.check_dtype(weight, "weight", (x.dtype, torch.float32))
     V.check_dtype(cos, "cos", (x.dtype, torch.float32))
-    if sin.dtype != cos.dtype:
-        raise V.DTypeError(f"sin has dtype {sin.dtype} but cos has dtype {cos.dtype}; they must match")
+    V.check_same_dtype({"cos": cos, "sin": sin})
     cos, sin, per_token = _normalize_tables(x, cos, sin, position_ids)
 
     hidden = x.shape[-1]
