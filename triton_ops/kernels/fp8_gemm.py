@@ -59,23 +59,12 @@ from ..validation import (
     check_tensor,
     direct_launch_ok,
 )
+from ._tiles import grouped_tile_coords
 from .fp8_quantize import _quantize_impl, check_scale_values, quantize_operands_for_gemm
 
 # ---------------------------------------------------------------------------------------------------
 # Layer 1: kernel
 # ---------------------------------------------------------------------------------------------------
-
-
-@triton.jit
-def _tile_coords(tile, num_pid_m, num_pid_n, GROUP_M: tl.constexpr):
-    """Grouped order: GROUP_M row-tiles share each column sweep, so A and B tiles are reused from L2."""
-    width = GROUP_M * num_pid_n
-    group = tile // width
-    first_m = group * GROUP_M
-    size_m = tl.minimum(num_pid_m - first_m, GROUP_M)
-    pid_m = first_m + (tile % width) % size_m
-    pid_n = (tile % width) // size_m
-    return pid_m, pid_n
 
 
 @triton.jit
@@ -148,7 +137,7 @@ def _fp8_gemm_kernel(a_ptr, b_ptr, c_ptr, as_ptr, bs_ptr, bias_ptr, ws_ptr, M, N
             tile = item
             kt0 = 0
             kt1 = k_tiles
-        pid_m, pid_n = _tile_coords(tile, num_pid_m, num_pid_n, GROUP_M)
+        pid_m, pid_n = grouped_tile_coords(tile, num_pid_m, num_pid_n, GROUP_M)
         rm = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
         rn = pid_n.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
         mmask = rm < M

@@ -57,6 +57,7 @@ from ..validation import (
     check_tensor,
     rows_view,
 )
+from ._tiles import grouped_tile_coords
 from .fp8_linear import quantize_weight
 
 #: Activation names and the constexpr id the kernel switches on.
@@ -86,18 +87,6 @@ def _activation(g, ACTIVATION: tl.constexpr):
         # 0.5 * g * (1 + tanh(u)) == g * sigmoid(2u): one exp instead of a tanh, no cancellation.
         u = 0.7978845608028654 * (g + 0.044715 * g * g * g)
         return g * tl.sigmoid(2.0 * u)
-
-
-@triton.jit
-def _tile_coords(tile_id, num_pid_m, num_pid_n, GROUP_M: tl.constexpr):
-    """Grouped ordering: GROUP_M row-tiles sweep the N tiles together so their weight tiles stay in L2."""
-    num_pid_in_group = GROUP_M * num_pid_n
-    group_id = tile_id // num_pid_in_group
-    first_pid_m = group_id * GROUP_M
-    group_size_m = tl.minimum(num_pid_m - first_pid_m, GROUP_M)
-    pid_m = first_pid_m + (tile_id % group_size_m)
-    pid_n = (tile_id % num_pid_in_group) // group_size_m
-    return pid_m, pid_n
 
 
 @triton.jit
@@ -202,7 +191,7 @@ def _gated_mlp_kernel(
     # num_progs == number of SMs each program walks tiles in grouped order. FLATTEN lets Triton
     # pipeline across tile boundaries, so the next tile's loads overlap this tile's epilogue.
     for tile_id in tl.range(pid, num_tiles, num_progs, flatten=FLATTEN):
-        pid_m, pid_n = _tile_coords(tile_id, num_pid_m, num_pid_n, GROUP_M)
+        pid_m, pid_n = grouped_tile_coords(tile_id, num_pid_m, num_pid_n, GROUP_M)
         off_m = pid_m * BLOCK_M
         off_n = pid_n * BLOCK_N
         acc_g = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
