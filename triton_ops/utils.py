@@ -89,15 +89,18 @@ def device_arch(device: torch.device | str | None = None) -> int | None:
 _BIT_VIEW = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 
-def apply_keeping_dtypes(module: torch.nn.Module, fn, names: tuple[str, ...]) -> None:
-    """Run ``fn`` (as given to ``Module._apply``) on the named buffers without changing their dtype.
+class KeepBufferDtypes:
+    """Mixin for ``nn.Module``s whose buffers named in ``_keep_dtype_buffers`` must keep their dtype.
 
-    FP8 weights and their fp32 scales must survive ``model.half()`` or ``model.to(torch.bfloat16)``, which
-    convert every floating buffer; device moves (``.cuda()``, ``.to("cuda")``) still apply.
+    FP8 weights and their fp32 scales have to survive ``model.half()`` or ``model.to(torch.bfloat16)``, which
+    convert every floating buffer; device moves (``.cuda()``, ``.to("cuda")``) still apply to them.
     """
-    for name in names:
-        t = module._buffers.get(name)
-        if t is None:
-            continue
-        bits = _BIT_VIEW[t.element_size()]
-        module._buffers[name] = fn(t.view(bits)).view(t.dtype)
+
+    _keep_dtype_buffers: tuple[str, ...] = ()
+
+    def _apply(self, fn, recurse=True):
+        keep = {n: self._buffers.pop(n) for n in self._keep_dtype_buffers if self._buffers.get(n) is not None}
+        super()._apply(fn, recurse)
+        for name, t in keep.items():
+            self._buffers[name] = fn(t.view(_BIT_VIEW[t.element_size()])).view(t.dtype)
+        return self

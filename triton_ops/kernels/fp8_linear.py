@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..exceptions import InvalidArgumentError, ShapeError
-from ..utils import apply_keeping_dtypes, interpreter_enabled
+from ..utils import KeepBufferDtypes, interpreter_enabled
 from ..validation import FLOAT_DTYPES, FP8_DTYPES, check_dtype, check_tensor
 from .fp8_gemm import SMALL_M, _arch, fp8_gemm, fp8_weight_only_gemm
 from .fp8_quantize import FP8_MAX, MIN_SCALE, quantize_fp8
@@ -58,11 +58,14 @@ def quantize_weight(weight: torch.Tensor, fp8_dtype: torch.dtype = torch.float8_
     return q, s.to(torch.float32)
 
 
-class FP8Linear(nn.Module):
+class FP8Linear(KeepBufferDtypes, nn.Module):
     """``y = x @ W^T + b`` with ``W`` stored in FP8 (e4m3 by default) and an fp32 scale per output channel.
 
     ``dtype`` is the activation/bias/output dtype the layer is used with (fp16, bf16 or fp32).
     """
+
+    # model.half() must not turn the FP8 weight or its fp32 scales into fp16 values.
+    _keep_dtype_buffers = ("weight", "weight_scale")
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None,
                  dtype: torch.dtype | None = None, *, fp8_dtype: torch.dtype = torch.float8_e4m3fn,
@@ -114,14 +117,6 @@ class FP8Linear(nn.Module):
         else:
             mod.register_parameter("bias", None)
         return mod
-
-    def _apply(self, fn, recurse=True):
-        # ``model.half()`` would otherwise turn the FP8 weight and fp32 scales into fp16 values.
-        keep = {n: self._buffers.pop(n) for n in ("weight", "weight_scale") if n in self._buffers}
-        super()._apply(fn, recurse)
-        self._buffers.update(keep)
-        apply_keeping_dtypes(self, fn, tuple(keep))
-        return self
 
     def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """``W`` as ``weight.float() * weight_scale`` (for inspection and references)."""

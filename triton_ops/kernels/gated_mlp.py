@@ -37,7 +37,7 @@ from ..autotuner import runtime
 from ..compile_check import CompileSpec
 from ..exceptions import InvalidArgumentError, ShapeError, UnsupportedError
 from ..utils import (
-    apply_keeping_dtypes,
+    KeepBufferDtypes,
     cdiv,
     device_arch,
     device_capability,
@@ -788,7 +788,7 @@ def gated_mlp_reference_torch(x: torch.Tensor, gate_weight: torch.Tensor | None,
 # ----------------------------------------------------------------------------------------------------
 
 
-class FusedGatedMLP(torch.nn.Module):
+class FusedGatedMLP(KeepBufferDtypes, torch.nn.Module):
     """``act(x @ Wg^T + bg) * (x @ Wu^T + bu)`` (the gate/up half of a LLaMA-style MLP) as one kernel.
 
     Storage: one ``weight`` parameter ``[2 * intermediate, hidden]`` holding the gate rows then the up
@@ -800,6 +800,9 @@ class FusedGatedMLP(torch.nn.Module):
     ``fp8=True`` (or :meth:`to_fp8`) stores e4m3 weights with one fp32 scale per output channel and
     quantizes activations per token at each call; outputs keep the input's dtype.
     """
+
+    # model.half() must not turn the FP8 weight or its fp32 scales into fp16 values.
+    _keep_dtype_buffers = ("weight_fp8", "weight_scale")
 
     def __init__(self, hidden_dim: int, intermediate_dim: int, activation: str = "silu", bias: bool = False,
                  *, fp8: bool = False, device=None, dtype=None) -> None:
@@ -903,14 +906,6 @@ class FusedGatedMLP(torch.nn.Module):
             sd[f"{prefix}gate_proj.bias"] = self.bias.detach()[:inter].clone()
             sd[f"{prefix}up_proj.bias"] = self.bias.detach()[inter:].clone()
         return sd
-
-    def _apply(self, fn, recurse=True):
-        # ``model.half()`` would otherwise turn the FP8 weights and fp32 scales into fp16 values.
-        keep = {n: self._buffers.pop(n) for n in ("weight_fp8", "weight_scale") if n in self._buffers}
-        super()._apply(fn, recurse)
-        self._buffers.update(keep)
-        apply_keeping_dtypes(self, fn, tuple(keep))
-        return self
 
     @torch.no_grad()
     def to_fp8(self) -> FusedGatedMLP:
