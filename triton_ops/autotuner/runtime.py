@@ -91,6 +91,15 @@ def _apply(override: bool | None) -> None:
     _enabled_override = override
     ENABLED = _env_enabled() if override is None else override
     _memo.clear()
+    _clear_launch_plans()
+
+
+def _clear_launch_plans() -> None:
+    """Launch plans bake in the config they chose: switching tuned configs on or off, or forgetting
+    look-ups, re-plans every signature on its next call."""
+    from ..launch import clear_plans
+
+    clear_plans()
 
 
 class _Switch:
@@ -180,8 +189,10 @@ def lookup(kernel_type: str, problem_size: Any, device: torch.device | str) -> d
 
 
 def forget_lookups() -> None:
-    """Drop remembered look-up results (the next look-up asks the cache again)."""
+    """Drop remembered look-up results and the launch plans built from them (the next look-up asks the
+    cache again)."""
     _memo.clear()
+    _clear_launch_plans()
 
 
 def resolve(kernel_type: str, problem_size: Any, device: torch.device | str,

@@ -27,6 +27,7 @@ import triton.language as tl
 from .. import validation as V
 from ..autotuner import runtime as _rt
 from ..exceptions import LayoutError, ShapeError
+from ..launch import KernelLaunch, PlanCache, plan_key
 from ..utils import cdiv, next_power_of_2, num_sms
 
 LAYOUTS = ("neox", "gptj")
@@ -285,45 +286,101 @@ def _as_3d(t: torch.Tensor, name: str, writable: bool = False) -> torch.Tensor:
         return t.reshape(-1, t.shape[-2], t.shape[-1])
 
 
-def _launch(x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-            position_ids: Optional[torch.Tensor], residual: Optional[torch.Tensor], out: torch.Tensor,
-            residual_out: Optional[torch.Tensor], eps: float, head_dim: int, gptj: bool,
-            weight_offset: float, per_token_tables: bool = False, config: dict | None = None) -> None:
-    """Launch on validated inputs. ``out``/``residual_out`` have x's shape; cos/sin are 2-D tables."""
+class _Plan:
+    """A validated launch: everything but the tensors' addresses, fixed by the call's signature.
+
+    Called with tensors at the same addresses as the ones it was planned with (the originals, or the
+    2-/3-D views of them the planner used: views keep the base address)."""
+
+    __slots__ = ("launch", "ints", "shape", "dtype", "has_res", "pos_mode", "cacheable")
+
+    def __init__(self, launch, ints, shape, dtype, has_res, pos_mode, cacheable):
+        self.launch, self.ints, self.shape, self.dtype = launch, ints, shape, dtype
+        self.has_res, self.pos_mode, self.cacheable = has_res, pos_mode, cacheable
+
+    def __call__(self, x, weight, cos, sin, position_ids, residual, out, residual_out=None, eps=1e-6,
+                 weight_offset=0.0):
+        y = out if out is not None else x.new_empty(self.shape)
+        if self.has_res:
+            ro = residual_out if residual_out is not None else x.new_empty(self.shape)
+        else:
+            residual, ro = x, y
+        if self.launch is not None:
+            self.launch(x, residual, weight, cos, sin, position_ids if self.pos_mode == _POS_IDS else x, y, ro,
+                        *self.ints, eps, weight_offset)
+        return (y, ro) if self.has_res else y
+
+
+def _make_plan(x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+               position_ids: Optional[torch.Tensor], residual: Optional[torch.Tensor],
+               out: Optional[torch.Tensor], head_dim: int, gptj: bool, per_token_tables: bool = False,
+               config: dict | None = None, residual_out: Optional[torch.Tensor] = None) -> _Plan:
+    """Plan a launch on validated inputs (cos/sin already 2-D tables; ``out``/``residual_out`` of x's
+    shape, or None for contiguous buffers the plan allocates on each call)."""
+    has_res = residual is not None
+    pos_mode = _POS_IDS if position_ids is not None else (_POS_ROW if per_token_tables else _POS_SEQ)
     if x.numel() == 0:
-        return
+        return _Plan(None, (), tuple(x.shape), x.dtype, has_res, pos_mode, True)
     hidden = x.shape[-1]
     x3 = _as_3d(x, "x")
     n_rows = x3.shape[0] * x3.shape[1]
     seq = x3.shape[1]
-    o3 = _as_3d(out, "out", writable=True)
-    has_res = residual is not None
+    # Outputs the op allocates are contiguous; a given `out` keeps its own strides.
+    dense = _contiguous_strides(x3.shape)
+    o_st = _as_3d(out, "out", writable=True).stride() if out is not None else dense
     r3 = _as_3d(residual, "residual") if has_res else x3
-    ro3 = _as_3d(residual_out, "residual_out", writable=True) if has_res else o3
-    if position_ids is None:
-        pos_mode = _POS_ROW if per_token_tables else _POS_SEQ
-        pos, spb, sps = x3, 0, 0
+    if not has_res:
+        ro_st = o_st
+    elif residual_out is not None:
+        ro_st = _as_3d(residual_out, "residual_out", writable=True).stride()
     else:
-        pos_mode = _POS_IDS
+        ro_st = dense
+    cacheable = x3.data_ptr() == x.data_ptr() and (not has_res or r3.data_ptr() == residual.data_ptr())
+    spb = sps = 0
+    if pos_mode == _POS_IDS:
         p2 = position_ids.reshape(-1, seq) if position_ids.dim() > 1 else position_ids.view(1, seq)
-        pos = p2
+        cacheable = cacheable and p2.data_ptr() == position_ids.data_ptr()
         spb = p2.stride(0) if p2.shape[0] > 1 else 0
         sps = p2.stride(1)
     per_head = weight.numel() == head_dim and head_dim != hidden
     rot = cos.shape[-1]
     cfg = pick_config(n_rows, hidden, head_dim, rot, x.element_size(), has_res, num_sms(x.device),
                       config or _rt.ENABLED and _tuned_config(x, n_rows, head_dim, rot, has_res))
-    grid = (cdiv(n_rows, cfg.ROWS_PER_PROG),)
-    _rmsnorm_rope_kernel[grid](
-        x3, r3, weight, cos, sin, pos, o3, ro3,
-        n_rows, seq, hidden // head_dim, cos.shape[0],
-        x3.stride(0), x3.stride(1), r3.stride(0), r3.stride(1), o3.stride(0), o3.stride(1),
-        ro3.stride(0), ro3.stride(1), spb, sps, cos.stride(0), sin.stride(0),
-        float(eps), float(weight_offset),
-        HEAD_DIM=head_dim, ROT_DIM=rot, HALF_BLOCK=cfg.HALF_BLOCK, PASS_BLOCK=cfg.PASS_BLOCK, NH_BLOCK=cfg.NH_BLOCK,
-        N_CHUNKS=cfg.N_CHUNKS, GPTJ=gptj, PER_HEAD=per_head, HAS_RES=has_res, POS_MODE=pos_mode,
-        ROWS_PER_PROG=cfg.ROWS_PER_PROG, num_warps=cfg.num_warps,
-    )
+    launch = KernelLaunch(
+        _rmsnorm_rope_kernel, (cdiv(n_rows, cfg.ROWS_PER_PROG),),
+        dict(HEAD_DIM=head_dim, ROT_DIM=rot, HALF_BLOCK=cfg.HALF_BLOCK, PASS_BLOCK=cfg.PASS_BLOCK,
+             NH_BLOCK=cfg.NH_BLOCK, N_CHUNKS=cfg.N_CHUNKS, GPTJ=gptj, PER_HEAD=per_head, HAS_RES=has_res,
+             POS_MODE=pos_mode, ROWS_PER_PROG=cfg.ROWS_PER_PROG),
+        num_warps=cfg.num_warps)
+    ints = (n_rows, seq, hidden // head_dim, cos.shape[0],
+            x3.stride(0), x3.stride(1), r3.stride(0), r3.stride(1), o_st[0], o_st[1],
+            ro_st[0], ro_st[1], spb, sps, cos.stride(0), sin.stride(0))
+    return _Plan(launch, ints, tuple(x.shape), x.dtype, has_res, pos_mode, cacheable)
+
+
+def _contiguous_strides(shape) -> tuple[int, ...]:
+    strides, acc = [], 1
+    for n in reversed(shape):
+        strides.append(acc)
+        acc *= max(int(n), 1)
+    return tuple(reversed(strides))
+
+
+def _launch(x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+            position_ids: Optional[torch.Tensor], residual: Optional[torch.Tensor], out: torch.Tensor,
+            residual_out: Optional[torch.Tensor], eps: float, head_dim: int, gptj: bool,
+            weight_offset: float, per_token_tables: bool = False, config: dict | None = None) -> None:
+    """Plan and launch once on validated inputs. ``out``/``residual_out`` have x's shape; cos/sin are 2-D."""
+    if x.numel() == 0:
+        return
+    x3 = _as_3d(x, "x")
+    r3 = _as_3d(residual, "residual") if residual is not None else None
+    pos = None
+    if position_ids is not None:
+        pos = position_ids.reshape(-1, x3.shape[1]) if position_ids.dim() > 1 else position_ids
+    plan = _make_plan(x3, weight, cos, sin, pos, r3, out, head_dim, gptj, per_token_tables, config,
+                      residual_out=residual_out)
+    plan(x3, weight, cos, sin, pos, r3, out, residual_out, float(eps), float(weight_offset))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -498,6 +555,13 @@ def fused_rmsnorm_rope(x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor,
     Returns:
         the normalised and rotated tensor, or ``(out, x + residual)`` when ``residual`` is given.
     """
+    key = plan_key(x, weight, cos, sin, position_ids, residual, out)
+    if key is not None:
+        # Eager call with no autograd or tracing: a repeated signature is one dict hit and a launch.
+        key = (key, eps, head_dim, rotary_layout, weight_offset, _rt.ENABLED)
+        plan = _plans.get(key)
+        if plan is not None:
+            return plan(x, weight, cos, sin, position_ids, residual, out, None, eps, weight_offset)
     V.check_tensor(x, "x")
     V.check_tensor(weight, "weight")
     V.check_tensor(cos, "cos")
@@ -554,14 +618,22 @@ def fused_rmsnorm_rope(x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor,
 
     if out is not None:
         V.check_out(out, "out", x.shape, x.dtype, device)
-    if V.direct_launch_ok(x, weight, cos, sin, residual):
-        # Plain eager call: launch without the custom-op dispatcher, which costs ~12 us of host time per
-        # call (measured on the CPU side) -- several times this kernel's 2 us at decode sizes.
-        y = out if out is not None else torch.empty(x.shape, dtype=x.dtype, device=x.device)
-        res_out = torch.empty(x.shape, dtype=x.dtype, device=x.device) if residual is not None else None
-        _launch(x, weight, cos, sin, position_ids, residual, y, res_out, eps, head_dim, gptj, weight_offset,
-                per_token)
-        return y if residual is None else (y, res_out)
+    if key is not None:
+        # Plain eager call: launch without the custom-op dispatcher (tens of us of host time per call,
+        # several times this kernel's 2 us at decode sizes), and keep the plan for the next identical call.
+        if x.numel() == 0:
+            y = out if out is not None else x.new_empty(x.shape)
+            return y if residual is None else (y, x + residual)
+        x3 = _as_3d(x, "x")
+        r3 = _as_3d(residual, "residual") if residual is not None else None
+        pos = position_ids
+        if pos is not None and pos.dim() > 1:
+            pos = pos.reshape(-1, x3.shape[1])
+        plan = _make_plan(x3, weight, cos, sin, pos, r3, out, head_dim, gptj, per_token)
+        plan.shape = tuple(x.shape)
+        if plan.cacheable:
+            _plans.put(key, plan)
+        return plan(x3, weight, cos, sin, pos, r3, out, None, eps, weight_offset)
     if out is not None:
         res_out = torch.empty_like(x) if residual is not None else None
         torch.ops.triton_ops.rmsnorm_rope_out(x, weight, cos, sin, position_ids, residual, out, res_out,
@@ -572,6 +644,9 @@ def fused_rmsnorm_rope(x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor,
                                                  weight_offset, per_token)
     return torch.ops.triton_ops.add_rmsnorm_rope(x, residual, weight, cos, sin, position_ids, eps, head_dim,
                                                  gptj, weight_offset, per_token)
+
+
+_plans = PlanCache("rmsnorm_rope")
 
 
 class FusedRMSNormRoPE(torch.nn.Module):

@@ -1,0 +1,213 @@
+"""Launch plans: the host side of an eager call, done once per input signature.
+
+A decode-sized kernel runs in 2-50 us on the GPU, so the Python around it has to cost less than that or the
+library makes models slower. Measured on the H200 machine's CPU before plans existed: ``torch.add`` 6.5-12 us
+of host time per call, an empty Triton kernel launched through ``kernel[grid](...)`` 19 us, our ops 44-270 us
+(validation, table normalisation, config choice, Triton's argument binding, and the custom-op dispatcher for
+every ``nn.Parameter``).
+
+The mechanism, shared by every op:
+
+* :func:`plan_key` turns a call's tensors into a hashable signature (shape, strides, dtype, device,
+  16-byte alignment of the base address, which Triton specialises on) -- or None when the call must go
+  through the registered custom op instead: under ``torch.compile`` tracing, for tensor subclasses other
+  than ``nn.Parameter`` (FakeTensor, DTensor, ...) and when autograd has to record the op.
+* A :class:`PlanCache` per op maps ``(plan_key(...), scalars and flags...)`` to a plan: whatever the op
+  derived from a fully validated first call (normalised tables, the config, grid, output shapes). A
+  repeated call with the identical signature is a dictionary hit and a launch; any other call is
+  validated in full, so errors stay exact.
+* :class:`KernelLaunch` launches one kernel with a fixed config through the compiled kernel's own
+  handle (``CompiledKernel.run``), skipping Triton's per-call argument binding and cache-key hashing.
+
+Plans never hold tensors (so they keep no memory alive); they are dropped when tuned configs are switched
+on or off (:func:`clear_plans`) because a plan bakes in the config it chose.
+
+Rules for a plan's kernels: every integer argument must be a function of the plan key (shapes, strides,
+flags) -- Triton specialises integers (``== 1``, divisibility by 16) and pointers (16-byte alignment) at
+compile time, and a compiled handle is only reused where that specialisation is fixed by the key.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Hashable, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+
+from .utils import interpreter_enabled
+
+_PLAIN_TYPES = (torch.Tensor, torch.nn.Parameter)
+_is_compiling = torch.compiler.is_compiling
+_grad_enabled = torch.is_grad_enabled
+
+
+def plan_key(*tensors: torch.Tensor | None) -> tuple | None:
+    """The signature of a call's tensors, or None when it must not take the eager fast path.
+
+    None: being traced by ``torch.compile``; a tensor subclass other than ``nn.Parameter``; or grad mode
+    is on and some input requires grad (the custom op records the autograd node). Everything else --
+    plain tensors and ``nn.Parameter`` weights alike -- gets a key. Costs ~0.3 us per tensor.
+    """
+    if _is_compiling():
+        return None
+    grad = _grad_enabled()
+    key = []
+    for t in tensors:
+        if t is None:
+            key.append(None)
+            continue
+        if type(t) not in _PLAIN_TYPES or (grad and t.requires_grad):
+            return None
+        key.append((t.shape, t.stride(), t.dtype, t.get_device(), t.data_ptr() % 16 == 0))
+    return tuple(key)
+
+
+class PlanCache:
+    """A bounded dict of plans for one op. Keys must be hashable; an unhashable key (a scalar argument
+    of a strange type) is a miss, so the call takes the validated path and raises there if it is wrong."""
+
+    #: Distinct signatures kept per op before the cache starts over (a serving engine sees one signature
+    #: per batch size and sequence bucket; thousands would mean shapes that never repeat).
+    MAX_PLANS = 2048
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._plans: dict[Hashable, Any] = {}
+        with _registry_lock:
+            _registry.append(self)
+
+    def get(self, key: Hashable) -> Any:
+        try:
+            return self._plans.get(key)
+        except TypeError:  # unhashable scalar in the key
+            return None
+
+    def put(self, key: Hashable, plan: Any) -> Any:
+        try:
+            hash(key)
+        except TypeError:
+            return plan
+        if len(self._plans) >= self.MAX_PLANS:
+            self._plans.clear()
+        self._plans[key] = plan
+        return plan
+
+    def clear(self) -> None:
+        self._plans.clear()
+
+    def __len__(self) -> int:
+        return len(self._plans)
+
+
+_registry_lock = threading.Lock()
+_registry: list[PlanCache] = []
+
+
+def clear_plans() -> None:
+    """Drop every op's plans (the next call of each signature is validated and planned again)."""
+    with _registry_lock:
+        caches = list(_registry)
+    for c in caches:
+        c.clear()
+
+
+def plan_counts() -> dict[str, int]:
+    """Number of cached plans per op (for tests and ``triton-ops bench host``)."""
+    with _registry_lock:
+        return {c.name: len(c) for c in _registry}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Launching one kernel with a fixed config
+# ----------------------------------------------------------------------------------------------------
+_skip_launches = False
+
+
+@contextmanager
+def host_only():
+    """Within this block :class:`KernelLaunch` does everything but the launch itself: used by
+    ``triton-ops bench host`` on a machine without a GPU to measure the Python-side cost of a call (the
+    interpreter's kernel time would drown it)."""
+    global _skip_launches
+    prev, _skip_launches = _skip_launches, True
+    try:
+        yield
+    finally:
+        _skip_launches = prev
+
+
+class KernelLaunch:
+    """One kernel with a fixed grid, constexprs and launch options.
+
+    ``launch(*args)`` takes the kernel's runtime arguments in declaration order (constexprs excluded; they
+    must come after every runtime argument). The first call goes through ``kernel[grid](...)``, which
+    compiles (or finds) the specialisation and returns the compiled kernel; later calls launch that
+    compiled kernel directly on the current stream. Under the CPU interpreter every call goes through
+    ``kernel[grid](...)``.
+    """
+
+    __slots__ = ("fn", "grid", "constexprs", "options", "_tail", "_compiled", "_device", "_g")
+
+    def __init__(self, fn, grid: Sequence[int], constexprs: dict[str, Any], **options: Any) -> None:
+        self.fn = fn
+        self.grid = tuple(int(g) for g in grid)
+        self.constexprs = constexprs
+        self.options = options
+        self._g = (self.grid + (1, 1))[:3]
+        self._compiled = None
+        self._device = None
+        self._tail = None
+        if not interpreter_enabled():
+            names = list(getattr(fn, "arg_names", ()))
+            n_const = len(constexprs)
+            const_names = names[len(names) - n_const:] if n_const else []
+            if set(const_names) == set(constexprs):
+                self._tail = tuple(constexprs[n] for n in const_names)
+            # otherwise constexprs are interleaved: every call takes the kernel[grid] path
+
+    def __call__(self, *args: Any) -> None:
+        if _skip_launches:
+            return
+        compiled = self._compiled
+        if compiled is not None:
+            device = _current_device()
+            if device == self._device:
+                from triton import knobs
+
+                stream = _current_stream(device)
+                full = args + self._tail
+                enter = knobs.runtime.launch_enter_hook
+                meta = compiled.launch_metadata(self.grid, stream, *full) if enter is not None else None
+                g = self._g
+                compiled.run(g[0], g[1], g[2], stream, compiled.function, compiled.packed_metadata, meta,
+                             enter, knobs.runtime.launch_exit_hook, *full)
+                return
+        result = self.fn[self.grid](*args, **self.constexprs, **self.options)
+        if self._tail is not None and result is not None and hasattr(result, "packed_metadata"):
+            result.run  # noqa: B018 -- loads the module and builds the launcher now, not on the hot path
+            self._compiled = result
+            self._device = _current_device()
+
+
+def _current_device() -> int:
+    return torch.cuda.current_device()
+
+
+def _current_stream(device: int) -> int:
+    return torch._C._cuda_getCurrentRawStream(device)
+
+
+def cached_call(cache: PlanCache, key: tuple | None, build: Callable[[], Any] | None):
+    """The plan for ``key`` from ``cache``, building and storing it with ``build()`` on a miss; None when
+    ``key`` is None (the call is not eligible for the fast path)."""
+    if key is None:
+        return None
+    plan = cache.get(key)
+    if plan is None and build is not None:
+        plan = cache.put(key, build())
+    return plan
+
+
+__all__ = ["plan_key", "PlanCache", "KernelLaunch", "clear_plans", "plan_counts", "host_only", "cached_call"]
