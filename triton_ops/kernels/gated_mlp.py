@@ -36,6 +36,7 @@ import triton.language as tl
 from ..autotuner import runtime
 from ..compile_check import CompileSpec
 from ..exceptions import InvalidArgumentError, ShapeError, UnsupportedError
+from ..launch import KernelLaunch, PlanCache, plan_key, tensor_descriptor
 from ..utils import (
     KeepBufferDtypes,
     cdiv,
@@ -62,6 +63,15 @@ from .fp8_linear import quantize_weight
 
 #: Activation names and the constexpr id the kernel switches on.
 ACTIVATIONS = {"silu": 0, "gelu": 1, "gelu_tanh": 2}
+#: Hugging Face's ``config.hidden_act`` names for the same functions (transformers' ACT2FN): ``swish`` is
+#: SiLU; ``gelu_pytorch_tanh`` is ``F.gelu(approximate="tanh")``; ``gelu_new`` is the same tanh formula
+#: written out (0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))).
+ACTIVATION_ALIASES = {"swish": "silu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh"}
+
+
+def canonical_activation(name: str) -> str:
+    """Our name for an activation given by our name or by a Hugging Face alias (unknown names unchanged)."""
+    return ACTIVATION_ALIASES.get(name, name)
 
 _TORCH_TO_TL = {
     torch.float16: "fp16",
@@ -452,17 +462,46 @@ def _aligned16(*tensors: torch.Tensor) -> bool:
     return True
 
 
-def _launch(x2: torch.Tensor, wg: torch.Tensor, wu: torch.Tensor, out2: torch.Tensor, act_id: int,
-            bg: torch.Tensor | None = None, bu: torch.Tensor | None = None,
-            x_scale: torch.Tensor | None = None, wg_scale: torch.Tensor | None = None,
-            wu_scale: torch.Tensor | None = None, config: GatedMLPConfig | None = None) -> None:
-    """Launch the kernel on validated 2-D operands: x2 [M, K], wg/wu [N, K], out2 [M, N]; M, N, K > 0."""
+class _Plan:
+    """One validated launch on 2-D operands, fixed by the call's signature (see triton_ops/launch.py):
+    the config, grid, strides and, on Hopper, the TMA descriptor shapes. Holds no tensors."""
+
+    __slots__ = ("launch", "ints", "descs", "out_shape", "out_dtype", "fp8", "has_bias", "cacheable")
+
+    def __init__(self, launch, ints, descs, out_shape, out_dtype, fp8, has_bias, cacheable=True):
+        self.launch, self.ints, self.descs = launch, ints, descs
+        self.out_shape, self.out_dtype, self.fp8, self.has_bias = out_shape, out_dtype, fp8, has_bias
+        self.cacheable = cacheable
+
+    def __call__(self, x, wg, wu, bg=None, bu=None, out=None, xs=None, wgs=None, wus=None):
+        """Launch on tensors at the planned addresses (x: the input or its 2-D row view; out: a given
+        buffer or None to allocate one). Returns the output."""
+        y = out if out is not None else x.new_empty(self.out_shape, dtype=self.out_dtype)
+        if self.descs is not None:
+            (xsh, xst, xb), (wsh, wgst, wust, wb), (osh, ost, ob) = self.descs
+            xa, wga = tensor_descriptor(x, xsh, xst, xb), tensor_descriptor(wg, wsh, wgst, wb)
+            wua, oa = tensor_descriptor(wu, wsh, wust, wb), tensor_descriptor(y, osh, ost, ob)
+        else:
+            xa, wga, wua, oa = x, wg, wu, y
+        dummy = y  # never read: the constexpr switches compile those loads away
+        self.launch(xa, wga, wua, oa, bg if self.has_bias else dummy, bu if self.has_bias else dummy,
+                    xs if self.fp8 else dummy, wgs if self.fp8 else dummy, wus if self.fp8 else dummy,
+                    *self.ints)
+        return y
+
+
+def _make_plan(x2: torch.Tensor, wg: torch.Tensor, wu: torch.Tensor, out2: torch.Tensor | None,
+               out_shape: tuple[int, ...], out_dtype: torch.dtype, act_id: int, has_bias: bool, fp8: bool,
+               config: GatedMLPConfig | None = None) -> _Plan:
+    """Plan the kernel on validated 2-D operands: x2 [M, K], wg/wu [N, K], out2 [M, N] (None: a
+    contiguous output of ``out_shape`` allocated per call); M, N, K > 0."""
     M, K = x2.shape
     N = wg.shape[0]
     arch, sms = device_arch(x2.device), num_sms(x2.device)
-    fp8 = x_scale is not None
     in_aligned = _aligned16(x2, wg, wu)
-    out_aligned = _aligned16(out2)
+    out_es = torch.empty((), dtype=out_dtype).element_size()
+    o_stride = out2.stride(0) if out2 is not None else N
+    out_aligned = _aligned_out(out2, N, out_es)
     cfg = config
     if cfg is None:
         aligned = in_aligned and out_aligned
@@ -470,34 +509,42 @@ def _launch(x2: torch.Tensor, wg: torch.Tensor, wu: torch.Tensor, out2: torch.Te
         if aligned and _kind(x2.dtype) == "fp16":
             cfg = _tuned_config(cfg, M, N, K, x2.device)
     use_tma = cfg.use_tma and in_aligned and out_aligned
+    descs = None
     if use_tma:
-        from triton.tools.tensor_descriptor import TensorDescriptor
-
         bm, bn, bk = cfg.block_m, cfg.block_n, cfg.block_k
-        x_arg = TensorDescriptor(x2, list(x2.shape), list(x2.stride()), [bm, bk])
-        wg_arg = TensorDescriptor(wg, list(wg.shape), list(wg.stride()), [bn, bk])
-        wu_arg = TensorDescriptor(wu, list(wu.shape), list(wu.stride()), [bn, bk])
-        out_arg = TensorDescriptor(out2, list(out2.shape), list(out2.stride()), [bm, bn])
-    else:
-        x_arg, wg_arg, wu_arg, out_arg = x2, wg, wu, out2
+        descs = (([M, K], [x2.stride(0), 1], [bm, bk]),
+                 ([N, K], [wg.stride(0), 1], [wu.stride(0), 1], [bn, bk]),
+                 ([M, N], [o_stride, 1], [bm, bn]))
     num_tiles = cdiv(M, cfg.block_m) * cdiv(N, cfg.block_n)
     grid_size = min(num_tiles, sms) if cfg.persistent else num_tiles
-    dummy = out2  # never read: the constexpr switches compile those loads away
-    _gated_mlp_kernel[(grid_size,)](
-        x_arg, wg_arg, wu_arg, out_arg,
-        bg if bg is not None else dummy, bu if bu is not None else dummy,
-        x_scale if fp8 else dummy, wg_scale if fp8 else dummy, wu_scale if fp8 else dummy,
-        M, N, K,
-        x2.stride(0), wg.stride(0), wu.stride(0), out2.stride(0),
-        grid_size,
-        ACTIVATION=act_id, HAS_BIAS=bg is not None, FP8=fp8, USE_TMA=use_tma,
-        DOT_PRECISION="ieee" if x2.dtype == torch.float32 else "tf32",
-        FLATTEN=cfg.flatten and cfg.persistent,
-        ALIGN_IN=16 // x2.element_size() if in_aligned else 1,
-        ALIGN_OUT=16 // out2.element_size() if out_aligned else 1,
-        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-    )
+    launch = KernelLaunch(
+        _gated_mlp_kernel, (grid_size,),
+        dict(ACTIVATION=act_id, HAS_BIAS=has_bias, FP8=fp8, USE_TMA=use_tma,
+             DOT_PRECISION="ieee" if x2.dtype == torch.float32 else "tf32",
+             FLATTEN=cfg.flatten and cfg.persistent,
+             ALIGN_IN=16 // x2.element_size() if in_aligned else 1,
+             ALIGN_OUT=16 // out_es if out_aligned else 1,
+             BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m),
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    ints = (M, N, K, x2.stride(0), wg.stride(0), wu.stride(0), o_stride, grid_size)
+    return _Plan(launch, ints, descs, out_shape, out_dtype, fp8, has_bias)
+
+
+def _aligned_out(out2: torch.Tensor | None, N: int, es: int) -> bool:
+    """The output's base, row stride and row length are 16-byte multiples (a fresh allocation's base is)."""
+    if out2 is None:
+        return (N * es) % 16 == 0
+    return _aligned16(out2)
+
+
+def _launch(x2: torch.Tensor, wg: torch.Tensor, wu: torch.Tensor, out2: torch.Tensor, act_id: int,
+            bg: torch.Tensor | None = None, bu: torch.Tensor | None = None,
+            x_scale: torch.Tensor | None = None, wg_scale: torch.Tensor | None = None,
+            wu_scale: torch.Tensor | None = None, config: GatedMLPConfig | None = None) -> None:
+    """Plan and launch once on validated 2-D operands: x2 [M, K], wg/wu [N, K], out2 [M, N]."""
+    plan = _make_plan(x2, wg, wu, out2, tuple(out2.shape), out2.dtype, act_id, bg is not None,
+                      x_scale is not None, config)
+    plan(x2, wg, wu, bg, bu, out2, x_scale, wg_scale, wu_scale)
 
 
 def _zero_k_result(M: int, N: int, act: str, bg: torch.Tensor | None, bu: torch.Tensor | None,
@@ -543,7 +590,7 @@ def _validate(x, gate_weight, up_weight, activation, gate_bias=None, up_bias=Non
     check_tensor(up_weight, "up_weight")
     if not isinstance(activation, str):
         raise InvalidArgumentError(f"activation must be a string, got {type(activation).__name__}")
-    check_choice(activation, "activation", tuple(ACTIVATIONS))
+    check_choice(activation, "activation", tuple(ACTIVATIONS) + tuple(ACTIVATION_ALIASES))
     check_ndim(x, "x", min_ndim=1)
     check_ndim(gate_weight, "gate_weight", 2)
     check_ndim(up_weight, "up_weight", 2)
@@ -681,17 +728,30 @@ def fused_gated_mlp(x: torch.Tensor, gate_weight: torch.Tensor, up_weight: torch
     Args:
         x: ``[..., hidden]`` fp16, bf16 or fp32, last dim contiguous (rows may be strided).
         gate_weight, up_weight: ``[intermediate, hidden]`` (the ``nn.Linear`` layout), same dtype as x.
-        activation: ``"silu"`` (SwiGLU), ``"gelu"`` (exact erf, GeGLU) or ``"gelu_tanh"``.
+        activation: ``"silu"`` (SwiGLU), ``"gelu"`` (exact erf, GeGLU) or ``"gelu_tanh"``; Hugging Face's
+            names for the same functions (``"swish"``, ``"gelu_pytorch_tanh"``, ``"gelu_new"``) are accepted.
         gate_bias, up_bias: optional ``[intermediate]`` biases (both or neither).
         out: optional ``[..., intermediate]`` output buffer of x's dtype.
 
     Returns:
         ``[..., intermediate]`` in x's dtype. Accumulation and the activation are fp32.
     """
+    key = plan_key(x, gate_weight, up_weight, gate_bias, up_bias, out)
+    if key is not None:
+        # Eager call with no autograd or tracing: a repeated signature is one dict hit and a launch.
+        key = (key, activation, runtime.ENABLED)
+        plan = _plans.get(key)
+        if plan is not None:
+            return plan(x, gate_weight, up_weight, gate_bias, up_bias, out)
     _validate(x, gate_weight, up_weight, activation, gate_bias, up_bias)
+    activation = canonical_activation(activation)
     if out is not None:
         check_out(out, "out", _out_shape(x, gate_weight), x.dtype, x.device)
-    if _direct_call_ok(x, gate_weight, up_weight, gate_bias, up_bias):
+    if key is not None:
+        plan = _plan_eager(x, gate_weight, up_weight, out, activation, gate_bias is not None, x.dtype)
+        if plan is not None:
+            _plans.put(key, plan)
+            return plan(x, gate_weight, up_weight, gate_bias, up_bias, out)
         if out is None:
             out = torch.empty(_out_shape(x, gate_weight), dtype=x.dtype, device=x.device)
         _run(x, gate_weight, up_weight, out, activation, gate_bias, up_bias)
@@ -702,16 +762,31 @@ def fused_gated_mlp(x: torch.Tensor, gate_weight: torch.Tensor, up_weight: torch
     return torch.ops.triton_ops.fused_gated_mlp(x, gate_weight, up_weight, activation, gate_bias, up_bias)
 
 
-def _direct_call_ok(*tensors: torch.Tensor | None) -> bool:
-    """Eager inference may launch without the custom-op dispatcher: nothing is being traced and no
-    autograd graph is needed, so the op's registration adds only host time. That time matters at decode
-    sizes: on the H200 the dispatched call measured 0.254 ms against 0.137 ms for a direct launch of the
-    same config at M=128, H=4096, I=14336 (timed without CUDA graphs; copying the weights takes 0.061 ms)."""
-    if torch.compiler.is_compiling():
-        return False
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
-        return False
-    return True
+_plans = PlanCache("gated_mlp")
+_plans_fp8 = PlanCache("gated_mlp_fp8")
+
+
+def _plan_eager(x: torch.Tensor, wg: torch.Tensor, wu: torch.Tensor, out: torch.Tensor | None, activation: str,
+                has_bias: bool, out_dtype: torch.dtype, fp8: bool = False) -> _Plan | None:
+    """A reusable plan for an eager call on the public op's own (validated) arguments, or None where
+    the call takes the unplanned path each time: an empty or hidden-0 problem, or an x / out whose rows
+    cannot be addressed in place (they are copied per call)."""
+    N, K = wg.shape
+    M = math.prod(x.shape[:-1])
+    if M == 0 or N == 0 or K == 0:
+        return None
+    x2 = rows_view(x)
+    if x2.data_ptr() != x.data_ptr():
+        return None
+    out2 = None
+    if out is not None:
+        if out.is_contiguous():
+            out2 = out.view(-1, N)
+        elif out.dim() == 2:
+            out2 = out
+        else:
+            return None
+    return _make_plan(x2, wg, wu, out2, _out_shape(x, wg), out_dtype, ACTIVATIONS[activation], has_bias, fp8)
 
 
 def quantize_rows_fp8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -735,7 +810,14 @@ def fused_gated_mlp_fp8(x_q: torch.Tensor, x_scale: torch.Tensor, gate_q: torch.
     accumulators in the epilogue, before the activation. Needs FP8 tensor cores (sm_89+) or the
     interpreter.
     """
+    key = plan_key(x_q, x_scale, gate_q, gate_scale, up_q, up_scale)
+    if key is not None:
+        key = (key, activation, out_dtype)
+        plan = _plans_fp8.get(key)
+        if plan is not None:
+            return plan(x_q, gate_q, up_q, None, None, None, x_scale, gate_scale, up_scale)
     _validate(x_q, gate_q, up_q, activation, allowed=(torch.float8_e4m3fn,))
+    activation = canonical_activation(activation)
     check_dtype(torch.empty(0, dtype=out_dtype), "out_dtype", FLOAT_DTYPES)
     rows = math.prod(x_q.shape[:-1])
     inter = gate_q.shape[0]
@@ -754,7 +836,15 @@ def fused_gated_mlp_fp8(x_q: torch.Tensor, x_scale: torch.Tensor, gate_q: torch.
                                f"sm_{arch}. Use the fp16/bf16 path (FusedGatedMLP without fp8) instead")
     xs, gs, us = x_scale.reshape(-1).contiguous(), gate_scale.reshape(-1).contiguous(), \
         up_scale.reshape(-1).contiguous()
-    if _direct_call_ok():
+    if key is not None:
+        plan = _plan_eager(x_q, gate_q, up_q, None, activation, False, out_dtype, fp8=True)
+        # the kernel reads the scales as flat vectors: the plan is reusable when that needed no copy
+        flat = xs.data_ptr() == x_scale.data_ptr() and gs.data_ptr() == gate_scale.data_ptr() and \
+            us.data_ptr() == up_scale.data_ptr()
+        if plan is not None:
+            if flat:
+                _plans_fp8.put(key, plan)
+            return plan(x_q, gate_q, up_q, None, None, None, xs, gs, us)
         out = torch.empty(_out_shape(x_q, gate_q), dtype=out_dtype, device=x_q.device)
         _run(x_q, gate_q, up_q, out, activation, None, None, xs, gs, us)
         return out
@@ -810,7 +900,8 @@ class FusedGatedMLP(KeepBufferDtypes, torch.nn.Module):
         for name, v in (("hidden_dim", hidden_dim), ("intermediate_dim", intermediate_dim)):
             if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
                 raise InvalidArgumentError(f"{name} must be a positive int, got {v!r}")
-        check_choice(activation, "activation", tuple(ACTIVATIONS))
+        check_choice(activation, "activation", tuple(ACTIVATIONS) + tuple(ACTIVATION_ALIASES))
+        activation = canonical_activation(activation)
         self.hidden_dim = hidden_dim
         self.intermediate_dim = intermediate_dim
         self.activation = activation
