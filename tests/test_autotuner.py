@@ -3,6 +3,7 @@ and the opt-in runtime switch."""
 
 from __future__ import annotations
 
+import math
 import os
 import time
 
@@ -171,6 +172,33 @@ def test_tuner_keeps_the_lowest_latency_and_caches():
     assert again.metrics.latency_ms == pytest.approx(res.metrics.latency_ms)
     forced = tuner.tune(torch.ones(3), problem_size=(3,), device="cpu", kernel_type="sleepy", force=True)
     assert len(calls) > n and forced.best_config == {"CFG": 2}
+
+
+def test_cached_result_is_identical_to_the_fresh_one(tmp_path):
+    """Tuple-valued parameters (e.g. a tile shape) come back from the cache, in memory or through the
+    file, exactly as the fresh search returned them."""
+    def fn(x, TILE=(16, 16), ORDER=None):
+        return x
+
+    space = {"TILE": [(16, 16), (32, 64)], "ORDER": [[0, 1]]}
+    fresh = TritonAutoTuner(fn, space, warmup_runs=0, benchmark_runs=1, cache_dir=str(tmp_path))
+    res = fresh.tune(torch.ones(2), problem_size=(2,), device="cpu", kernel_type="tiles")
+    for tuner in (fresh, TritonAutoTuner(fn, space, warmup_runs=0, benchmark_runs=1, cache_dir=str(tmp_path))):
+        again = tuner.tune(torch.ones(2), problem_size=(2,), device="cpu", kernel_type="tiles")
+        assert again.all_results == []  # from the cache
+        assert again.best_config == res.best_config
+        assert type(again.best_config["TILE"]) is tuple and type(again.best_config["ORDER"]) is list
+
+
+def test_cached_entry_with_a_bad_latency_still_answers(tmp_path):
+    c = ConfigCache(tmp_path)
+    c.set("k", (2,), "cpu", {"A": 1}, metrics={"latency_ms": 1.0})
+    path = tmp_path / "configs-k.json"
+    path.write_text(path.read_text().replace('"latency_ms": 1.0', '"latency_ms": "fast"'))
+    tuner = TritonAutoTuner(lambda x, A=0: x, {"A": [1, 2]}, warmup_runs=0, benchmark_runs=1,
+                            cache=ConfigCache(tmp_path))
+    res = tuner.tune(torch.ones(2), problem_size=(2,), device="cpu", kernel_type="k")
+    assert res.best_config == {"A": 1} and res.all_results == [] and math.isnan(res.metrics.latency_ms)
 
 
 def test_tuner_without_problem_size_does_not_cache():

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import math
 import multiprocessing as mp
 import threading
+import time
 import warnings
 
 import numpy as np
@@ -14,7 +16,7 @@ from hypothesis import strategies as st
 
 from triton_ops.autotuner import cache as cache_mod
 from triton_ops.autotuner.cache import CacheKey, ConfigCache
-from triton_ops.exceptions import InvalidArgumentError
+from triton_ops.exceptions import InvalidArgumentError, NumericalError
 from triton_ops.models import KernelMetrics
 
 
@@ -127,14 +129,42 @@ def test_bad_keys_raise(args):
         ConfigCache().get(*args)
 
 
-def test_config_values_must_be_json():
-    c = ConfigCache()
+def test_config_values_must_be_json(tmp_path):
+    c = ConfigCache(tmp_path)
     with pytest.raises(InvalidArgumentError, match="JSON"):
         c.set("k", (1,), "cpu", {"fn": object()})
+    with pytest.raises(InvalidArgumentError, match="JSON"):
+        c.set("k", (1,), "cpu", {"nested": {"a": 1}})
     with pytest.raises(InvalidArgumentError):
         c.set("k", (1,), "cpu", [("BLOCK", 1)])
-    c.set("k", (1,), "cpu", {"BLOCK": np.int64(64), "TMA": True, "name": "x", "tiles": (1, 2)})
-    assert c.get("k", (1,), "cpu") == {"BLOCK": 64, "TMA": True, "name": "x", "tiles": [1, 2]}
+    c.set("k", (1,), "cpu", {"BLOCK": np.int64(64), "TMA": np.bool_(True), "name": "x", "tiles": (1, 2),
+                             "order": [3, (4, 5)], "none": None, "scale": np.float32(0.5)})
+    want = {"BLOCK": 64, "TMA": True, "name": "x", "tiles": (1, 2), "order": [3, (4, 5)], "none": None,
+            "scale": 0.5}
+    for reader in (c, ConfigCache(tmp_path)):  # in memory and through the file: tuples stay tuples
+        got = reader.get("k", (1,), "cpu")
+        assert got == want
+        assert [type(v) for v in got.values()] == [type(v) for v in want.values()]
+        assert type(got["order"][1]) is tuple and type(got["BLOCK"]) is int and type(got["TMA"]) is bool
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf, np.float64("nan"), (1.0, math.nan), [math.inf]])
+def test_non_finite_config_values_are_refused(bad):
+    c = ConfigCache()
+    with pytest.raises(NumericalError, match="finite"):
+        c.set("k", (1,), "cpu", {"alpha": bad})
+    assert c.get("k", (1,), "cpu") is None  # nothing half-stored
+    # metrics are informational: a non-finite figure is stored as "not measured"
+    c.set("k", (1,), "cpu", {"alpha": 1.0}, metrics={"latency_ms": 0.5, "throughput_tflops": math.nan})
+    assert c.get_entry("k", (1,), "cpu")["metrics"] == {"latency_ms": 0.5, "throughput_tflops": None}
+
+
+def test_nested_values_are_copies():
+    c = ConfigCache()
+    c.set("k", (1,), "cpu", {"order": [1, [2, 3]]})
+    got = c.get("k", (1,), "cpu")
+    got["order"][1].append(4)
+    assert c.get("k", (1,), "cpu") == {"order": [1, [2, 3]]}
 
 
 # ---------------------------------------------------------------------------------------------- disk
@@ -269,8 +299,117 @@ def test_bad_entries_are_skipped_individually(tmp_path):
     data["entries"]["junk2"] = 42
     _file(tmp_path).write_text(json.dumps(data))
     fresh = ConfigCache(tmp_path)
-    assert fresh.get("k", (1,), "cpu") == {"A": 1}
+    with pytest.warns(RuntimeWarning, match="2 entries .* could not be read"):
+        assert fresh.get("k", (1,), "cpu") == {"A": 1}
     assert fresh.get_all_keys() == [CacheKey("k", (1,), "cpu")]
+
+
+@pytest.mark.parametrize("value", [{"a": 1}, math.nan, {"__tuple__": 3}, "Infinity"])
+def test_hand_edited_config_values_skip_the_entry(tmp_path, value):
+    c = ConfigCache(tmp_path)
+    c.set("k", (1,), "cpu", {"A": 1})
+    c.set("k", (2,), "cpu", {"A": 2})
+    data = json.loads(_file(tmp_path).read_text())
+    raw = next(e for e in data["entries"].values() if e["problem_size"] == [2])
+    raw["config"]["A"] = value
+    text = json.dumps(data).replace('"Infinity"', "Infinity")  # json.loads reads the bare token as inf
+    _file(tmp_path).write_text(text)
+    fresh = ConfigCache(tmp_path)
+    with pytest.warns(RuntimeWarning, match="could not be read"):
+        assert fresh.get("k", (1,), "cpu") == {"A": 1}
+    assert fresh.get("k", (2,), "cpu") is None
+
+
+def test_own_entries_survive_a_damaged_file(tmp_path):
+    """An instance keeps what it set (or read) when its file is damaged behind its back, and the rebuilt
+    file holds those entries again."""
+    c = ConfigCache(tmp_path)
+    c.set("k", (1,), "cpu", {"A": 1})
+    c.set("k", (2,), "cpu", {"A": 2})
+    _file(tmp_path).write_text("{garbage")
+    with pytest.warns(RuntimeWarning, match="corrupt"):
+        assert c.get("k", (1,), "cpu") == {"A": 1}
+    assert c.get("k", (2,), "cpu") == {"A": 2}  # and stays so: no later read forgets it
+    assert ConfigCache(tmp_path).get("k", (2,), "cpu") == {"A": 2}  # rebuilt from memory
+    assert (tmp_path / "configs-k.json.corrupt").read_text() == "{garbage"
+
+
+def test_truncated_file_keeps_its_complete_entries(tmp_path):
+    c = ConfigCache(tmp_path)
+    for i in range(6):
+        c.set("k", (i,), "cpu", {"A": i, "T": (i, i)})
+    text = _file(tmp_path).read_text()
+    last = text.rindex('"kernel_type"')  # cut inside the last entry
+    _file(tmp_path).write_text(text[:last + 5])
+    fresh = ConfigCache(tmp_path)
+    with pytest.warns(RuntimeWarning, match=r"5 complete entries recovered") as rec:
+        keys = fresh.get_all_keys()
+    assert len([w for w in rec if "corrupt" in str(w.message)]) == 1
+    assert sorted(k.problem_size for k in keys) == [(i,) for i in range(5)]
+    assert all(fresh.get("k", (i,), "cpu") == {"A": i, "T": (i, i)} for i in range(5))
+    assert len(json.loads(_file(tmp_path).read_text())["entries"]) == 5  # rebuilt with what was recovered
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # said once
+        assert ConfigCache(tmp_path).get("k", (0,), "cpu") == {"A": 0, "T": (0, 0)}
+
+
+def test_rebuild_by_another_instance_does_not_make_this_one_forget(tmp_path):
+    a = ConfigCache(tmp_path)
+    a.set("k", (1,), "cpu", {"A": 1})
+    _file(tmp_path).write_bytes(b"\xff\xfe not even text")  # nothing recoverable
+    b = ConfigCache(tmp_path)
+    with pytest.warns(RuntimeWarning, match="corrupt"):
+        assert b.get("k", (1,), "cpu") is None  # b never knew it; it rebuilds an empty file
+    b.set("k", (2,), "cpu", {"A": 2})
+    assert a.get("k", (1,), "cpu") == {"A": 1}  # a keeps it ...
+    assert a.get("k", (2,), "cpu") == {"A": 2}
+    assert ConfigCache(tmp_path).get("k", (1,), "cpu") == {"A": 1}  # ... and wrote it back
+    # a clear is a real removal, seen by every instance
+    b.clear("k")
+    assert a.get("k", (1,), "cpu") is None and a.get("k", (2,), "cpu") is None
+
+
+@pytest.mark.parametrize("content", ["[" * 100_000, b"\x80\x81", '{"format": 1, "entries": {"x": ' + "[" * 50_000])
+def test_pathological_files_are_corrupt_not_crashes(tmp_path, content):
+    c = ConfigCache(tmp_path)
+    c.set("k", (1,), "cpu", {"A": 1})
+    if isinstance(content, bytes):
+        _file(tmp_path).write_bytes(content)
+    else:
+        _file(tmp_path).write_text(content)
+    with pytest.warns(RuntimeWarning, match="corrupt"):
+        assert ConfigCache(tmp_path).get("k", (1,), "cpu") is None
+    assert c.get("k", (1,), "cpu") == {"A": 1}
+
+
+def test_kernel_types_never_share_a_file(tmp_path):
+    names = ["attn_fp8", "attn/fp8", "attn fp8", "attn%2Ffp8", "Gemm", "gemm", "GEMM", "a" * 300, "a" * 301,
+             "ä", "..", "con"]
+    c = ConfigCache(tmp_path)
+    for i, kt in enumerate(names):
+        c.set(kt, (1,), "cpu", {"I": i})
+    files = {cache_mod._file_name(kt).lower() for kt in names}  # distinct even where case is ignored
+    assert len(files) == len(names)
+    assert all(len(f.encode()) < 200 for f in files)
+    c.clear("attn_fp8")
+    fresh = ConfigCache(tmp_path)
+    assert fresh.get("attn_fp8", (1,), "cpu") is None
+    for i, kt in enumerate(names):
+        if kt != "attn_fp8":
+            assert fresh.get(kt, (1,), "cpu") == {"I": i}, kt
+    assert cache_mod._file_name("gated_mlp") == "configs-gated_mlp.json"  # plain names are unchanged
+
+
+def test_a_rewrite_with_an_unchanged_stamp_is_still_seen(tmp_path, monkeypatch):
+    """A file replaced within the file system's timestamp granularity can keep its (inode, size, mtime)
+    stamp (inode numbers are reused at once): a stamp younger than STAMP_TRUST_S is not trusted."""
+    a, b = ConfigCache(tmp_path), ConfigCache(tmp_path)
+    a.set("k", (1,), "cpu", {"A": 1})
+    fixed = (1, 100, time.time_ns())
+    monkeypatch.setattr(ConfigCache, "_stat", staticmethod(lambda path: fixed))
+    assert a.get("k", (1,), "cpu") == {"A": 1}
+    b.set("k", (1,), "cpu", {"A": 2})  # same size, "same" stamp
+    assert a.get("k", (1,), "cpu") == {"A": 2}
 
 
 def test_other_format_version_is_ignored(tmp_path):

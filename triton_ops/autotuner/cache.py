@@ -6,35 +6,51 @@ one is invisible (a config tuned on an H100 says nothing about an H200, and a ne
 change which config is fastest). Entries for several GPU models can live side by side in one file, so
 a home directory shared by different machines keeps each machine's results.
 
-On disk there is one file per kernel type, ``<cache_dir>/configs-<kernel_type>.json``. Writers take a
-file lock (``filelock``, or ``fcntl`` where filelock is not installed), re-read the file, merge their
-entry and replace the file atomically (write to a temporary file in the same directory, fsync,
-``os.replace``), so concurrent threads and processes never lose each other's entries and readers never
-see half a file. A file that does not parse (truncated, edited by hand, another program's) is reported
-once, moved aside to ``*.corrupt`` and rebuilt from what this process knows; the cache never raises on
-a disk problem: it warns once and keeps working in memory.
+On disk there is one file per kernel type, ``<cache_dir>/configs-<name>.json``, where ``<name>`` is the
+kernel type with every character other than lowercase letters, digits, ``_``, ``.`` and ``-``
+percent-escaped (``"attn/fp8"`` -> ``configs-attn%2Ffp8.json``), so two kernel types never share a
+file, even on case-insensitive file systems. Writers take a file lock (``filelock``, or ``fcntl`` where
+filelock is not installed), re-read the file, merge their entry and replace the file atomically (write
+to a temporary file in the same directory, fsync, ``os.replace``), so concurrent threads and processes
+never lose each other's entries and readers never see half a file.
+
+A file that does not parse (truncated, edited by hand, another program's) is reported once, moved aside
+to ``*.corrupt`` and rebuilt from the entries that could still be read from it plus every entry this
+instance holds; an instance never forgets entries because a file it had read was damaged. The cache
+never raises on a disk problem: it warns once and keeps working in memory.
+
+Config values round-trip exactly: numbers, strings, bools, None, lists and tuples come back as what was
+stored (JSON has no tuples, so a tuple is written as ``{"__tuple__": [...]}``). Non-finite floats are
+refused when a config is stored (JSON cannot hold them, and no launch parameter is NaN).
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import datetime as _dt
 import functools
+import hashlib
 import json
 import logging
 import math
+import operator
 import os
 import re
 import tempfile
 import threading
+import time
+import uuid
 import warnings
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 
-from ..exceptions import InvalidArgumentError
+from ..exceptions import InvalidArgumentError, NumericalError
 from ..models import KernelMetrics
 
 log = logging.getLogger(__name__)
@@ -47,6 +63,12 @@ _FILE_PREFIX = "configs-"
 #: Seconds to wait for another process's lock before giving up on persisting one entry (it stays in
 #: memory). Writers hold the lock for a read-merge-write of a small JSON file: milliseconds.
 LOCK_TIMEOUT_S = 30.0
+#: A file modified less than this long before it was read may change again without its (inode, size,
+#: mtime) stamp changing (timestamps are coarse on some file systems, and a replaced file's inode number
+#: can be reused at once), so its stamp is not trusted and the next access reads it again.
+STAMP_TRUST_S = 2.0
+#: Marker of an encoded tuple in a file (JSON has only lists).
+_TUPLE_TAG = "__tuple__"
 
 _reported: set[str] = set()
 _reported_lock = threading.Lock()
@@ -108,6 +130,7 @@ def environment_fingerprint(device: str) -> dict[str, str]:
 
 
 # ----------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------
 # Key normalisation
 
 
@@ -124,9 +147,13 @@ def normalize_problem_size(problem_size: Any) -> tuple[int, ...]:
             f"problem_size must be an int or a tuple of ints, got {type(problem_size).__name__}") from None
     out = []
     for v in items:
-        if isinstance(v, bool) or not isinstance(v, (int,)) and not (hasattr(v, "__index__")):
-            raise InvalidArgumentError(f"problem_size must contain ints, got {problem_size!r}")
-        iv = int(v.__index__())
+        # operator.index takes ints and integer numpy/torch scalars, and refuses floats, strings and None
+        try:
+            if isinstance(v, (bool, np.bool_)):
+                raise TypeError
+            iv = operator.index(v)
+        except TypeError:
+            raise InvalidArgumentError(f"problem_size must contain ints, got {problem_size!r}") from None
         if iv < 0:
             raise InvalidArgumentError(f"problem_size must be non-negative, got {problem_size!r}")
         out.append(iv)
@@ -169,31 +196,178 @@ def _check_kernel_type(kernel_type: Any) -> str:
     return kernel_type
 
 
-def _jsonable(value: Any, what: str) -> Any:
-    """A JSON-safe copy of a config value (numpy/torch scalars become Python numbers)."""
+def _jsonable(value: Any, what: str, *, finite: bool) -> Any:
+    """A JSON-safe copy of a config or metrics value (numpy/torch scalars become Python numbers; lists
+    stay lists and tuples stay tuples). A non-finite float raises with ``finite`` (config values),
+    becomes None without (metrics, where None means "not measured")."""
     if value is None or isinstance(value, (bool, str)):
         return value
     if isinstance(value, int):
         return int(value)
     if isinstance(value, float):
-        return value if math.isfinite(value) else None
+        if math.isfinite(value):
+            return float(value)
+        if finite:
+            raise NumericalError(f"{what} must be a finite number, got {value!r} (JSON cannot store it, and "
+                                 "no launch parameter is NaN or infinite)")
+        return None
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v, what) for v in value]
+        items = [_jsonable(v, what, finite=finite) for v in value]
+        return tuple(items) if isinstance(value, tuple) else items
     if hasattr(value, "item") and callable(value.item):  # numpy / torch scalar
         try:
-            return _jsonable(value.item(), what)
-        except (TypeError, ValueError):
-            pass
-    raise InvalidArgumentError(f"{what} must hold JSON-serialisable values (numbers, strings, bools, lists); "
-                               f"got {value!r} of type {type(value).__name__}")
+            item = value.item()
+        except (TypeError, ValueError, RuntimeError):
+            item = value
+        if item is not value and isinstance(item, (bool, int, float)):
+            return _jsonable(item, what, finite=finite)
+    raise InvalidArgumentError(f"{what} must hold JSON-serialisable values (numbers, strings, bools, None, "
+                               f"lists, tuples); got {value!r} of type {type(value).__name__}")
+
+
+def _encode(value: Any) -> Any:
+    """File form of a config value: tuples tagged, so they read back as tuples."""
+    if isinstance(value, tuple):
+        return {_TUPLE_TAG: [_encode(v) for v in value]}
+    if isinstance(value, list):
+        return [_encode(v) for v in value]
+    return value
+
+
+def _decode(value: Any) -> Any:
+    """Inverse of :func:`_encode`; raises ValueError for anything a stored config cannot hold (a
+    hand-edited file: dicts, NaN ...)."""
+    if isinstance(value, dict):
+        if set(value) == {_TUPLE_TAG} and isinstance(value[_TUPLE_TAG], list):
+            return tuple(_decode(v) for v in value[_TUPLE_TAG])
+        raise ValueError(f"a config value cannot be an object: {value!r}")
+    if isinstance(value, list):
+        return [_decode(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"a config value must be finite, got {value!r}")
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise ValueError(f"not a config value: {value!r}")
+
+
+#: Characters that stand for themselves in a file name. Everything else, uppercase letters included, is
+#: percent-escaped: the mapping is then injective, also where the file system ignores case.
+_SAFE_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_.-")
+#: Longer escaped names are cut and completed with a hash, within every file system's 255-byte limit.
+_MAX_NAME = 160
 
 
 def _file_name(kernel_type: str) -> str:
-    return _FILE_PREFIX + re.sub(r"[^A-Za-z0-9_.-]", "_", kernel_type) + ".json"
+    body = "".join(c if c in _SAFE_CHARS else "".join(f"%{b:02X}" for b in c.encode("utf-8", "surrogatepass"))
+                   for c in kernel_type)
+    if len(body) > _MAX_NAME:
+        digest = hashlib.sha256(kernel_type.encode("utf-8", "surrogatepass")).hexdigest()[:24]
+        body = body[:_MAX_NAME - 25] + "~" + digest  # "~" never appears in an unhashed name
+    return _FILE_PREFIX + body + ".json"
+
+
+def _esc(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("|", "\\|")
 
 
 def _storage_key(key: CacheKey, gpu: str) -> str:
-    return f"{key.kernel_type}|{'x'.join(map(str, key.problem_size))}|{key.device}|{gpu}"
+    """The entry's key inside its file (unique per entry: "|" inside names is escaped)."""
+    return (f"{_esc(key.kernel_type)}|{'x'.join(map(str, key.problem_size))}|{_esc(key.device)}|"
+            f"{_esc(gpu)}")
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Reading damaged files
+
+_WS = re.compile(r"[ \t\n\r]*")
+
+
+def _partial_object(text: str, pos: int, dec: json.JSONDecoder, nested: frozenset[str], depth: int = 0
+                    ) -> dict[str, Any]:
+    """The members of the JSON object at ``text[pos]`` up to the first one that does not parse. A member
+    named in ``nested`` whose value does not parse is itself read member by member."""
+    out: dict[str, Any] = {}
+    pos = _WS.match(text, pos).end()
+    if text[pos:pos + 1] != "{" or depth > 2:
+        return out
+    pos += 1
+    while True:
+        pos = _WS.match(text, pos).end()
+        try:
+            key, pos = dec.raw_decode(text, pos)
+        except (ValueError, RecursionError):
+            return out
+        if not isinstance(key, str):
+            return out
+        pos = _WS.match(text, pos).end()
+        if text[pos:pos + 1] != ":":
+            return out
+        pos = _WS.match(text, pos + 1).end()
+        try:
+            value, pos = dec.raw_decode(text, pos)
+        except (ValueError, RecursionError):
+            if key in nested:
+                out[key] = _partial_object(text, pos, dec, frozenset(), depth + 1)
+            return out
+        out[key] = value
+        pos = _WS.match(text, pos).end()
+        if text[pos:pos + 1] != ",":
+            return out
+        pos += 1
+
+
+@dataclass
+class _Doc:
+    """One cache file as read: raw entries plus its lineage."""
+
+    entries: dict[str, Any] = field(default_factory=dict)
+    #: random id given to a file when it is created (first write, or rebuilt after damage); kept by
+    #: ordinary rewrites. An instance that sees another epoch knows the file was replaced wholesale.
+    epoch: str | None = None
+    #: the file descends from a damaged one: entries missing from it may have been lost, not removed
+    recovered: bool = False
+    corrupt: bool = False
+    #: the file exists but could not be read (permissions ...): nothing is known about its entries
+    unreadable: bool = False
+    error: str = ""
+
+
+def _read_doc(path: Path) -> _Doc:
+    try:
+        data = path.read_bytes()
+    except (FileNotFoundError, NotADirectoryError):
+        return _Doc()
+    except OSError as exc:
+        _report_once(f"read:{path}", f"triton_ops config cache: cannot read {path}: {exc}; using memory only")
+        return _Doc(unreadable=True)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return _damaged(data[:exc.start].decode("utf-8"), f"not UTF-8 at byte {exc.start}")
+    try:
+        doc = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        return _damaged(text, str(exc) or type(exc).__name__)
+    if not isinstance(doc, dict) or not isinstance(doc.get("entries"), dict):
+        return _Doc(corrupt=True, recovered=True, error="not a triton_ops config cache file")
+    if doc.get("format") != FORMAT_VERSION:
+        # another layout (older or newer library): its entries are not ours to interpret
+        return _Doc()
+    epoch = doc.get("epoch") if isinstance(doc.get("epoch"), str) else None
+    return _Doc(doc["entries"], epoch, bool(doc.get("recovered")))
+
+
+def _damaged(text: str, error: str) -> _Doc:
+    """What can be read of a file that does not parse: the entries up to the damage."""
+    top = _partial_object(text, 0, json.JSONDecoder(), frozenset({"entries"}))
+    entries = top.get("entries") if isinstance(top.get("entries"), dict) else {}
+    if "format" in top and top["format"] != FORMAT_VERSION:
+        entries = {}
+    return _Doc(entries, None, True, corrupt=True, error=error)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -244,6 +418,14 @@ def _file_lock(path: str, timeout: float = LOCK_TIMEOUT_S):
 # ----------------------------------------------------------------------------------------------------
 
 
+class _FileState(NamedTuple):
+    """What an instance last read of one file."""
+
+    stamp: tuple[int, int, int] | None  # (inode, size, mtime_ns); None: the file did not exist
+    trusted: bool  # the stamp identifies the content (the file was old enough when read)
+    epoch: str | None
+
+
 class ConfigCache:
     """Best configs found by the autotuner, keyed by ``(kernel_type, problem_size, device)``.
 
@@ -259,7 +441,7 @@ class ConfigCache:
         self._lock = threading.RLock()
         # key -> entry dict {"config", "metrics", "env", "time", "persisted"}
         self._mem: dict[tuple[CacheKey, str], dict[str, Any]] = {}
-        self._stamp: dict[str, tuple[int, int, int] | None] = {}  # file -> (ino, size, mtime_ns) last read
+        self._seen: dict[str, _FileState] = {}  # file -> what this instance last read of it
 
     # ------------------------------------------------------------------ public API
 
@@ -270,10 +452,10 @@ class ConfigCache:
     def get(self, kernel_type: str, problem_size: Any, device: Any) -> dict[str, Any] | None:
         """The cached config, or None when there is none valid for the current environment."""
         entry = self.get_entry(kernel_type, problem_size, device)
-        return dict(entry["config"]) if entry is not None else None
+        return entry["config"] if entry is not None else None
 
     def get_entry(self, kernel_type: str, problem_size: Any, device: Any) -> dict[str, Any] | None:
-        """The full entry ``{"config", "metrics", "env", "time"}`` or None."""
+        """The full entry ``{"config", "metrics", "env", "time"}`` (a copy) or None."""
         key = CacheKey(_check_kernel_type(kernel_type), normalize_problem_size(problem_size),
                        normalize_device(device))
         env = environment_fingerprint(key.device)
@@ -282,11 +464,14 @@ class ConfigCache:
             entry = self._mem.get((key, env["gpu"]))
             if entry is None or entry["env"] != env:
                 return None
-            return {k: (dict(v) if isinstance(v, dict) else v) for k, v in entry.items() if k != "persisted"}
+            return _public(entry)
 
     def set(self, kernel_type: str, problem_size: Any, device: Any, config: Mapping[str, Any],
             metrics: KernelMetrics | Mapping[str, Any] | None = None) -> None:
-        """Store ``config`` (a dict of JSON-serialisable values) for the key, replacing any previous one."""
+        """Store ``config`` for the key, replacing any previous one.
+
+        Config values may be numbers (finite), strings, bools, None, and lists or tuples of those; they
+        read back exactly as given. Non-finite metrics are stored as None (not measured)."""
         key = CacheKey(_check_kernel_type(kernel_type), normalize_problem_size(problem_size),
                        normalize_device(device))
         if not isinstance(config, Mapping):
@@ -296,22 +481,26 @@ class ConfigCache:
         for k, v in config.items():
             if not isinstance(k, str):
                 raise InvalidArgumentError(f"config keys must be strings, got {k!r}")
-            cfg[k] = _jsonable(v, f"config[{k!r}]")
+            cfg[k] = _jsonable(v, f"config[{k!r}]", finite=True)
         if isinstance(metrics, KernelMetrics):
             metrics = metrics.to_dict()
-        met = {str(k): _jsonable(v, f"metrics[{k!r}]") for k, v in metrics.items()} if metrics else None
+        if metrics is not None and not isinstance(metrics, Mapping):
+            raise InvalidArgumentError(f"metrics must be a KernelMetrics or a dict, got {type(metrics).__name__}")
+        met = ({str(k): _jsonable(v, f"metrics[{k!r}]", finite=False) for k, v in metrics.items()}
+               if metrics else None)
         env = environment_fingerprint(key.device)
-        entry = {"config": cfg, "metrics": met, "env": env,
-                 "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+        entry = {"config": cfg, "metrics": met, "env": env, "time": _now()}
         with self._lock:
             self._mem[(key, env["gpu"])] = dict(entry, persisted=False)
             if self.cache_dir is not None:
-                ok = self._write_through(key, env["gpu"], entry)
-                if ok:
+                path = self.cache_dir / _file_name(key.kernel_type)
+                if self._persist(path, {_storage_key(key, env["gpu"]): self._to_raw(key, entry)}):
                     self._mem[(key, env["gpu"])]["persisted"] = True
 
     def clear(self, kernel_type: str | None = None) -> None:
         """Forget every entry (or those of one kernel type), in memory and on disk."""
+        if kernel_type is not None:
+            _check_kernel_type(kernel_type)
         with self._lock:
             if kernel_type is None:
                 self._mem.clear()
@@ -327,7 +516,7 @@ class ConfigCache:
                         path.unlink()
                 except (OSError, TimeoutError) as exc:
                     _report_once(f"clear:{path}", f"triton_ops config cache: could not remove {path}: {exc}")
-                self._stamp.pop(str(path), None)
+                self._seen.pop(str(path), None)
 
     def get_all_keys(self) -> list[CacheKey]:
         """Every ``(kernel_type, problem_size, device)`` with an entry valid in the current environment."""
@@ -343,7 +532,7 @@ class ConfigCache:
             for (key, gpu), entry in self._mem.items():
                 env = environment_fingerprint(key.device)
                 if env["gpu"] == gpu and entry["env"] == env:
-                    out.append((key, {k: v for k, v in entry.items() if k != "persisted"}))
+                    out.append((key, _public(entry)))
             return sorted(out, key=lambda kv: (kv[0].kernel_type, kv[0].problem_size, kv[0].device))
 
     def __len__(self) -> int:
@@ -358,7 +547,7 @@ class ConfigCache:
         where = str(self.cache_dir) if self.cache_dir is not None else "memory"
         return f"ConfigCache({where}, {len(self._mem)} entries)"
 
-    # ------------------------------------------------------------------ disk
+    # ------------------------------------------------------------------ disk: reading
 
     def _files(self) -> Iterator[Path]:
         if self.cache_dir is None or not self.cache_dir.is_dir():
@@ -377,109 +566,133 @@ class ConfigCache:
             return None
         return (st.st_ino, st.st_size, st.st_mtime_ns)
 
-    def _refresh_path(self, path: Path) -> None:
-        """Reload ``path`` if it changed since this instance last read it (another process wrote)."""
-        stamp = self._stat(path)
-        if stamp == self._stamp.get(str(path), "unread"):
-            return
-        entries = self._read(path, rebuild=True)
-        self._stamp[str(path)] = self._stat(path)
-        self._merge_from_disk(path, entries)
+    @staticmethod
+    def _trusted(stamp: tuple[int, int, int] | None) -> bool:
+        return stamp is None or time.time_ns() - stamp[2] > STAMP_TRUST_S * 1e9
 
-    def _merge_from_disk(self, path: Path, entries: dict[str, dict[str, Any]]) -> None:
+    def _refresh_path(self, path: Path) -> None:
+        """Reload ``path`` if it may have changed since this instance last read it (another instance or
+        process wrote, cleared or damaged it)."""
+        state = self._seen.get(str(path))
+        stamp = self._stat(path)
+        if state is not None and state.stamp == stamp and state.trusted:
+            return
+        for _ in range(2):  # a damaged file is repaired, then the repaired file read
+            stamp = self._stat(path)  # taken before reading: a change after it shows at the next refresh
+            doc = _read_doc(path)
+            if doc.unreadable:
+                self._seen[str(path)] = _FileState(stamp, True, state.epoch if state else None)
+                return
+            if not doc.corrupt:
+                break
+            self._report_damage(path, doc)
+            # a damaged file says nothing about which entries were removed: keep all, add what it still has
+            self._merge(path, doc.entries, prune=False)
+            if not self._repair(path):
+                self._seen[str(path)] = _FileState(stamp, True, state.epoch if state else None)
+                return
+        else:
+            return
+        prev_epoch = state.epoch if state is not None else None
+        if doc.recovered and doc.epoch != prev_epoch:
+            # rebuilt by another instance after damage: it may lack entries this instance holds; keep
+            # them and write them back
+            self._merge(path, doc.entries, prune=False)
+            missing = self._mine(path, doc.entries)
+            self._seen[str(path)] = _FileState(stamp, self._trusted(stamp), doc.epoch)
+            if missing:
+                self._persist(path, missing)
+            return
+        self._merge(path, doc.entries, prune=True)
+        self._seen[str(path)] = _FileState(stamp, self._trusted(stamp), doc.epoch)
+
+    def _merge(self, path: Path, entries: Mapping[str, Any], prune: bool) -> None:
+        """Take a file's entries into memory. ``prune``: the file is complete, so entries this instance
+        had from it (or wrote to it) and it no longer holds were removed (cleared, or pruned by a newer
+        library) and are forgotten; without, newer in-memory entries are kept."""
         seen = set()
+        bad = 0
         for raw in entries.values():
             parsed = self._parse_entry(raw)
             if parsed is None:
+                bad += 1
                 continue
             mkey, entry = parsed
-            if mkey in seen and str(self._mem[mkey].get("time") or "") > str(entry.get("time") or ""):
-                continue  # two spellings of one device in an older file: the newer entry wins
+            if _file_name(mkey[0].kernel_type) != path.name:
+                continue  # another kernel type's entry, from a file written before names were injective
+            mine = self._mem.get(mkey)
+            if ((mkey in seen or (not prune and mine is not None))
+                    and str(mine.get("time") or "") > str(entry.get("time") or "")):
+                continue  # two spellings of one device in an older file, or a newer entry in memory
             seen.add(mkey)
             self._mem[mkey] = dict(entry, persisted=True)
-        # entries this instance loaded from (or wrote to) this file that another process removed
-        name = path.name
-        for mkey in [k for k, e in self._mem.items() if e.get("persisted") and k not in seen
-                     and _file_name(k[0].kernel_type) == name]:
-            del self._mem[mkey]
+        if bad:
+            _report_once(f"bad:{path}", f"triton_ops config cache: {bad} entr{'y' if bad == 1 else 'ies'} of "
+                                        f"{path} could not be read (edited by hand?) and are ignored")
+        if prune:
+            name = path.name
+            for mkey in [k for k, e in self._mem.items() if e.get("persisted") and k not in seen
+                         and _file_name(k[0].kernel_type) == name]:
+                del self._mem[mkey]
 
     @staticmethod
     def _parse_entry(raw: Any) -> tuple[tuple[CacheKey, str], dict[str, Any]] | None:
+        """A file entry in memory form, or None when it is not a well-formed entry."""
         try:
             key = CacheKey(_check_kernel_type(raw["kernel_type"]),
                            normalize_problem_size(raw["problem_size"]), normalize_device(raw["device"]))
             env = raw["env"]
             if not isinstance(raw["config"], dict) or not isinstance(env, dict):
                 return None
+            config = {str(k): _decode(v) for k, v in raw["config"].items()}
             env = {k: str(env.get(k)) for k in ("library", "triton", "gpu")}
             metrics = raw.get("metrics") if isinstance(raw.get("metrics"), dict) else None
-            return (key, env["gpu"]), {"config": dict(raw["config"]), "metrics": metrics, "env": env,
-                                       "time": raw.get("time")}
-        except (KeyError, TypeError, InvalidArgumentError):
+            if metrics is not None:
+                # a hand-edited latency that is not a number reads as "not measured"
+                metrics = {str(k): (v if isinstance(v, (int, float)) and not isinstance(v, bool)
+                                    and math.isfinite(v) else None) for k, v in metrics.items()}
+            stamp = raw.get("time") if isinstance(raw.get("time"), str) else None
+            return (key, env["gpu"]), {"config": config, "metrics": metrics, "env": env, "time": stamp}
+        except (KeyError, TypeError, ValueError, RecursionError):  # InvalidArgumentError is a ValueError
             return None
 
-    def _read(self, path: Path, rebuild: bool) -> dict[str, dict[str, Any]]:
-        """Entries of one file ({} when missing). A corrupt file is reported once and, with ``rebuild``,
-        moved aside and rewritten from the entries this instance holds."""
-        entries, corrupt = self._read_raw(path)
-        if corrupt and rebuild:
-            self._rebuild(path)
-        return entries
+    def _mine(self, path: Path, present: Mapping[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+        """This instance's entries that belong in ``path``, in file form (those not in ``present``)."""
+        out = {}
+        for (k, gpu), e in self._mem.items():
+            if _file_name(k.kernel_type) != path.name:
+                continue
+            skey = _storage_key(k, gpu)
+            if present is None or skey not in present:
+                out[skey] = self._to_raw(k, e)
+        return out
 
-    @staticmethod
-    def _read_raw(path: Path) -> tuple[dict[str, dict[str, Any]], bool]:
-        """``(entries, corrupt)``; a missing or unreadable file is empty, not corrupt."""
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (FileNotFoundError, NotADirectoryError):
-            return {}, False
-        except OSError as exc:
-            _report_once(f"read:{path}",
-                         f"triton_ops config cache: cannot read {path}: {exc}; using memory only")
-            return {}, False
-        try:
-            data = json.loads(text)
-            if not isinstance(data, dict) or not isinstance(data.get("entries"), dict):
-                raise ValueError("not a triton_ops config cache file")
-        except ValueError as exc:
-            _report_once(f"corrupt:{path}",
-                         f"triton_ops config cache: {path} is corrupt ({exc}); it is moved aside to "
-                         f"{path.name}.corrupt and rebuilt")
-            return {}, True
-        if data.get("format") != FORMAT_VERSION:
-            # another layout (older or newer library): its entries are not ours to interpret
-            return {}, False
-        return data["entries"], False
+    def _report_damage(self, path: Path, doc: _Doc) -> None:
+        n = sum(self._parse_entry(raw) is not None for raw in doc.entries.values())
+        _report_once(f"corrupt:{path}",
+                     f"triton_ops config cache: {path} is corrupt ({doc.error}); {n} complete "
+                     f"entr{'y' if n == 1 else 'ies'} recovered from it; the damaged file is kept as "
+                     f"{path.name}.corrupt and the file rebuilt from the recovered entries and those this "
+                     "process holds")
 
-    def _mine(self, path: Path) -> dict[str, dict[str, Any]]:
-        """This instance's entries that belong in ``path``, in file form."""
-        return {_storage_key(k, gpu): self._to_raw(k, e) for (k, gpu), e in self._mem.items()
-                if _file_name(k.kernel_type) == path.name}
-
-    def _rebuild(self, path: Path) -> None:
-        try:
-            with _file_lock(str(path) + ".lock"):
-                entries, corrupt = self._read_raw(path)
-                if not corrupt:  # another process repaired or removed it meanwhile
-                    return
-                with contextlib.suppress(OSError):
-                    os.replace(path, str(path) + ".corrupt")
-                self._atomic_write(path, self._mine(path))
-        except (OSError, TimeoutError) as exc:
-            _report_once(f"rebuild:{path}", f"triton_ops config cache: could not rebuild {path}: {exc}")
+    # ------------------------------------------------------------------ disk: writing
 
     @staticmethod
     def _to_raw(key: CacheKey, entry: Mapping[str, Any]) -> dict[str, Any]:
         return {"kernel_type": key.kernel_type, "problem_size": list(key.problem_size), "device": key.device,
-                "config": entry["config"], "metrics": entry.get("metrics"), "env": entry["env"],
-                "time": entry.get("time")}
+                "config": {k: _encode(v) for k, v in entry["config"].items()}, "metrics": entry.get("metrics"),
+                "env": entry["env"], "time": entry.get("time")}
 
-    def _atomic_write(self, path: Path, entries: Mapping[str, Any]) -> None:
-        data = {"format": FORMAT_VERSION, "entries": dict(sorted(entries.items()))}
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
+    def _atomic_write(self, path: Path, entries: Mapping[str, Any], epoch: str, recovered: bool) -> None:
+        # "format" and "epoch" first, so that a truncated file still says what it is
+        data: dict[str, Any] = {"format": FORMAT_VERSION, "epoch": epoch}
+        if recovered:
+            data["recovered"] = True
+        data["entries"] = dict(sorted(entries.items()))
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:100]}.", suffix=".tmp", dir=str(path.parent))
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(data, f, indent=1, sort_keys=True, allow_nan=False)
+                json.dump(data, f, indent=1, allow_nan=False)
                 f.write("\n")
                 f.flush()
                 os.fsync(f.fileno())
@@ -490,39 +703,84 @@ class ConfigCache:
                 os.unlink(tmp)
             raise
 
-    def _write_through(self, key: CacheKey, gpu: str, entry: Mapping[str, Any]) -> bool:
+    @staticmethod
+    def _merged(base: Mapping[str, Any], *, keep_newer_of: Mapping[str, Any] | None = None
+                ) -> dict[str, dict[str, Any]]:
+        """``base``'s well-formed entries of the current library and Triton, re-keyed canonically (files
+        written before device names were canonical hold "cuda"; the newer of two spellings wins), then the
+        entries of ``keep_newer_of`` where they are newer or missing."""
+        merged: dict[str, dict[str, Any]] = {}
+        for source, newer_only in ((base, False), (keep_newer_of or {}, True)):
+            for raw in source.values():
+                parsed = ConfigCache._parse_entry(raw)
+                if parsed is None:
+                    continue
+                (k, entry_gpu), e = parsed
+                current = environment_fingerprint(k.device)
+                # entries from an older/newer library or Triton can never be valid again here
+                if (e["env"]["library"], e["env"]["triton"]) != (current["library"], current["triton"]):
+                    continue
+                skey = _storage_key(k, entry_gpu)
+                if skey in merged and str(merged[skey].get("time") or "") > str(e.get("time") or ""):
+                    continue
+                if newer_only and skey in merged and str(merged[skey].get("time") or "") == str(e.get("time") or ""):
+                    continue
+                merged[skey] = ConfigCache._to_raw(k, e)
+        return merged
+
+    def _repair(self, path: Path) -> bool:
+        """Rebuild a damaged file from what it still holds and this instance's entries; False when it
+        could not be written (then memory is all there is)."""
+        try:
+            with _file_lock(str(path) + ".lock"):
+                doc = _read_doc(path)
+                if not doc.corrupt:  # another process repaired or removed it meanwhile
+                    return True
+                with contextlib.suppress(OSError):
+                    os.replace(path, str(path) + ".corrupt")
+                merged = self._merged(doc.entries, keep_newer_of=self._mine(path))
+                self._atomic_write(path, {k: v for k, v in merged.items()
+                                          if _file_name(v["kernel_type"]) == path.name},
+                                   uuid.uuid4().hex, recovered=True)
+            return True
+        except (OSError, TimeoutError, ValueError) as exc:
+            _report_once(f"rebuild:{path}", f"triton_ops config cache: could not rebuild {path}: {exc}; "
+                                            "keeping tuned configs in memory only")
+            return False
+
+    def _persist(self, path: Path, new: Mapping[str, dict[str, Any]]) -> bool:
+        """Merge ``new`` (file-form entries; they replace entries of the same key) into ``path``."""
         if self.cache_dir is None:
             return False
-        path = self.cache_dir / _file_name(key.kernel_type)
         try:
             self.cache_dir.mkdir(parents=True, exist_ok=True)
             with _file_lock(str(path) + ".lock"):
-                entries, corrupt = self._read_raw(path)
-                if corrupt:
-                    # keep the bad file for inspection and rebuild from what this instance knows
+                stamp = self._stat(path)
+                doc = _read_doc(path)
+                if doc.unreadable:
+                    raise OSError(f"cannot read {path}")
+                state = self._seen.get(str(path))
+                epoch, recovered = doc.epoch or uuid.uuid4().hex, doc.recovered
+                base: Mapping[str, Any] = doc.entries
+                if doc.corrupt:
+                    self._report_damage(path, doc)
+                    # keep the bad file for inspection; rebuild from what it still has and what we know
                     with contextlib.suppress(OSError):
                         os.replace(path, str(path) + ".corrupt")
-                    entries = self._mine(path)
-                current = environment_fingerprint(key.device)
-                merged: dict[str, Any] = {}
-                for raw in entries.values():
-                    parsed = self._parse_entry(raw)
-                    if parsed is None:
-                        continue
-                    (k, entry_gpu), e = parsed
-                    # drop entries from an older/newer library or Triton: they can never be valid again here
-                    if (e["env"]["library"], e["env"]["triton"]) != (current["library"], current["triton"]):
-                        continue
-                    # re-keyed canonically: files written before device names were canonical ("cuda")
-                    # merge into the "cuda:<index>" entry instead of standing beside it
-                    skey = _storage_key(k, entry_gpu)
-                    if skey in merged and str(merged[skey].get("time") or "") > str(e.get("time") or ""):
-                        continue  # two spellings of one key: the newer entry wins
-                    merged[skey] = self._to_raw(k, e)
-                merged[_storage_key(key, gpu)] = self._to_raw(key, entry)
-                self._atomic_write(path, merged)
-                self._stamp[str(path)] = self._stat(path)
-                self._merge_from_disk(path, merged)
+                    base = self._merged(doc.entries, keep_newer_of=self._mine(path))
+                    epoch, recovered = uuid.uuid4().hex, True
+                elif doc.recovered and (state is None or doc.epoch != state.epoch):
+                    # rebuilt by someone else after damage: add back what this instance holds
+                    base = self._merged(doc.entries, keep_newer_of=self._mine(path))
+                elif stamp is None:
+                    epoch = uuid.uuid4().hex  # a new file: a new lineage
+                merged = self._merged(base)
+                merged = {k: v for k, v in merged.items() if _file_name(v["kernel_type"]) == path.name}
+                merged.update(new)
+                self._atomic_write(path, merged, epoch, recovered)
+                stamp = self._stat(path)
+                self._merge(path, merged, prune=True)
+                self._seen[str(path)] = _FileState(stamp, self._trusted(stamp), epoch)
             return True
         except (OSError, TimeoutError, ValueError) as exc:
             _report_once(f"write:{path}", f"triton_ops config cache: could not write {path}: {exc}; "
@@ -530,5 +788,10 @@ class ConfigCache:
             return False
 
 
+def _public(entry: Mapping[str, Any]) -> dict[str, Any]:
+    """A caller's copy of an entry (nested lists included, so callers cannot change the cache)."""
+    return {k: copy.deepcopy(v) for k, v in entry.items() if k != "persisted"}
+
+
 __all__ = ["ConfigCache", "CacheKey", "CACHE_DIR_ENV", "environment_fingerprint", "normalize_problem_size",
-           "normalize_device"]
+           "normalize_device", "STAMP_TRUST_S"]

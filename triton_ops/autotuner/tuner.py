@@ -186,7 +186,8 @@ class TritonAutoTuner:
             entry = self.cache.get_entry(kernel_type, problem_size, device)
             if entry is not None:
                 lat = (entry.get("metrics") or {}).get("latency_ms")
-                metrics = (self.metrics_for(float(lat), profile, time_device) if lat
+                # the cache hands back finite numbers or None; a latency of None or 0 is "not measured"
+                metrics = (self.metrics_for(float(lat), profile, time_device) if lat and lat > 0
                            else KernelMetrics(math.nan))
                 log.info("%s %s on %s: cached config %s", kernel_type, problem_size, device, entry["config"])
                 return TuningResult(entry["config"], metrics, [], problem_size, device)
