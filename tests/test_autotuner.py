@@ -459,3 +459,109 @@ def test_tuner_times_with_cuda_events_on_gpu(tmp_path):
         assert rt.lookup("scale3", (x.numel(),), x.device) is None  # another cache dir: not visible
     finally:
         rt.use_tuned_configs(None)
+
+
+# ------------------------------------------------------------------------------------------ tuned-config checks
+
+
+@pytest.fixture
+def fresh_warnings(monkeypatch):
+    """validate_tuned warns once per entry and process: forget earlier tests' warnings."""
+    monkeypatch.setattr(rt, "_warned", set())
+
+
+def _validate(tuned, default, allowed=None, size=(8,)):
+    return rt.validate_tuned("k", size, "cpu", tuned, default, allowed)
+
+
+@pytest.mark.parametrize("tuned, allowed", [
+    ({"W": 3}, {"W": (1, 2, 4)}),
+    ({"W": True}, {"W": (1, 2, 4)}),  # True == 1 in Python, not here
+    ({"W": 4.0}, {"W": (1, 2, 4)}),  # 4.0 == 4 in Python, not here
+    ({"W": [1, 2]}, {"W": ((1, 2),)}),  # a list is not the tuple the launcher accepts
+    ({"W": 0}, {"W": rt.tuned_int(1, 8)}),
+    ({"W": 16}, {"W": rt.tuned_int(1, 8)}),
+    ({"W": 6}, {"W": rt.tuned_int(1, 8, power_of_two=True)}),
+    ({"W": "4"}, {"W": rt.tuned_int(1, 8)}),
+    ({"W": 2}, {"W": lambda v: 1 / 0}),  # a rule that raises rejects
+    ({"W": {"a": 1}}, {"W": {1, 2}}),  # unhashable against a set: rejected, not a TypeError
+    ({"W": 2, "name": "nope"}, {"name": ("a", "b")}),  # one bad value rejects the whole entry
+])
+def test_invalid_tuned_values_give_the_default(fresh_warnings, tuned, allowed):
+    default = {"W": 4, "name": "a"}
+    with pytest.warns(RuntimeWarning, match="ignoring the tuned config of k for problem \\(8,\\) on cpu"):
+        assert _validate(tuned, default, allowed) == default
+
+
+@pytest.mark.parametrize("tuned, default", [
+    ({"G": 0}, {"G": 8}), ({"G": -1}, {"G": 8}), ({"G": "8"}, {"G": 8}), ({"G": 4.5}, {"G": 8}),
+    ({"G": 64.0}, {"G": 8}), ({"G": None}, {"G": 8}), ({"G": True}, {"G": 8}), ({"F": 1}, {"F": False}),
+    ({"S": 1}, {"S": "name"}), ({"A": math.nan}, {"A": 0.5}), ({"A": "x"}, {"A": 0.5}),
+    ({"T": [1, 2]}, {"T": (1, 2)}),
+])
+def test_without_rules_values_must_match_the_defaults_kind(fresh_warnings, tuned, default):
+    with pytest.warns(RuntimeWarning, match="expected"):
+        assert _validate(tuned, default) == default
+
+
+def test_valid_tuned_values_are_taken(fresh_warnings):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert _validate({"W": 2, "X": 1}, {"W": 4, "name": "a"}, {"W": (1, 2, 4)}) == {"W": 2, "name": "a"}
+        assert _validate({"W": 8}, {"W": 4}, {"W": rt.tuned_int(1, 8, power_of_two=True)}) == {"W": 8}
+        assert _validate({"G": 16, "A": 2, "S": "b", "T": (3, 4)}, {"G": 8, "A": 0.5, "S": "a", "T": (1, 2)}) \
+            == {"G": 16, "A": 2, "S": "b", "T": (3, 4)}
+        assert _validate({"E": 0}, {"E": 0}) == {"E": 0}  # a non-positive default: any int
+        assert _validate({"N": "anything"}, {"N": None}) == {"N": "anything"}  # None: the launcher checks
+        assert _validate(None, {"W": 4}) == {"W": 4} and _validate({}, {"W": 4}) == {"W": 4}
+
+
+def test_one_warning_per_entry(fresh_warnings):
+    import warnings
+
+    with pytest.warns(RuntimeWarning) as rec:
+        for _ in range(3):
+            _validate({"G": 0}, {"G": 8})
+        _validate({"G": 0}, {"G": 8}, size=(9,))  # another entry: its own warning
+    assert len(rec) == 2
+    assert "G=0 (expected a positive int)" in str(rec[0].message)
+    assert "triton-ops cache clear k" in str(rec[0].message)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _validate({"G": 0}, {"G": 8})
+
+
+def test_resolve_ignores_a_hand_edited_entry(runtime_cache, fresh_warnings):
+    path = runtime_cache / "configs-axpy.json"
+    path.write_text(path.read_text().replace('"BLOCK": 512', '"BLOCK": -512'))
+    rt.use_tuned_configs()
+    with pytest.warns(RuntimeWarning, match="BLOCK=-512"):
+        assert rt.resolve("axpy", (4096,), DEVICE, {"BLOCK": 128}) == {"BLOCK": 128}
+    rt.forget_lookups()  # asked again from the cache: still ignored, not warned again
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert rt.resolve("axpy", (4096,), DEVICE, {"BLOCK": 128}) == {"BLOCK": 128}
+        assert rt.resolve("axpy", (4096,), DEVICE, {"BLOCK": 128}, allowed={"BLOCK": lambda v: True}) \
+            == {"BLOCK": -512}  # the launcher's own rule decides
+
+
+@pytest.mark.parametrize("group_m", [0, -1, "8", 4.5, 2 ** 40 + 0.5])
+def test_fp8_gemm_ignores_a_damaged_tuned_entry(runtime_cache, fresh_warnings, group_m):
+    """A hand-edited GROUP_M once gave NaN (0), wrote out of bounds (-1) or raised from inside the
+    launcher (non-ints): the entry must be ignored and the heuristic config used."""
+    from triton_ops import fp8_gemm
+    from triton_ops.kernels import fp8_gemm as fg
+
+    M, N, K = 32, 64, 128
+    a, b = torch.randn(M, K, device=DEVICE), torch.randn(K, N, device=DEVICE)
+    ref = fp8_gemm(a, b)
+    name = fg.gemm_config(M, N, K, 90)["name"]
+    ConfigCache(runtime_cache).set(fg.KERNEL_TYPE, (M, N, K), rt.device_key(DEVICE),
+                                   {"name": name, "GROUP_M": group_m, "SPLIT_K": 1})
+    with rt.use_tuned_configs(), pytest.warns(RuntimeWarning, match="ignoring the tuned config of fp8_gemm"):
+        out = fp8_gemm(a, b)
+    assert torch.equal(out, ref)

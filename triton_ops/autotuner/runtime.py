@@ -16,20 +16,35 @@ A launcher asks with ``lookup(kernel_type, problem_size, device)`` (None when of
 with its default via ``resolve(...)``; only keys its default config has are taken from the cache. A
 launcher on a hot path tests the module-level bool :data:`ENABLED` first, so the disabled path costs one
 attribute look-up.
+
+A cache file can be edited by hand or written by another version of a kernel, so ``resolve`` checks every
+tuned value before a launch can see it: against the launcher's ``allowed`` rules (a collection of
+accepted values, or a predicate such as :func:`tuned_int`), and otherwise against the kind of the
+default's value (an int stays an int, positive where the default is). An entry with any value that
+fails is ignored as a whole, with one warning per entry, and the launch uses its default config.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 import os
 import threading
 import time
-from collections.abc import Mapping
+import warnings
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
 
 import torch
 
 from .cache import CACHE_DIR_ENV, ConfigCache, normalize_device
+
+log = logging.getLogger(__name__)
+
+#: What ``resolve(..., allowed=...)`` takes per parameter: the accepted values, or a predicate
+#: ``rule(value) -> bool`` (a rule that raises rejects the value).
+Rule = Union[Collection[Any], Callable[[Any], bool]]
 
 #: Environment variable that switches tuned configs on for the whole process ("1", "true", "on", "yes").
 #: It is read when the package is imported and again by ``use_tuned_configs(None)``.
@@ -195,17 +210,142 @@ def forget_lookups() -> None:
     _clear_launch_plans()
 
 
-def resolve(kernel_type: str, problem_size: Any, device: torch.device | str,
-            default: Mapping[str, Any]) -> dict[str, Any]:
-    """``default`` updated with the tuned values of the keys it already has (when switched on)."""
+class tuned_int:  # noqa: N801 - used like a function: tuned_int(1, 64)
+    """A rule for ``resolve(..., allowed=...)``: a Python int (not a bool, not a float such as 8.0) in
+    ``[min_value, max_value]``, optionally a power of two.
+
+    >>> rule = tuned_int(1, 8, power_of_two=True)
+    >>> rule(4), rule(6), rule(16), rule(4.0), rule(True)
+    (True, False, False, False, False)
+    """
+
+    def __init__(self, min_value: int | None = 1, max_value: int | None = None, *,
+                 power_of_two: bool = False) -> None:
+        self.min_value, self.max_value, self.power_of_two = min_value, max_value, power_of_two
+
+    def __call__(self, value: Any) -> bool:
+        if isinstance(value, bool) or not isinstance(value, int):
+            return False
+        if self.min_value is not None and value < self.min_value:
+            return False
+        if self.max_value is not None and value > self.max_value:
+            return False
+        return not self.power_of_two or (value > 0 and value & (value - 1) == 0)
+
+    def __str__(self) -> str:
+        lo, hi = self.min_value, self.max_value
+        span = (f" in [{lo}, {hi}]" if lo is not None and hi is not None else f" >= {lo}" if lo is not None
+                else f" <= {hi}" if hi is not None else "")
+        return f"an int{span}" + (", a power of two" if self.power_of_two else "")
+
+    def __repr__(self) -> str:
+        return f"tuned_int({self.min_value!r}, {self.max_value!r}, power_of_two={self.power_of_two!r})"
+
+
+def _same_value(value: Any, choice: Any) -> bool:
+    """``value == choice`` without Python's cross-type equalities (True == 1, 8.0 == 8, (1,) vs [1])."""
+    if type(value) is not type(choice):
+        return False
+    if isinstance(value, (list, tuple)):
+        return len(value) == len(choice) and all(_same_value(a, b) for a, b in zip(value, choice))
+    return value == choice
+
+
+def _check_value(value: Any, rule: Rule | None, default: Any) -> str | None:
+    """None when ``value`` may replace ``default``; else what was expected."""
+    if rule is not None:
+        if callable(rule):
+            try:
+                ok = bool(rule(value))
+            except Exception:  # a rule that cannot judge the value rejects it
+                ok = False
+            return None if ok else str(rule) if isinstance(rule, tuned_int) else \
+                f"a value accepted by {getattr(rule, '__name__', repr(rule))}"
+        choices = list(rule)
+        return None if any(_same_value(value, c) for c in choices) else f"one of {choices!r}"
+    # no rule: the kind of the default's value (None: anything goes)
+    if default is None:
+        return None
+    if isinstance(default, bool):
+        return None if isinstance(value, bool) else "a bool"
+    if isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            return "an int"
+        # launch parameters with a positive default (block sizes, warps, stages, GROUP_M, SPLIT_K ...) are
+        # never zero or negative; such a value faults or corrupts a launch
+        return None if default <= 0 or value > 0 else "a positive int"
+    if isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        return None if ok else "a finite number"
+    if isinstance(default, (str, list, tuple)):
+        return None if type(value) is type(default) else f"a {type(default).__name__}"
+    return None
+
+
+#: (kernel_type, problem size, device, what was wrong) already warned about
+_warned: set[tuple[Any, ...]] = set()
+
+
+def validate_tuned(kernel_type: str, problem_size: Any, device: Any, tuned: Mapping[str, Any] | None,
+                   default: Mapping[str, Any], allowed: Mapping[str, Rule] | None = None) -> dict[str, Any]:
+    """``default`` updated with ``tuned``'s values for the keys ``default`` has, when every one of them is
+    valid; else ``default`` unchanged, with one :class:`RuntimeWarning` per entry.
+
+    ``allowed`` maps a parameter to its rule: a collection of accepted values (compared type-strictly:
+    ``True`` is not ``1``, ``8.0`` is not ``8``) or a predicate ``rule(value) -> bool`` such as
+    :class:`tuned_int`. Parameters without a rule must match the kind of the default's value: a bool, an
+    int (positive when the default is), a finite number, a str, a list or a tuple; a default of None
+    accepts anything. Keys the default does not have are ignored (an entry may record more than one
+    launcher needs). ``kernel_type``, ``problem_size`` and ``device`` only name the entry in the warning.
+    """
     out = dict(default)
-    tuned = lookup(kernel_type, problem_size, device)
-    if tuned:
-        for k, v in tuned.items():
-            if k in out:
-                out[k] = v
+    if not tuned:
+        return out
+    rules = allowed or {}
+    bad = []
+    for k, v in tuned.items():
+        if k not in out:
+            continue
+        why = _check_value(v, rules.get(k), out[k])
+        if why is not None:
+            bad.append(f"{k}={v!r} (expected {why})")
+    if bad:
+        try:
+            size = tuple(problem_size)
+        except TypeError:
+            size = problem_size
+        what = "; ".join(bad)
+        key = (kernel_type, repr(size), str(device), what)
+        with _state_lock:
+            first = key not in _warned
+            if first:
+                if len(_warned) > 4096:  # bounded: many distinct damaged entries only repeat warnings
+                    _warned.clear()
+                _warned.add(key)
+        if first:
+            msg = (f"triton_ops: ignoring the tuned config of {kernel_type} for problem {size} on {device} "
+                   f"from the config cache: {what}; the launch uses its heuristic config. Re-tune it "
+                   f"(triton-ops tune {kernel_type} --force) or remove it (triton-ops cache clear "
+                   f"{kernel_type}).")
+            log.warning(msg)
+            warnings.warn(msg, RuntimeWarning, stacklevel=3)
+        return out
+    for k, v in tuned.items():
+        if k in out:
+            out[k] = v
     return out
 
 
-__all__ = ["use_tuned_configs", "tuned_configs_enabled", "lookup", "resolve", "default_cache",
+def resolve(kernel_type: str, problem_size: Any, device: torch.device | str, default: Mapping[str, Any],
+            allowed: Mapping[str, Rule] | None = None) -> dict[str, Any]:
+    """``default`` updated with the tuned values of the keys it already has (when switched on and the
+    stored entry is valid: see :func:`validate_tuned`)."""
+    tuned = lookup(kernel_type, problem_size, device)
+    if not tuned:
+        return dict(default)
+    return validate_tuned(kernel_type, problem_size, device_key(device), tuned, default, allowed)
+
+
+__all__ = ["use_tuned_configs", "tuned_configs_enabled", "lookup", "resolve", "validate_tuned", "tuned_int",
+           "Rule", "default_cache",
            "default_cache_dir", "device_key", "forget_lookups", "USE_TUNED_ENV", "ENABLED", "LOOKUP_TTL_S"]
