@@ -8,8 +8,10 @@ into a kernel fault or a silently wrong result.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+import operator
+from collections.abc import Iterable, Mapping, Sequence
 
+import numpy as np
 import torch
 
 from .exceptions import (
@@ -42,7 +44,8 @@ def check_tensor(x: object, name: str) -> torch.Tensor:
 def check_dtype(x: torch.Tensor, name: str, allowed: Iterable[torch.dtype]) -> None:
     allowed = tuple(allowed)
     if x.dtype not in allowed:
-        names = ", ".join(str(d).replace("torch.", "") for d in allowed)
+        # dict.fromkeys: one name per dtype, however often (or under however many aliases) it is listed
+        names = ", ".join(dict.fromkeys(str(d).replace("torch.", "") for d in allowed))
         raise DTypeError(f"{name} has dtype {str(x.dtype).replace('torch.', '')}; expected one of: {names}")
 
 
@@ -79,9 +82,18 @@ def check_runnable_device(device: torch.device, name: str = "input") -> None:
     """The device can run Triton kernels: CUDA, or CPU with the interpreter on."""
     if device.type == "cuda":
         return
-    if device.type == "cpu" and interpreter_enabled():
-        return
-    raise DeviceError(f"{name} is on {device}. {_INTERPRETER_HINT}")
+    interp = interpreter_enabled()
+    if device.type == "cpu":
+        if interp:
+            return
+        raise DeviceError(f"{name} is on cpu. {_INTERPRETER_HINT}")
+    # the hint names only what would help: with the interpreter on, CPU tensors already work
+    where = ("CUDA tensors, or CPU tensors (the Triton interpreter is on)" if interp else
+             "CUDA tensors, or CPU tensors with TRITON_INTERPRET=1 set before importing triton_ops")
+    if device.type == "meta":
+        raise DeviceError(f"{name} is a meta tensor: it has a shape but no data, so no kernel can run on it; "
+                          f"pass {where}")
+    raise DeviceError(f"{name} is on {device}, where Triton kernels cannot run; pass {where}")
 
 
 def check_last_dim_contiguous(x: torch.Tensor, name: str) -> None:
@@ -117,6 +129,187 @@ def check_finite(value: float, name: str) -> float:
     if not math.isfinite(v):
         raise NumericalError(f"{name} must be finite, got {value!r}")
     return v
+
+
+def check_int(value: object, name: str, *, min_value: int | None = None, max_value: int | None = None,
+              error: type[Exception] = InvalidArgumentError) -> int:
+    """``value`` as a Python int. Accepts ints and integer numpy/torch scalars (a one-element integer
+    tensor too; ``torch.SymInt`` is returned as is, so tracing keeps it symbolic); refuses bools, floats
+    (``64.0`` included: a size that arrives as a float is a bug upstream), strings and None. ``error``
+    is the exception class to raise (e.g. :class:`ShapeError` for sizes)."""
+    if isinstance(value, torch.SymInt):
+        v = value
+    else:
+        given = f"{type(value).__name__} {_short_repr(value)}"
+        bool_tensor = isinstance(value, torch.Tensor) and value.dtype == torch.bool
+        if isinstance(value, (bool, np.bool_)) or bool_tensor:
+            raise error(f"{name} must be an int, got {given}")
+        try:
+            v = operator.index(value)  # ints and integer scalars only: floats, strings and None raise
+        except (TypeError, RuntimeError):
+            raise error(f"{name} must be an int, got {given}") from None
+    if min_value is not None and v < min_value:
+        raise error(f"{name} must be >= {min_value}, got {v}")
+    if max_value is not None and v > max_value:
+        raise error(f"{name} must be <= {max_value}, got {v}")
+    return v
+
+
+def _short_repr(value: object, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def check_is_tensor_or_none(x: object, name: str) -> torch.Tensor | None:
+    """``x`` when it is a tensor or None (an optional tensor argument such as a bias or residual)."""
+    if x is not None and not isinstance(x, torch.Tensor):
+        raise InvalidArgumentError(f"{name} must be a torch.Tensor or None, got {type(x).__name__}")
+    return x
+
+
+#: Most element offsets an overlap check enumerates (32 MB of int64); past it, it refuses rather than guess.
+_MAX_ENUMERATED = 1 << 22
+
+
+def _offsets(t: torch.Tensor) -> torch.Tensor:
+    """Every element's offset from ``t.data_ptr()``, in elements (int64, one per element)."""
+    offsets = torch.zeros(1, dtype=torch.int64)
+    for sz, st in zip(t.shape, t.stride()):
+        if sz > 1:
+            offsets = (offsets[:, None] + torch.arange(sz, dtype=torch.int64) * st).flatten()
+    return offsets
+
+
+def _dense(t: torch.Tensor) -> bool:
+    """Non-overlapping and dense: a permutation of a contiguous layout, so it occupies its whole span."""
+    expected = 1
+    for st, sz in sorted((st, sz) for sz, st in zip(t.shape, t.stride()) if sz > 1):
+        if st != expected:
+            return False
+        expected *= sz
+    return True
+
+
+def _has_internal_overlap(t: torch.Tensor) -> bool:
+    """Whether two elements of ``t`` share memory (an expanded / stride-0 dim, or an as_strided view)."""
+    if t.numel() <= 1:
+        return False
+    status = torch._debug_has_internal_overlap(t)  # 0: no, 1: yes, 2: too hard for torch to tell
+    if status != 2:
+        return status == 1
+    # torch gives up on non-dense layouts: dims sorted by stride that each step past everything the
+    # smaller strides reach cannot overlap; otherwise count the distinct offsets
+    reach = 0
+    for st, sz in sorted((st, sz) for sz, st in zip(t.shape, t.stride()) if sz > 1):
+        if st <= reach:
+            break
+        reach += st * (sz - 1)
+    else:
+        return False
+    if t.numel() > _MAX_ENUMERATED:
+        return True  # too large to enumerate: refuse rather than risk a racy write
+    offsets = _offsets(t)
+    return int(torch.unique(offsets).numel()) < offsets.numel()
+
+
+def _shares_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether some byte belongs to an element of both (their spans are known to intersect)."""
+    if _dense(a) and _dense(b):
+        return True  # each fills its span, so intersecting spans share bytes
+    es_a, es_b = a.element_size(), b.element_size()
+    delta = a.data_ptr() - b.data_ptr()
+    if es_a == es_b and delta % es_a == 0:  # same element grid: compare element offsets
+        if a.numel() + b.numel() > _MAX_ENUMERATED:
+            return True
+        return bool(torch.isin(_offsets(a) + delta // es_a, _offsets(b)).any())
+    if a.numel() * es_a + b.numel() * es_b > _MAX_ENUMERATED:
+        return True
+    bytes_a = (_offsets(a)[:, None] * es_a + delta + torch.arange(es_a)).flatten()
+    bytes_b = (_offsets(b)[:, None] * es_b + torch.arange(es_b)).flatten()
+    return bool(torch.isin(bytes_a, bytes_b).any())
+
+
+def _byte_span(t: torch.Tensor) -> tuple[int, int] | None:
+    """``[first, last + 1)`` byte addresses ``t`` can touch, or None (empty, or no real memory)."""
+    if t.numel() == 0 or t.device.type == "meta":
+        return None
+    try:
+        start = t.data_ptr()
+    except Exception:  # fake tensors under tracing have no memory to compare
+        return None
+    extent = sum((sz - 1) * st for sz, st in zip(t.shape, t.stride())) + 1
+    return start, start + extent * t.element_size()
+
+
+def check_no_overlap(out: torch.Tensor | None, name: str, inputs: Mapping[str, torch.Tensor | None], *,
+                     allow_exact_alias: bool = False) -> None:
+    """Refuse an ``out=`` buffer the kernel could not write correctly, as torch does for its own ops:
+
+    * ``out`` has internal overlap (several elements at one address: ``expand``, stride 0 ...);
+    * ``out`` shares memory with an input: some byte belongs to an element of both (so two halves of
+      one buffer, ``buf[:, :n]`` and ``buf[:, n:]``, are fine). With ``allow_exact_alias``, ``out`` may be
+      exactly an input (same address, shape, strides and dtype), for ops that are safe in place.
+
+    Views of one buffer are compared element by element only when their spans intersect and one of them
+    is not dense; past 4M elements such a pair is refused rather than enumerated.
+    """
+    if out is None:
+        return
+    check_tensor(out, name)
+    if _has_internal_overlap(out):
+        raise InvalidArgumentError(
+            f"{name} (shape {tuple(out.shape)}, strides {tuple(out.stride())}) has elements that share memory "
+            f"(an expanded or stride-0 dim), so writing it would race; pass {name}={name}.clone() or a fresh "
+            "buffer")
+    span = _byte_span(out)
+    if span is None:
+        return
+    for iname, t in inputs.items():
+        if not isinstance(t, torch.Tensor) or t.device != out.device:
+            continue
+        other = _byte_span(t)
+        if other is None or span[1] <= other[0] or other[1] <= span[0] or not _shares_memory(out, t):
+            continue
+        exact = (out.data_ptr() == t.data_ptr() and out.shape == t.shape and out.stride() == t.stride()
+                 and out.dtype == t.dtype)
+        if exact and allow_exact_alias:
+            continue
+        if exact:
+            raise InvalidArgumentError(f"{name} is the same memory as {iname}; this op cannot write its output "
+                                       f"in place: pass an {name} that shares no memory with the inputs")
+        raise InvalidArgumentError(
+            f"{name} (shape {tuple(out.shape)}, strides {tuple(out.stride())}) partially overlaps {iname} "
+            f"(shape {tuple(t.shape)}, strides {tuple(t.stride())}) in memory; pass an {name} that shares no "
+            "memory with the inputs")
+
+
+def check_device_available(device: object, name: str = "device") -> torch.device:
+    """A device argument (``"cuda"``, ``"cuda:1"``, ``"cpu"`` or a torch.device) that exists here, as a
+    torch.device: unknown names, other device types and CUDA without a GPU (or an index past the last
+    GPU) raise :class:`DeviceError` before anything runs."""
+    if isinstance(device, torch.device):
+        dev = device
+    elif isinstance(device, str):
+        try:
+            dev = torch.device(device.strip())
+        except (RuntimeError, ValueError):
+            raise DeviceError(f"{name}={device!r} is not a device name; expected 'cuda', 'cuda:<index>' or "
+                              "'cpu'") from None
+    else:
+        raise InvalidArgumentError(f"{name} must be a device name or torch.device, got {type(device).__name__}")
+    if dev.type == "cpu":
+        return dev
+    if dev.type != "cuda":
+        raise DeviceError(f"{name}={device!r}: this library runs on CUDA devices or the CPU; expected 'cuda', "
+                          "'cuda:<index>' or 'cpu'")
+    if not torch.cuda.is_available():
+        raise DeviceError(f"{name}={device!r} but no CUDA GPU is available here; use 'cpu' (kernels then "
+                          "run in Triton's interpreter)")
+    count = torch.cuda.device_count()
+    if dev.index is not None and dev.index >= count:
+        raise DeviceError(f"{name}={device!r} but this machine has {count} CUDA device(s) (cuda:0 to "
+                          f"cuda:{count - 1})")
+    return dev
 
 
 def check_out(out: torch.Tensor | None, name: str, shape: Sequence[int], dtype: torch.dtype,
