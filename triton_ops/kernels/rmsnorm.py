@@ -1,0 +1,685 @@
+"""RMSNorm with an optional fused residual add: one read and one write of every element.
+
+``y = rmsnorm(s) * (weight_offset + weight)`` over the last dim, where ``s = x`` or ``s = x + residual``
+(rounded to x's dtype, exactly as the unfused ``x + residual`` of a model in that dtype is) and the sum is
+also written out, so the residual stream of a pre-norm Transformer block costs no extra pass.
+
+Each program normalises a ``[ROWS, BLOCK]`` register tile: ``ROWS`` whole rows when they are narrow (the
+per-head norms of QK-norm models have rows of 64-256), one row otherwise. Rows wider than the register
+budget are processed in ``BLOCK``-wide chunks in two passes: pass 1 forms ``s`` (writing it when there is a
+residual) and accumulates the sum of squares, pass 2 re-reads ``s`` (mostly from L2) to normalise and store.
+
+In-place use (vLLM's convention, ``out=x, residual_out=residual``) is safe: every element a program writes
+is one it read itself first (a store depends on the load of the same element), and the chunked pass 2 reads
+the sum back from ``residual_out`` after a barrier, never the overwritten inputs.
+
+This module also holds the output-buffer overlap checks shared with :mod:`triton_ops.kernels.rope`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from .. import validation as V
+from ..exceptions import InvalidArgumentError, LayoutError, ShapeError
+from ..launch import KernelLaunch, PlanCache, plan_key
+from ..utils import cdiv, interpreter_enabled, next_power_of_2, num_sms
+
+#: Widest row normalised from one register tile (elements). Wider rows take the chunked two-pass loop.
+#: 8192 covers every hidden size up to Llama-70B's; the compile check builds it for fp16/bf16/fp32, with
+#: and without a residual, spill-free on sm_80/89/90.
+MAX_SINGLE_BLOCK = 8192
+#: Chunk width of the two-pass loop for wider rows (elements).
+CHUNK_BLOCK = 4096
+#: A program packs whole narrow rows until its tile holds this many elements (fewer programs, each with
+#: enough loads in flight), keeping at least 4 programs per SM.
+PACK_ELEMS = 4096
+
+
+# ----------------------------------------------------------------------------------------------------
+# Layer 1: kernel and its jit helpers
+# ----------------------------------------------------------------------------------------------------
+@triton.jit
+def _rounded(x, DTYPE: tl.constexpr, EXACT_BF16: tl.constexpr):
+    """fp32 ``x`` rounded to nearest-even in DTYPE, returned as fp32 (so a later store to DTYPE is exact).
+
+    EXACT_BF16 rounds with integer operations: Triton's CPU interpreter truncates fp32 -> bf16 conversions
+    (28 of 64 random values came out 1 ulp low when checked against torch), which the GPU's ``cvt.rn``
+    does not; NaN is kept as NaN, and values past bf16's range round to inf as on the GPU.
+    """
+    if EXACT_BF16:
+        u = x.to(tl.uint32, bitcast=True)
+        u = (u + 0x7FFF + ((u >> 16) & 1)) & 0xFFFF0000
+        r = tl.where(x != x, x, u.to(tl.float32, bitcast=True))
+    else:
+        r = x.to(DTYPE).to(tl.float32)
+    return r
+
+
+@triton.jit
+def _load_sum(x_ptr, res_ptr, res_out_ptr, x_off, r_off, ro_off, cols, m,
+              HAS_RES: tl.constexpr, EXACT_BF16: tl.constexpr):
+    """``x`` or ``x + residual`` rounded to x's dtype, as fp32; the sum is written to ``res_out``."""
+    v = tl.load(x_ptr + x_off + cols, mask=m, other=0.0, eviction_policy="evict_first").to(tl.float32)
+    if HAS_RES:
+        r = tl.load(res_ptr + r_off + cols, mask=m, other=0.0, eviction_policy="evict_first").to(tl.float32)
+        v = _rounded(v + r, x_ptr.dtype.element_ty, EXACT_BF16)
+        tl.store(res_out_ptr + ro_off + cols, v.to(res_out_ptr.dtype.element_ty), mask=m)
+    return v
+
+
+@triton.jit
+def _normalise_store(v, rstd, w_ptr, out_ptr, o_off, cols, m, n_cols, weight_offset,
+                     DTYPE: tl.constexpr, ROUND_BEFORE_WEIGHT: tl.constexpr, EXACT_BF16: tl.constexpr):
+    w = tl.load(w_ptr + cols, mask=cols < n_cols, other=0.0, eviction_policy="evict_last").to(tl.float32)
+    y = v * rstd
+    if ROUND_BEFORE_WEIGHT:
+        y = _rounded(y, DTYPE, EXACT_BF16)
+    y = _rounded(y * (w + weight_offset), DTYPE, EXACT_BF16)
+    tl.store(out_ptr + o_off + cols, y.to(out_ptr.dtype.element_ty), mask=m)
+
+
+@triton.jit
+def _add_rmsnorm_kernel(
+    x_ptr, res_ptr, w_ptr, out_ptr, res_out_ptr,
+    n_rows, n_cols, seq,
+    stride_xb, stride_xs, stride_rb, stride_rs, stride_ob, stride_os, stride_rob, stride_ros,
+    eps, weight_offset,
+    BLOCK: tl.constexpr, ROWS: tl.constexpr, N_CHUNKS: tl.constexpr, HAS_RES: tl.constexpr,
+    ROUND_BEFORE_WEIGHT: tl.constexpr, FLAT: tl.constexpr, EXACT_BF16: tl.constexpr,
+):
+    DTYPE: tl.constexpr = x_ptr.dtype.element_ty
+    # int64 row offsets: rows x row stride passes 2^31 elements at e.g. 262144 tokens x 8192.
+    rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)[:, None]
+    row_ok = rows < n_rows
+    if FLAT:
+        # Every tensor's rows are evenly strided (contiguous, or row slices of a wider buffer): one stride
+        # each, no per-row 64-bit division (a [64, 64] packed tile spent 158 registers on the split).
+        x_off = rows * stride_xs
+        r_off = rows * stride_rs
+        o_off = rows * stride_os
+        ro_off = rows * stride_ros
+    else:
+        b = rows // seq
+        s = rows % seq
+        x_off = b * stride_xb + s * stride_xs
+        r_off = b * stride_rb + s * stride_rs
+        o_off = b * stride_ob + s * stride_os
+        ro_off = b * stride_rob + s * stride_ros
+    cols = tl.arange(0, BLOCK)[None, :]
+
+    if N_CHUNKS == 1:
+        m = row_ok & (cols < n_cols)
+        v = _load_sum(x_ptr, res_ptr, res_out_ptr, x_off, r_off, ro_off, cols, m, HAS_RES, EXACT_BF16)
+        rstd = tl.rsqrt(tl.sum(v * v, axis=1) / n_cols + eps)[:, None]
+        _normalise_store(v, rstd, w_ptr, out_ptr, o_off, cols, m, n_cols, weight_offset, DTYPE,
+                         ROUND_BEFORE_WEIGHT, EXACT_BF16)
+    else:
+        # Wide rows (ROWS == 1): pass 1 forms the sum chunk by chunk and accumulates its squares.
+        acc = tl.zeros([ROWS, BLOCK], dtype=tl.float32)
+        for c in range(N_CHUNKS):
+            cc = c * BLOCK + cols
+            m = row_ok & (cc < n_cols)
+            v = _load_sum(x_ptr, res_ptr, res_out_ptr, x_off, r_off, ro_off, cc, m, HAS_RES, EXACT_BF16)
+            acc += v * v
+        rstd = tl.rsqrt(tl.sum(acc, axis=1) / n_cols + eps)[:, None]
+        if HAS_RES:
+            # Pass 2 reads the sum back from res_out (x or residual may have been overwritten in place):
+            # make pass 1's stores visible to every thread of the program first.
+            tl.debug_barrier()
+        for c in range(N_CHUNKS):
+            cc = c * BLOCK + cols
+            m = row_ok & (cc < n_cols)
+            if HAS_RES:
+                v = tl.load(res_out_ptr + ro_off + cc, mask=m, other=0.0).to(tl.float32)
+            else:
+                v = tl.load(x_ptr + x_off + cc, mask=m, other=0.0).to(tl.float32)
+            _normalise_store(v, rstd, w_ptr, out_ptr, o_off, cc, m, n_cols, weight_offset, DTYPE,
+                             ROUND_BEFORE_WEIGHT, EXACT_BF16)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Layer 2: configuration heuristic and launcher
+# ----------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RMSNormConfig:
+    BLOCK: int
+    ROWS: int
+    N_CHUNKS: int
+    num_warps: int
+
+
+def _prev_power_of_2(n: int) -> int:
+    return 1 << (max(1, n).bit_length() - 1)
+
+
+def pick_config(n_rows: int, n_cols: int, itemsize: int = 2, has_residual: bool = False,
+                n_sms: int = 132) -> RMSNormConfig:
+    """Tile shape and warps for a problem. Pure: depends only on its arguments.
+
+    * rows up to MAX_SINGLE_BLOCK wide are one register tile; wider rows take CHUNK_BLOCK-wide chunks in
+      two passes;
+    * narrow rows are packed into ``[ROWS, BLOCK]`` tiles of up to PACK_ELEMS elements while at least 4
+      programs per SM remain;
+    * warps: about 128 bytes of input per thread (64 with a residual, 32 for chunked or packed rows), a
+      power of two in [1, 16] --
+      the budget the RMSNorm+RoPE kernel measured best on an H200 (2 warps for an 8 KB row reached 90% of
+      copy bandwidth, 8 warps 71-75%), halved where more values stay live per element.
+    """
+    block = next_power_of_2(max(n_cols, 1))
+    n_chunks = 1
+    if block > MAX_SINGLE_BLOCK:
+        block = CHUNK_BLOCK
+        n_chunks = cdiv(n_cols, block)
+    rows = 1
+    while n_chunks == 1 and rows < 64 and block * rows * 2 <= PACK_ELEMS and cdiv(n_rows, rows * 2) >= 4 * n_sms:
+        rows *= 2
+    in_bytes = rows * block * itemsize * (2 if has_residual else 1)
+    # Packed tiles also keep per-row int64 offsets live in every thread: at 128 B/thread a [64, 64] fp16
+    # tile on 2 warps spilled 1.8-2.9 KB on sm_80/89/90 in the compile check; 32 B/thread builds clean.
+    if n_chunks > 1 or rows > 1:
+        bytes_per_thread = 32
+    else:
+        bytes_per_thread = 64 if has_residual else 128
+    num_warps = _prev_power_of_2(min(16, max(1, in_bytes // (32 * bytes_per_thread))))
+    return RMSNormConfig(block, rows, n_chunks, num_warps)
+
+
+def _as_3d(t: torch.Tensor, name: str, writable: bool = False) -> torch.Tensor:
+    """View ``[..., S, H]`` as ``[B, S, H]`` keeping strides; inputs whose leading dims do not collapse are
+    copied, outputs raise. The last dim must be contiguous."""
+    if t.dim() == 1:
+        return t.view(1, 1, -1)
+    if t.dim() == 2:
+        return t.unsqueeze(0)
+    try:
+        return t.view(-1, t.shape[-2], t.shape[-1])
+    except RuntimeError:
+        if writable:
+            raise LayoutError(f"{name} has shape {tuple(t.shape)} and strides {tuple(t.stride())}, whose leading "
+                              "dims cannot be flattened without a copy; pass a contiguous buffer") from None
+        return t.reshape(-1, t.shape[-2], t.shape[-1])
+
+
+# ---- output buffers: overlap checks shared with rope.py ---------------------------------------------
+def _byte_extent(t: torch.Tensor) -> int:
+    """Bytes from ``t``'s first element to one past its last (0 when empty)."""
+    if t.numel() == 0:
+        return 0
+    return (sum((n - 1) * st for n, st in zip(t.shape, t.stride())) + 1) * t.element_size()
+
+
+class Disjoint:
+    """A test, fixed by two tensors' shapes, strides and dtypes, that they share no byte given their base
+    addresses: built once per plan, it costs a few integer operations per call.
+
+    Disjoint byte ranges are disjoint. Interleaved views (q and k as column slices of one fused QKV buffer,
+    ``x`` and ``out`` as two halves of each row) are recognised too: when every leading stride of both
+    tensors is a multiple of one row period ``P`` and both rows fit in it, the tensors are disjoint exactly
+    when their row windows, taken modulo ``P``, are.
+    """
+
+    __slots__ = ("ext_a", "ext_b", "period", "wa", "wb")
+
+    def __init__(self, a: torch.Tensor, b: torch.Tensor) -> None:
+        self.ext_a, self.ext_b = _byte_extent(a), _byte_extent(b)
+        lead = [st * t.element_size() for t in (a, b) for n, st in zip(t.shape[:-1], t.stride()[:-1]) if n > 1]
+        self.wa = (a.shape[-1] if a.dim() else 1) * a.element_size()
+        self.wb = (b.shape[-1] if b.dim() else 1) * b.element_size()
+        period = min(lead) if lead else 0
+        ok = period > 0 and all(x % period == 0 for x in lead) and max(self.wa, self.wb) <= period
+        self.period = period if ok else 0
+
+    def __call__(self, pa: int, pb: int) -> bool:
+        if pa + self.ext_a <= pb or pb + self.ext_b <= pa or not self.ext_a or not self.ext_b:
+            return True
+        p = self.period
+        if not p:
+            return False
+        d = (pb - pa) % p
+        return d >= self.wa and (p - d) % p >= self.wb
+
+
+def same_view(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """``a`` and ``b`` are the same elements: same address, shape, strides and dtype."""
+    return (a.data_ptr() == b.data_ptr() and a.shape == b.shape and a.stride() == b.stride()
+            and a.dtype == b.dtype)
+
+
+def check_no_self_overlap(t: torch.Tensor, name: str) -> None:
+    """A buffer the op writes must not map two indices to one address (an ``expand``-ed view, say): sorted
+    by stride, each dim must step past everything the smaller ones span."""
+    dims = sorted((st, n) for n, st in zip(t.shape, t.stride()) if n > 1)
+    span = 1
+    for st, n in dims:
+        if st < span:
+            raise LayoutError(f"{name} has shape {tuple(t.shape)} and strides {tuple(t.stride())}, under which "
+                              "several elements share one address; pass a buffer with distinct elements")
+        span = st * (n - 1) + span
+    return None
+
+
+def check_writes(writes: dict[str, torch.Tensor | None], others: dict[str, torch.Tensor | None],
+                 alias_ok: set[tuple[str, str]]) -> list[tuple[str, str, Disjoint]]:
+    """Every buffer in ``writes`` is disjoint from every other tensor of the call, or exactly the same view
+    of an input where ``(write, input)`` is in ``alias_ok`` (safe for the kernel: each element read before
+    it is written). Raises :class:`InvalidArgumentError` on any other overlap.
+
+    Returns the ``(write, other, Disjoint)`` tests the eager fast path repeats on later calls with the same
+    signature and aliasing pattern (they depend on the addresses, which the plan key does not hold).
+    """
+    tests = []
+    names = list(writes) + [n for n in others if n not in writes]
+    tensors = {**others, **writes}
+    for i, wn in enumerate(writes):
+        w = writes[wn]
+        if w is None or w.numel() == 0:
+            continue
+        check_no_self_overlap(w, wn)
+        for on in names:
+            o = tensors[on]
+            if on == wn or o is None or o.numel() == 0 or (on in writes and names.index(on) < i):
+                continue
+            test = Disjoint(w, o)
+            if test(w.data_ptr(), o.data_ptr()):
+                tests.append((wn, on, test))
+                continue
+            if same_view(w, o) and ((wn, on) in alias_ok or (on, wn) in alias_ok):
+                continue
+            allowed = sorted(b for a, b in alias_ok if a == wn)
+            hint = f" (it may be exactly {' or '.join(allowed)}, for in-place use)" if allowed else ""
+            raise InvalidArgumentError(
+                f"{wn} (shape {tuple(w.shape)}, strides {tuple(w.stride())}) overlaps {on} (shape "
+                f"{tuple(o.shape)}, strides {tuple(o.stride())}) in memory; pass a separate buffer{hint}")
+    return tests
+
+
+# ---- plans -------------------------------------------------------------------------------------------
+_ARGS = ("x", "residual", "weight", "out", "residual_out")
+_ALIAS_OK = {("out", "x"), ("out", "residual"), ("residual_out", "residual"), ("residual_out", "x")}
+
+
+def _alias_pattern(x, residual, out, residual_out) -> tuple:
+    """Which given output buffer starts where an input does (with shapes and strides in the plan key,
+    that is exact aliasing): part of the plan key, so an in-place call and a separate-buffer call of one
+    signature keep separate plans."""
+    if out is None and residual_out is None:
+        return ()
+    px = x.data_ptr()
+    pr = residual.data_ptr() if residual is not None else -1
+    po = out.data_ptr() if out is not None else -2
+    pro = residual_out.data_ptr() if residual_out is not None else -3
+    return (po == px, po == pr, pro == px, pro == pr)
+
+
+class _Plan:
+    """A validated launch: everything but the tensors' addresses, fixed by the call's signature."""
+
+    __slots__ = ("launch", "ints", "shape", "has_res", "cacheable", "tests")
+
+    def __init__(self, launch, ints, shape, has_res, cacheable, tests):
+        self.launch, self.ints, self.shape = launch, ints, shape
+        self.has_res, self.cacheable, self.tests = has_res, cacheable, tests
+
+    def safe(self, args: tuple) -> bool:
+        """The output-overlap tests of the validated call hold for these tensors' addresses."""
+        for i, j, test in self.tests:
+            if not test(args[i].data_ptr(), args[j].data_ptr()):
+                return False
+        return True
+
+    def __call__(self, x, residual, weight, out, residual_out, eps, weight_offset):
+        y = out if out is not None else x.new_empty(self.shape)
+        if self.has_res:
+            ro = residual_out if residual_out is not None else x.new_empty(self.shape)
+        else:
+            residual, ro = x, y
+        if self.launch is not None:
+            self.launch(x, residual, weight, y, ro, *self.ints, eps, weight_offset)
+        return (y, ro) if self.has_res else y
+
+
+def _make_plan(x, weight, residual, out, residual_out, round_before_weight, tests=()) -> _Plan:
+    """Plan a launch on validated inputs (``out``/``residual_out`` of x's shape, or None for contiguous
+    buffers the plan allocates on each call). The plan is called with the 3-D views it returns in
+    ``plan.views`` order: x3, r3, out3, ro3 (views keep the base address)."""
+    has_res = residual is not None
+    shape = tuple(x.shape)
+    if x.numel() == 0:
+        return _Plan(None, (), shape, has_res, True, ())
+    n_cols = x.shape[-1]
+    x3 = _as_3d(x, "x")
+    r3 = _as_3d(residual, "residual") if has_res else x3
+    n_rows, seq = x3.shape[0] * x3.shape[1], x3.shape[1]
+    dense = (seq * n_cols, n_cols)
+    o_st = _as_3d(out, "out", writable=True).stride()[:2] if out is not None else dense
+    if not has_res:
+        ro_st = o_st
+    elif residual_out is not None:
+        ro_st = _as_3d(residual_out, "residual_out", writable=True).stride()[:2]
+    else:
+        ro_st = dense
+    # A plan launched on a copy of x (leading dims that do not collapse) cannot be reused: the copy is
+    # made by this call only.
+    cacheable = x3.data_ptr() == x.data_ptr() and (not has_res or r3.data_ptr() == residual.data_ptr())
+    cfg = pick_config(n_rows, n_cols, x.element_size(), has_res, num_sms(x.device))
+    exact_bf16 = interpreter_enabled() and x.dtype == torch.bfloat16
+    pairs = ((x3.stride(0), x3.stride(1)), (r3.stride(0), r3.stride(1)), tuple(o_st), tuple(ro_st))
+    flat = x3.shape[0] == 1 or all(sb == seq * ss for sb, ss in pairs)
+    launch = KernelLaunch(
+        _add_rmsnorm_kernel, (cdiv(n_rows, cfg.ROWS),),
+        dict(BLOCK=cfg.BLOCK, ROWS=cfg.ROWS, N_CHUNKS=cfg.N_CHUNKS, HAS_RES=has_res,
+             ROUND_BEFORE_WEIGHT=bool(round_before_weight), FLAT=flat, EXACT_BF16=exact_bf16),
+        num_warps=cfg.num_warps)
+    ints = (n_rows, n_cols, seq, *(v for pair in pairs for v in pair))
+    idx = {n: i for i, n in enumerate(_ARGS)}
+    return _Plan(launch, ints, shape, has_res, cacheable, tuple((idx[a], idx[b], t) for a, b, t in tests))
+
+
+def _launch(x, weight, residual, out, residual_out, eps, weight_offset, round_before_weight) -> None:
+    """Plan and launch once on validated inputs; ``out`` (and ``residual_out`` with a residual) given."""
+    if x.numel() == 0:
+        return
+    x3 = _as_3d(x, "x")
+    r3 = _as_3d(residual, "residual") if residual is not None else None
+    plan = _make_plan(x3, weight, r3, out, residual_out, round_before_weight)
+    plan(x3, r3, weight, out, residual_out, float(eps), float(weight_offset))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Layer 3: torch.library custom ops (work under torch.compile(fullgraph=True) and CUDA graphs)
+# ----------------------------------------------------------------------------------------------------
+@torch.library.custom_op("triton_ops::rmsnorm", mutates_args=())
+def _rmsnorm_op(x: torch.Tensor, weight: torch.Tensor, eps: float, weight_offset: float,
+                round_before_weight: bool) -> torch.Tensor:
+    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    _launch(x, weight, None, out, None, eps, weight_offset, round_before_weight)
+    return out
+
+
+@_rmsnorm_op.register_fake
+def _(x, weight, eps, weight_offset, round_before_weight):
+    return torch.empty(x.shape, dtype=x.dtype, device=x.device)
+
+
+@torch.library.custom_op("triton_ops::add_rmsnorm", mutates_args=())
+def _add_rmsnorm_op(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float,
+                    weight_offset: float, round_before_weight: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    res_out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    _launch(x, weight, residual, out, res_out, eps, weight_offset, round_before_weight)
+    return out, res_out
+
+
+@_add_rmsnorm_op.register_fake
+def _(x, residual, weight, eps, weight_offset, round_before_weight):
+    return (torch.empty(x.shape, dtype=x.dtype, device=x.device),
+            torch.empty(x.shape, dtype=x.dtype, device=x.device))
+
+
+@torch.library.custom_op("triton_ops::add_rmsnorm_out", mutates_args=("out", "residual_out"))
+def _add_rmsnorm_out_op(x: torch.Tensor, residual: Optional[torch.Tensor], weight: torch.Tensor,
+                        out: torch.Tensor, residual_out: Optional[torch.Tensor], eps: float, weight_offset: float,
+                        round_before_weight: bool) -> None:
+    _launch(x, weight, residual, out, residual_out, eps, weight_offset, round_before_weight)
+
+
+@_add_rmsnorm_out_op.register_fake
+def _(x, residual, weight, out, residual_out, eps, weight_offset, round_before_weight):
+    return None
+
+
+# Backward in PyTorch (fp32), from the saved sum: with xn = s * rstd and w' = weight_offset + weight,
+#   d weight = sum over rows of dy * xn,   ds = rstd * (dy*w' - xn * mean(dy*w' * xn)).
+# With round_before_weight the rounding of xn is taken as the identity for ds (its derivative almost
+# everywhere), and d weight uses the rounded xn the forward multiplied by.
+def _norm_grads(ctx, s, weight, grad_y):
+    sf = s.float()
+    rstd = torch.rsqrt(sf.pow(2).mean(-1, keepdim=True) + ctx.eps)
+    xn = sf * rstd
+    g = grad_y.float()
+    gw = None
+    if ctx.needs_weight:
+        xw = xn.to(s.dtype).float() if ctx.round_before_weight else xn
+        gw = (g * xw).reshape(-1, s.shape[-1]).sum(0).to(weight.dtype)
+    gs = None
+    if ctx.needs_input:
+        gxn = g * (weight.float() + ctx.weight_offset)
+        gs = rstd * (gxn - xn * (gxn * xn).mean(-1, keepdim=True))
+    return gs, gw
+
+
+def _setup_common(ctx, eps, weight_offset, round_before_weight, weight):
+    ctx.eps, ctx.weight_offset, ctx.round_before_weight = eps, weight_offset, round_before_weight
+    ctx.needs_weight = weight.requires_grad
+
+
+def _setup_plain(ctx, inputs, output):
+    x, weight, eps, weight_offset, rbw = inputs
+    _setup_common(ctx, eps, weight_offset, rbw, weight)
+    ctx.needs_input = x.requires_grad
+    ctx.save_for_backward(x, weight)
+
+
+def _backward_plain(ctx, grad_y):
+    x, weight = ctx.saved_tensors
+    gs, gw = _norm_grads(ctx, x, weight, grad_y)
+    return (None if gs is None else gs.to(x.dtype)), gw, None, None, None
+
+
+def _setup_add(ctx, inputs, output):
+    x, residual, weight, eps, weight_offset, rbw = inputs
+    _setup_common(ctx, eps, weight_offset, rbw, weight)
+    ctx.needs_input = x.requires_grad or residual.requires_grad
+    ctx.dtypes = (x.dtype, residual.dtype)
+    ctx.save_for_backward(output[1], weight)  # the sum s: one tensor instead of x and residual
+
+
+def _backward_add(ctx, grad_y, grad_s):
+    s, weight = ctx.saved_tensors
+    gs, gw = _norm_grads(ctx, s, weight, grad_y)
+    if gs is not None and grad_s is not None:
+        gs = gs + grad_s.float()
+    gx = None if gs is None else gs.to(ctx.dtypes[0])
+    gr = None if gs is None else gs.to(ctx.dtypes[1])
+    return gx, gr, gw, None, None, None
+
+
+_rmsnorm_op.register_autograd(_backward_plain, setup_context=_setup_plain)
+_add_rmsnorm_op.register_autograd(_backward_add, setup_context=_setup_add)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Layer 4: functional API and module
+# ----------------------------------------------------------------------------------------------------
+_plans = PlanCache("add_rmsnorm")
+
+
+def fused_add_rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6, *,
+                      residual: Optional[torch.Tensor] = None, weight_offset: float = 0.0,
+                      round_before_weight: bool = False, out: Optional[torch.Tensor] = None,
+                      residual_out: Optional[torch.Tensor] = None):
+    """RMSNorm over the last dim, optionally of ``x + residual``, in one kernel.
+
+    ``s = x`` (or ``s = x + residual``, rounded to x's dtype exactly as the unfused add in that dtype is);
+    ``y = s / sqrt(mean(s^2) + eps) * (weight_offset + weight)``, computed in fp32 and rounded once to x's
+    dtype.
+
+    Args:
+        x: ``[..., hidden]`` activations, fp16, bf16 or fp32, any hidden size; rows may be strided (the
+            last dim must be contiguous).
+        weight: ``[hidden]``, x's dtype or fp32 (fp32 weights with bf16 activations are fine).
+        eps: added to the mean square.
+        residual: optional tensor of x's shape and dtype added to x before the norm.
+        weight_offset: scale by ``weight_offset + weight`` (Gemma stores weights around 0 and uses 1.0).
+        round_before_weight: round the normalised ``s`` to x's dtype before multiplying by the weight, as
+            Hugging Face's Llama/Mistral/Qwen RMSNorm does (``weight * hidden.to(input_dtype)``): bit-exact
+            with those modules up to the reduction order. The default multiplies in fp32 and rounds once
+            (Gemma's order, and the more accurate one).
+        out: optional output buffer of x's shape and dtype; may be ``x`` itself (in place).
+        residual_out: optional buffer for the sum, only with ``residual``; may be ``residual`` itself.
+            ``out=x, residual_out=residual`` is vLLM's in-place convention: afterwards ``x`` holds the
+            normalised output and ``residual`` the updated residual stream.
+
+    Returns:
+        ``y`` without a residual; ``(y, s)`` with one -- the normalised output and the new residual stream
+        ``x + residual`` (``out`` and ``residual_out`` themselves when given).
+    """
+    key = plan_key(x, residual, weight, out, residual_out)
+    if key is not None:
+        # Eager call with no autograd or tracing: a repeated signature is one dict hit and a launch.
+        key = (key, eps, weight_offset, round_before_weight, _alias_pattern(x, residual, out, residual_out))
+        plan = _plans.get(key)
+        if plan is not None and (not plan.tests or plan.safe((x, residual, weight, out, residual_out))):
+            return plan(x, residual, weight, out, residual_out, eps, weight_offset)
+    V.check_tensor(x, "x")
+    V.check_tensor(weight, "weight")
+    V.check_dtype(x, "x", V.FLOAT_DTYPES)
+    V.check_ndim(x, "x", min_ndim=1)
+    device = V.check_same_device({"x": x, "weight": weight, "residual": residual, "out": out,
+                                  "residual_out": residual_out})
+    V.check_runnable_device(device, "x")
+    eps = V.check_positive_finite(eps, "eps", allow_zero=True)
+    weight_offset = V.check_finite(weight_offset, "weight_offset")
+    if not isinstance(round_before_weight, bool):
+        raise InvalidArgumentError(f"round_before_weight must be a bool, got {round_before_weight!r}")
+    V.check_last_dim_contiguous(x, "x")
+    V.check_last_dim_contiguous(weight, "weight")
+    V.check_dtype(weight, "weight", (x.dtype, torch.float32))
+    hidden = x.shape[-1]
+    if tuple(weight.shape) != (hidden,):
+        raise ShapeError(f"weight has shape {tuple(weight.shape)}; expected ({hidden},) for x of shape "
+                         f"{tuple(x.shape)}")
+    if residual is not None:
+        V.check_tensor(residual, "residual")
+        if residual.shape != x.shape:
+            raise ShapeError(f"residual has shape {tuple(residual.shape)}, expected x's {tuple(x.shape)}")
+        V.check_dtype(residual, "residual", (x.dtype,))
+        V.check_last_dim_contiguous(residual, "residual")
+    elif residual_out is not None:
+        raise InvalidArgumentError("residual_out is only written when residual is given")
+    V.check_out(out, "out", x.shape, x.dtype, device)
+    V.check_out(residual_out, "residual_out", x.shape, x.dtype, device)
+    tests = check_writes({"out": out, "residual_out": residual_out},
+                         {"x": x, "residual": residual, "weight": weight}, _ALIAS_OK)
+
+    if key is not None:
+        if x.numel() == 0:
+            y = out if out is not None else x.new_empty(x.shape)
+            return y if residual is None else (y, residual_out if residual_out is not None else x + residual)
+        x3 = _as_3d(x, "x")
+        r3 = _as_3d(residual, "residual") if residual is not None else None
+        plan = _make_plan(x3, weight, r3, out, residual_out, round_before_weight, tests)
+        plan.shape = tuple(x.shape)
+        if plan.cacheable:
+            _plans.put(key, plan)
+        return plan(x3, r3, weight, out, residual_out, eps, weight_offset)
+
+    # Traced, fake or autograd-recording call: through the registered custom ops.
+    if out is not None or residual_out is not None:
+        if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, residual, weight)):
+            raise InvalidArgumentError("fused_add_rmsnorm with out=/residual_out= does not support autograd; "
+                                       "call it without output buffers to differentiate")
+        y = out if out is not None else torch.empty_like(x, memory_format=torch.contiguous_format)
+        ro = None
+        if residual is not None:
+            ro = residual_out if residual_out is not None else torch.empty_like(
+                x, memory_format=torch.contiguous_format)
+        torch.ops.triton_ops.add_rmsnorm_out(x, residual, weight, y, ro, eps, weight_offset, round_before_weight)
+        return y if residual is None else (y, ro)
+    if residual is None:
+        return torch.ops.triton_ops.rmsnorm(x, weight, eps, weight_offset, round_before_weight)
+    return torch.ops.triton_ops.add_rmsnorm(x, residual, weight, eps, weight_offset, round_before_weight)
+
+
+class FusedAddRMSNorm(torch.nn.Module):
+    """RMSNorm with a learned ``[hidden_size]`` weight and an optional fused residual add.
+
+    ``forward(x)`` returns the normalised ``x``; ``forward(x, residual)`` returns ``(y, x + residual)``.
+    The parameter is ``weight``, as in Hugging Face's ``LlamaRMSNorm``, so its ``state_dict`` loads as is.
+    ``weight_offset=1.0`` gives Gemma's ``(1 + weight)`` scaling (the weight then starts at 0);
+    ``round_before_weight=True`` gives Llama's rounding order (see :func:`fused_add_rmsnorm`).
+    """
+
+    def __init__(self, hidden_size: int, eps: float = 1e-6, *, weight_offset: float = 0.0,
+                 round_before_weight: bool = False, device=None, dtype=None):
+        super().__init__()
+        if int(hidden_size) <= 0:
+            raise ShapeError(f"hidden_size must be positive, got {hidden_size}")
+        self.hidden_size = int(hidden_size)
+        self.eps = eps
+        self.weight_offset = weight_offset
+        self.round_before_weight = round_before_weight
+        init = 0.0 if weight_offset else 1.0
+        self.weight = torch.nn.Parameter(torch.full((self.hidden_size,), init, device=device, dtype=dtype))
+
+    def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None):
+        return fused_add_rmsnorm(x, self.weight, self.eps, residual=residual, weight_offset=self.weight_offset,
+                                 round_before_weight=self.round_before_weight)
+
+    def extra_repr(self) -> str:
+        return (f"{self.hidden_size}, eps={self.eps}, weight_offset={self.weight_offset}, "
+                f"round_before_weight={self.round_before_weight}")
+
+
+def add_rmsnorm_reference(x, weight, eps=1e-6, *, residual=None, weight_offset=0.0, round_before_weight=False):
+    """Unfused PyTorch reference with fp32 math (the baseline the benchmarks compile and time)."""
+    s = x if residual is None else x + residual
+    sf = s.float()
+    y = sf * torch.rsqrt(sf.pow(2).mean(-1, keepdim=True) + eps)
+    if round_before_weight:
+        y = y.to(x.dtype).float()
+    y = (y * (weight_offset + weight.float())).to(x.dtype)
+    return y if residual is None else (y, s)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Compile check: every config pick_config can choose, for each architecture
+# ----------------------------------------------------------------------------------------------------
+_TYPE_SIZES = {"fp16": 2, "bf16": 2, "fp32": 4}
+
+
+def _compile_variants():
+    """(dtype, weight dtype, n_rows, hidden, has_res, round_before_weight, flat) combos to build: every tile
+    class of pick_config (packed narrow rows, single rows up to MAX_SINGLE_BLOCK, chunked wide rows) per
+    dtype, with and without a residual, without the full cross product (each build takes ~0.3 s)."""
+    out = []
+    for t in ("fp16", "bf16", "fp32"):
+        wt = "fp32" if t == "bf16" else t
+        for hidden in (64, 128, 896, 2048, 4096, 5120, 8192, 14336, 16384):
+            for has_res in (False, True):
+                out.append((t, wt, 1 << 16, hidden, has_res, t == "bf16" and not has_res, True))
+            out.append((t, t, 1 << 16, hidden, True, False, False))  # leading dims that do not collapse
+        out.append((t, t, 1, 4096, True, False, True))  # decode: one row
+    return out
+
+
+def compile_specs(arch: int):
+    from ..compile_check import CompileSpec
+
+    specs = []
+    for tname, wname, n_rows, hidden, has_res, rbw, flat in _compile_variants():
+        cfg = pick_config(n_rows, hidden, _TYPE_SIZES[tname], has_res)
+        sig = {"x_ptr": f"*{tname}", "res_ptr": f"*{tname}", "w_ptr": f"*{wname}", "out_ptr": f"*{tname}",
+               "res_out_ptr": f"*{tname}", "n_rows": "i32", "n_cols": "i32", "seq": "i32"}
+        sig.update({k: "i64" for k in ("stride_xb", "stride_xs", "stride_rb", "stride_rs", "stride_ob",
+                                        "stride_os", "stride_rob", "stride_ros")})
+        sig.update({"eps": "fp32", "weight_offset": "fp32"})
+        const = dict(BLOCK=cfg.BLOCK, ROWS=cfg.ROWS, N_CHUNKS=cfg.N_CHUNKS, HAS_RES=has_res,
+                     ROUND_BEFORE_WEIGHT=rbw, FLAT=flat, EXACT_BF16=False)
+        sig.update({k: "constexpr" for k in const})
+        specs.append(CompileSpec(
+            _add_rmsnorm_kernel, sig, const, num_warps=cfg.num_warps, num_stages=1,
+            aligned=("x_ptr", "res_ptr", "w_ptr", "out_ptr", "res_out_ptr", "n_cols"),
+            label=f"add_rmsnorm {tname} w={wname} h={hidden} res={int(has_res)} rbw={int(rbw)} flat={int(flat)} "
+                  f"block={cfg.BLOCK} rows={cfg.ROWS} chunks={cfg.N_CHUNKS} warps={cfg.num_warps}"))
+    return specs
+
+
+__all__ = ["fused_add_rmsnorm", "FusedAddRMSNorm", "add_rmsnorm_reference", "pick_config", "RMSNormConfig",
+           "compile_specs", "check_writes", "Disjoint"]
