@@ -291,6 +291,47 @@ def test_compute_metrics_helpers():
     assert e2.throughput_tflops is None
 
 
+@pytest.mark.parametrize("call, match", [
+    (lambda: compute_gemm_metrics(-1, 4, 4, 1.0), "M must be >= 0, got -1"),
+    (lambda: compute_gemm_metrics(4, 4.5, 4, 1.0), "N must be an int, got float 4.5"),
+    (lambda: compute_gemm_metrics(4, 4, "4", 1.0), "K must be an int"),
+    (lambda: compute_gemm_metrics(4, 4, 4, -1.0), "latency_ms must be a finite time >= 0, got -1.0"),
+    (lambda: compute_gemm_metrics(4, 4, 4, float("nan")), "latency_ms must be a finite time"),
+    (lambda: compute_gemm_metrics(4, 4, 4, 1.0, bytes_moved=-8), "bytes_moved must be a finite non-negative"),
+    (lambda: compute_elementwise_metrics(-10, 1.0), "numel must be >= 0, got -10"),
+    (lambda: compute_elementwise_metrics(10, float("inf")), "latency_ms"),
+    (lambda: compute_elementwise_metrics(10, "fast"), "latency_ms must be a number, got 'fast'"),
+    (lambda: compute_elementwise_metrics(10, 1.0, bytes_per_element=-2), "bytes_per_element"),
+    (lambda: compute_elementwise_metrics(10, 1.0, flops_per_element=float("nan")), "flops_per_element"),
+    (lambda: PerformanceProfile("gemm", flops=-1.0), "flops must be a finite non-negative"),
+    (lambda: PerformanceProfile.latency_only().metrics(-0.5), "latency_ms"),
+    (lambda: PerformanceProfile.elementwise(10).gbps(-1), "latency_ms"),
+    (lambda: PerformanceProfile.elementwise(10).tflops(True), "latency_ms must be a number"),
+])
+def test_metrics_refuse_negative_sizes_and_times(call, match):
+    with pytest.raises(TritonOpsError, match=match) as exc:
+        call()
+    assert isinstance(exc.value, ValueError)
+
+
+def test_metrics_edge_values_are_fine():
+    import numpy as np
+
+    assert compute_gemm_metrics(0, 4, 4, 1.0).throughput_tflops is None  # no work: no throughput
+    assert compute_elementwise_metrics(10, 0.0).bandwidth_gbps is None  # too fast to measure
+    m = compute_gemm_metrics(np.int64(64), 64, 64, np.float32(0.5))
+    assert m.throughput_tflops == pytest.approx(2 * 64**3 / 0.5e-3 / 1e12)
+
+
+def test_device_peaks_refuses_a_bad_device_name():
+    from triton_ops.exceptions import DeviceError
+    from triton_ops.performance import device_peaks
+
+    with pytest.raises(DeviceError, match="'gpu' is not a device name"):
+        device_peaks("gpu")
+    assert device_peaks("cpu").name == "unknown"
+
+
 @triton.jit
 def _scale_kernel(x_ptr, y_ptr, n, BLOCK: tl.constexpr):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)

@@ -1,16 +1,21 @@
 """Derived metrics: TFLOPS, GB/s and utilisation against the device's peak figures.
 
 ``PerformanceProfile`` carries the problem's work (flops, bytes) so a latency can be turned into
-throughput by the benchmark suite and the autotuner alike.
+throughput by the benchmark suite and the autotuner alike. Sizes must be non-negative ints, byte and
+flop counts non-negative finite numbers, latencies finite and >= 0 (0: too fast to measure, no
+throughput); anything else raises, since a negative size or time can only come from a bug upstream.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
+from .exceptions import DeviceError, InvalidArgumentError, NumericalError
 from .models import KernelMetrics
+from .validation import check_int, check_positive_finite
 
 
 @dataclass(frozen=True)
@@ -42,9 +47,13 @@ _UNKNOWN = DevicePeaks("unknown", float("nan"), float("nan"), float("nan"), None
 
 def device_peaks(device: torch.device | str | None = None) -> DevicePeaks:
     """Peak figures for the named device, matched on the CUDA device name; NaN figures if unknown."""
+    try:
+        dev = torch.device(device) if device is not None else torch.device("cuda")
+    except (RuntimeError, TypeError, ValueError):
+        raise DeviceError(f"device={device!r} is not a device name; expected e.g. 'cuda', 'cuda:0' or 'cpu'") \
+            from None
     if not torch.cuda.is_available():
         return _UNKNOWN
-    dev = torch.device(device) if device is not None else torch.device("cuda")
     if dev.type != "cuda":
         return _UNKNOWN
     name = torch.cuda.get_device_name(dev)
@@ -52,6 +61,26 @@ def device_peaks(device: torch.device | str | None = None) -> DevicePeaks:
         if p.name in name:
             return p
     return _UNKNOWN
+
+
+def _size(value: object, name: str) -> int:
+    return check_int(value, name, min_value=0)
+
+
+def _amount(value: object, name: str) -> float:
+    return check_positive_finite(value, name, allow_zero=True)
+
+
+def _latency(latency_ms: object) -> float:
+    if isinstance(latency_ms, bool):
+        raise InvalidArgumentError(f"latency_ms must be a number, got {latency_ms!r}")
+    try:
+        ms = float(latency_ms)
+    except (TypeError, ValueError):
+        raise InvalidArgumentError(f"latency_ms must be a number, got {latency_ms!r}") from None
+    if not math.isfinite(ms) or ms < 0:
+        raise NumericalError(f"latency_ms must be a finite time >= 0, got {latency_ms!r}")
+    return ms
 
 
 def _peak_tflops(peaks: DevicePeaks, dtype: torch.dtype | None) -> float | None:
@@ -79,6 +108,11 @@ class PerformanceProfile:
     compute_dtype: torch.dtype | None = None
     peaks: DevicePeaks | None = None
 
+    def __post_init__(self) -> None:
+        for name in ("flops", "bytes_moved"):
+            if getattr(self, name) is not None:
+                _amount(getattr(self, name), name)
+
     @classmethod
     def latency_only(cls) -> PerformanceProfile:
         return cls("latency_only")
@@ -89,6 +123,12 @@ class PerformanceProfile:
                     peaks: DevicePeaks | None = None) -> PerformanceProfile:
         """A memory-bound op. Give the total ``bytes_moved`` or ``bytes_per_element`` (read + write);
         by default one read and one write of ``dtype`` per element."""
+        numel = _size(numel, "numel")
+        flops_per_element = _amount(flops_per_element, "flops_per_element")
+        if bytes_per_element is not None:
+            bytes_per_element = _amount(bytes_per_element, "bytes_per_element")
+        if bytes_moved is not None:
+            bytes_moved = _amount(bytes_moved, "bytes_moved")
         if bytes_moved is None:
             if bytes_per_element is None:
                 itemsize = torch.empty((), dtype=dtype or torch.float32).element_size()
@@ -102,6 +142,9 @@ class PerformanceProfile:
              bytes_moved: float | None = None, out_dtype: torch.dtype | None = None,
              peaks: DevicePeaks | None = None) -> PerformanceProfile:
         """A matrix product: 2*M*N*K flops; bytes default to reading A, B and writing C once."""
+        M, N, K = _size(M, "M"), _size(N, "N"), _size(K, "K")
+        if bytes_moved is not None:
+            bytes_moved = _amount(bytes_moved, "bytes_moved")
         if bytes_moved is None:
             isz = torch.empty((), dtype=dtype).element_size()
             osz = torch.empty((), dtype=out_dtype or dtype).element_size()
@@ -112,16 +155,19 @@ class PerformanceProfile:
         return self.peaks if self.peaks is not None else device_peaks()
 
     def tflops(self, latency_ms: float) -> float | None:
+        latency_ms = _latency(latency_ms)
         if not self.flops or latency_ms <= 0:
             return None
         return self.flops / (latency_ms * 1e-3) / 1e12
 
     def gbps(self, latency_ms: float) -> float | None:
+        latency_ms = _latency(latency_ms)
         if not self.bytes_moved or latency_ms <= 0:
             return None
         return self.bytes_moved / (latency_ms * 1e-3) / 1e9
 
     def metrics(self, latency_ms: float) -> KernelMetrics:
+        latency_ms = _latency(latency_ms)
         peaks = self._peaks()
         tf = self.tflops(latency_ms)
         bw = self.gbps(latency_ms)
