@@ -2,6 +2,8 @@
 
     triton-ops info                      device, available ops and paths, peak figures
     triton-ops bench [OPS] [--shapes ..] verify every op against its reference and baselines, time, report
+    triton-ops bench host [OPS]          host microseconds per eager call of every op (launch floor beside)
+    triton-ops bench model [MODELS]      Hugging Face models end to end, patched and unpatched
     triton-ops tune [OPS] [--shapes ..]  pre-tune problem sizes into the config cache
     triton-ops cache list|clear|path     inspect the config cache
 
@@ -86,6 +88,98 @@ def _cpu_banner() -> str:
 
     bar = "=" * 100
     return f"{bar}\nNo CUDA GPU found. {CPU_BANNER}\n{bar}"
+
+
+# Argument checks: every command checks its arguments before running anything, so a mistake costs one
+# clear line (exit 2 through main) instead of a traceback, possibly after minutes of benchmarking.
+
+
+def _check_device_arg(text: str | None) -> str:
+    from .exceptions import DeviceError
+    from .utils import interpreter_enabled
+    from .validation import check_device_available
+
+    if text is None:
+        return _device()
+    dev = check_device_available(text, "--device")
+    if dev.type == "cpu" and not interpreter_enabled():
+        raise DeviceError("--device cpu runs the kernels in Triton's interpreter, which is off "
+                          "(TRITON_INTERPRET=0 in the environment); set TRITON_INTERPRET=1")
+    return str(dev)
+
+
+def _check_out_dir(path: str, flag: str) -> None:
+    """``path`` is a directory, or can be created as one, and can be written."""
+    from .exceptions import InvalidArgumentError
+
+    target = Path(path).expanduser()
+    probe = target
+    try:
+        while not probe.exists() and probe.parent != probe:
+            probe = probe.parent  # the nearest existing ancestor is what mkdir would write into
+        if not probe.is_dir():
+            where = "is a file" if probe == target else f"would be created under {probe}, which is a file"
+            raise InvalidArgumentError(f"{flag} {path}: {where}; expected a directory")
+        if not os.access(probe, os.W_OK | os.X_OK):
+            raise InvalidArgumentError(f"{flag} {path}: {probe} is not writable")
+    except OSError as exc:
+        raise InvalidArgumentError(f"{flag} {path}: {exc.strerror or exc}") from None
+
+
+def _check_numbers(args: argparse.Namespace, rules: dict[str, tuple[float, bool]]) -> None:
+    """``rules``: option -> (least value, whether the least value itself is allowed)."""
+    import math
+
+    from .exceptions import InvalidArgumentError
+
+    for opt, (least, inclusive) in rules.items():
+        value = getattr(args, opt.lstrip("-").replace("-", "_"), None)
+        if value is None:
+            continue
+        ok = math.isfinite(value) and (value >= least if inclusive else value > least)
+        if not ok:
+            bound = f">= {least:g}" if inclusive else f"> {least:g}"
+            raise InvalidArgumentError(f"{opt} must be a finite number {bound}, got {value!r}")
+
+
+def _check_bench_args(args: argparse.Namespace) -> str:
+    dev = _check_device_arg(args.device)
+    _check_numbers(args, {"--warmup-ms": (0, True), "--rep-ms": (0, False), "--cpu-reps": (1, True)})
+    if args.out:
+        _check_out_dir(args.out, "--out")
+    return dev
+
+
+def _check_tune_args(args: argparse.Namespace) -> str:
+    from .autotuner.runtime import default_cache_dir
+
+    dev = _check_device_arg(args.device)
+    _check_numbers(args, {"--warmup": (0, True), "--runs": (1, True), "--max-configs": (1, True),
+                          "--time-budget": (0, False)})
+    if args.dtype:
+        _dtype(args.dtype)
+    if args.out:
+        _check_out_dir(args.out, "--out")
+    _check_out_dir(str(args.cache_dir or default_cache_dir()), "--cache-dir" if args.cache_dir else
+                   "cache directory (--cache-dir / $TRITON_OPS_CACHE_DIR)")
+    return dev
+
+
+def _check_tune_plan(entries: list[Any], shape_args: list[tuple[str | None, tuple[int, ...]]],
+                     dtype: torch.dtype | None) -> None:
+    """Every shape and the dtype fit the ops they are for, before any op is tuned."""
+    from .exceptions import InvalidArgumentError
+
+    for op, shape in shape_args:
+        if op is not None and not any(_entry_wanted(m, e, [op]) for m, e in entries):
+            names = ", ".join(e.kernel_type for _, e in entries)
+            raise InvalidArgumentError(f"--shapes {op}={'x'.join(map(str, shape))}: {op!r} is not among the "
+                                       f"ops to tune ({names})")
+    for module, entry in entries:
+        mine = [shape for op, shape in shape_args if op is None or _entry_wanted(module, entry, [op])]
+        entry.check_dtype(dtype)
+        for shape in mine:
+            entry.check_problem(shape, dtype)
 
 
 # ---------------------------------------------------------------------------------------------- info
@@ -185,11 +279,55 @@ def cmd_info(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------- bench
 
 
+def _write_json_rows(rows: list, out_dir: str, suffix: str, dev: str, command: str) -> Path | None:
+    """``<out>/<gpu>-<date>-<suffix>.json`` in the results-file format ({"env", "command", "rows"})."""
+    if not out_dir:
+        return None
+    from .benchmark.report import gpu_slug
+    from .benchmark.suite import collect_env
+
+    env = collect_env(dev)
+    gpu = torch.device(dev).type == "cuda"
+    stem = gpu_slug(env.get("gpu")) if gpu else "cpu"
+    path = Path(out_dir) / f"{stem}-{_dt.date.today().isoformat()}-{suffix}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"env": env, "command": command, "rows": rows}, indent=1) + "\n")
+    return path
+
+
+def cmd_bench_host(args: argparse.Namespace, dev: str) -> int:
+    from .benchmark.host import host_markdown, run_host_bench
+
+    rows = run_host_bench(dev, select=args.ops[1:] or None)
+    print(host_markdown(rows, torch.device(dev).type == "cuda"))
+    command = "triton-ops " + " ".join(shlex.quote(a) for a in args.argv)
+    path = _write_json_rows(rows, args.out, "host", dev, command)
+    if path:
+        print(f"wrote json: {path}")
+    return 1 if any(r.get("status") == "FAILED" for r in rows) else 0
+
+
+def cmd_bench_model(args: argparse.Namespace, dev: str) -> int:
+    from .benchmark.model import model_markdown, run_model_bench
+
+    rows = run_model_bench(dev, select=args.ops[1:] or None, quick=args.quick)
+    print(model_markdown(rows))
+    command = "triton-ops " + " ".join(shlex.quote(a) for a in args.argv)
+    path = _write_json_rows(rows, args.out, "model", dev, command)
+    if path:
+        print(f"wrote json: {path}")
+    return 1 if any(r.get("status") == "FAILED" for r in rows) else 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from .benchmark.report import to_markdown, write_reports
     from .benchmark.suite import BenchmarkSuite
 
-    dev = args.device or _device()
+    dev = _check_bench_args(args)
+    if args.ops and args.ops[0] == "host":
+        return cmd_bench_host(args, dev)
+    if args.ops and args.ops[0] == "model":
+        return cmd_bench_model(args, dev)
     cpu = torch.device(dev).type != "cuda"
     if cpu:
         print(_cpu_banner(), flush=True)
@@ -425,15 +563,15 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from .benchmark.report import gpu_slug
     from .benchmark.suite import collect_env
 
-    dev = args.device or _device()
+    dev = _check_tune_args(args)
     cpu = torch.device(dev).type != "cuda"
-    if cpu:
-        print(_cpu_banner(), flush=True)
     modules = list(_kernel_modules()) + list(args.entries_module or [])
     entries, missing = _load_entries(modules)
     entries = [(m, e) for m, e in entries if _entry_wanted(m, e, args.ops)]
     for module, why in missing.items():
-        if not args.ops or any(o in module for o in args.ops) or module in (args.entries_module or []):
+        asked = any(o in module for o in args.ops or ()) or module in (args.entries_module or [])
+        # a module that simply has nothing to tune is news only to someone who asked for it
+        if asked or (not args.ops and why != "no tuning_entry()"):
             print(f"{module}: not tunable ({why})", file=sys.stderr)
     if not entries:
         print("nothing to tune: no matching op exposes tuning_entry()", file=sys.stderr)
@@ -442,6 +580,9 @@ def cmd_tune(args: argparse.Namespace) -> int:
     cache = ConfigCache(cache_dir)
     dtype = _dtype(args.dtype) if args.dtype else None
     shape_args = [_split_shape_arg(s) for s in args.shapes] if args.shapes else []
+    _check_tune_plan(entries, shape_args, dtype)
+    if cpu:
+        print(_cpu_banner(), flush=True)
     rows = []
     for module, entry in entries:
         mine = [shape for op, shape in shape_args if op is None or _entry_wanted(module, entry, [op])]
@@ -520,7 +661,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="verify and time every op against its baselines, write reports")
     p.add_argument("ops", nargs="*", help="op families or ops (rmsnorm_rope, gated_mlp, fp8, fp8_gemm ...); "
-                                          "default: all")
+                                          "default: all. 'host [OPS]': host cost per eager call; "
+                                          "'model [MODELS]': end-to-end Hugging Face models")
     p.add_argument("--shapes", nargs="+", help="shape labels understood by the ops' benchmark cases")
     p.add_argument("--out", default="benchmarks/results",
                    help="directory for <gpu>-<date>.json/.md/.csv and plots "
