@@ -2,7 +2,7 @@
 # One batched GPU job: tests, host profile, sweeps, benchmarks and tuning, by section.
 #
 #   bash benchmarks/scripts/gpu_run.sh OUTDIR SECTION...
-#   SECTION: tests | profile | rmsnorm_sweep | gmlp_sweep | bench_rmsnorm_rope | bench_gated_mlp | bench_fp8 | tune
+#   SECTION: tests | host | model | model_compile | profile | rmsnorm_sweep | gmlp_sweep | bench_rmsnorm_rope | bench_gated_mlp | bench_fp8 | tune
 #
 # Each section writes its log under OUTDIR and prints a short summary last. Sections run in the order given.
 # Bench sections keep only the results JSON (the device machine returns at most 8 files); rebuild the
@@ -17,10 +17,21 @@ for section in "$@"; do
   start=$(date +%s)
   case $section in
     tests)
-      timeout 330 python3 -m pytest tests -q -p no:cacheprovider --ignore=tests/test_compile.py --maxfail=40 \
+      timeout 330 python3 -m pytest tests -q -n 8 -p no:cacheprovider --ignore=tests/test_compile.py --maxfail=40 \
         -W ignore::DeprecationWarning > "$out/gpu_tests.log" 2>&1
       summary+=("tests: $(tail -1 "$out/gpu_tests.log")")
       summary+=("$(grep -E '^(FAILED|ERROR)' "$out/gpu_tests.log" | cut -c1-160 | head -25)")
+      ;;
+    host)
+      timeout 240 python3 -m triton_ops.cli bench host --out "$out" > "$out/host.log" 2>&1
+      summary+=("$(grep -E '^\|' "$out/host.log" | grep -v -- '---')")
+      ;;
+    model|model_compile)
+      # model: eager systems of both models; model_compile: the torch.compile systems (slow to build)
+      if [ "$section" = model ]; then args=(--quick); else args=(compile); fi
+      timeout 540 python3 -m triton_ops.cli bench model "${args[@]}" ${MODEL_SELECT:-} --out "$out" \
+        > "$out/$section.log" 2>&1
+      summary+=("$(grep -E '^\|' "$out/$section.log" | grep -v -- '---' | cut -c1-170)")
       ;;
     profile)
       timeout 120 python3 benchmarks/scripts/profile_host.py > "$out/profile.log" 2>&1

@@ -137,6 +137,8 @@ def run_model_bench(device: str | None = None, select: list[str] | None = None, 
     systems = pick(SYSTEMS, lambda s: s)
     if quick:
         systems = [s for s in systems if "compile" not in s]
+    if "hf eager" not in systems:
+        systems.insert(0, "hf eager")  # every row's logits and speed-up are against it
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
     rows: list[dict] = []
     for spec in models:
