@@ -155,7 +155,7 @@ def _check_tune_args(args: argparse.Namespace) -> str:
 
     dev = _check_device_arg(args.device)
     _check_numbers(args, {"--warmup": (0, True), "--runs": (1, True), "--max-configs": (1, True),
-                          "--time-budget": (0, False)})
+                          "--time-budget": (0, True)})  # 0: stop after the first config that works
     if args.dtype:
         _dtype(args.dtype)
     if args.out:

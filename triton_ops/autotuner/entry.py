@@ -52,6 +52,50 @@ class TuningEntry:
     #: relative L2 error allowed between a candidate's output and the default config's output
     #: (accumulation order changes with tile sizes: ~1e-3 for fp16 outputs, 1e-2 covers bf16 and FP8)
     rtol: float = 1e-2
+    #: dtypes ``triton-ops tune --dtype`` may ask for; empty: ``dtype`` and the library's activation
+    #: dtypes (float16, bfloat16, float32)
+    dtypes: tuple[torch.dtype, ...] = ()
+
+    def accepted_dtypes(self) -> tuple[torch.dtype, ...]:
+        """What ``--dtype`` may be for this entry (see :attr:`dtypes`)."""
+        if self.dtypes:
+            return tuple(self.dtypes)
+        return tuple(dict.fromkeys((self.dtype, torch.float16, torch.bfloat16, torch.float32)))
+
+    def check_dtype(self, dtype: torch.dtype | None) -> None:
+        """Raise :class:`InvalidArgumentError` unless ``dtype`` (None: the entry's own) may be tuned."""
+        from ..exceptions import InvalidArgumentError
+
+        if dtype is not None and dtype not in self.accepted_dtypes():
+            names = ", ".join(str(d).replace("torch.", "") for d in self.accepted_dtypes())
+            raise InvalidArgumentError(f"{self.kernel_type} cannot be tuned in "
+                                       f"{str(dtype).replace('torch.', '')}; expected one of: {names}")
+
+    def check_problem(self, problem_size: tuple[int, ...], dtype: torch.dtype | None = None) -> None:
+        """Raise :class:`InvalidArgumentError` naming the expected format unless this entry can tune
+        ``problem_size`` in ``dtype``: positive sizes its ``cache_key`` and ``default_config`` accept
+        (both are pure functions of the problem, so nothing runs)."""
+        from ..exceptions import InvalidArgumentError, TritonOpsError
+
+        dims = tuple(problem_size)
+        shown = "x".join(map(str, dims)) or "(empty)"
+        example = next(iter(self.default_shapes or self.cpu_shapes), None)
+        fmt = (self.shape_doc or "the op's own shape format") + (
+            f", e.g. {'x'.join(map(str, example))}" if example else "")
+        self.check_dtype(dtype)
+        if not dims or any(isinstance(d, bool) or not isinstance(d, int) or d <= 0 for d in dims):
+            raise InvalidArgumentError(f"{self.kernel_type}: shape {shown} must list positive sizes; expected {fmt}")
+        try:
+            self.key_for(dims, dtype)
+            self.default_for(dims, dtype)
+        except TritonOpsError as exc:
+            reason = str(exc)
+        except (ValueError, TypeError, IndexError, KeyError, ZeroDivisionError) as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+        else:
+            return
+        raise InvalidArgumentError(f"{self.kernel_type}: shape {shown} is not a problem it takes ({reason}); "
+                                   f"expected {fmt}")
 
     def default_for(self, problem_size: tuple[int, ...], dtype: torch.dtype | None = None) -> dict[str, Any]:
         """``default_config(problem_size, dtype)`` when it takes the dtype, else ``default_config(size)``."""

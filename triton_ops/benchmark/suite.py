@@ -33,6 +33,7 @@ from typing import Any
 import torch
 
 from ..utils import device_name
+from ..validation import check_device_available, check_int, check_positive_finite
 from .case import BenchCase
 from .correctness import check_output
 from .timing import cpu_bench_median, do_bench_median
@@ -142,7 +143,8 @@ class BenchmarkSuite:
             None: every family in :data:`OP_FAMILIES`.
         quick: fewer/smaller problems (default: True with no GPU).
         shapes: shape labels passed to each family's ``cases`` (filters its problems).
-        device: "cuda" or "cpu" (default: "cuda" when available).
+        device: "cuda", "cuda:<index>" or "cpu" (default: "cuda" when available); a device that does not
+            exist here raises :class:`~triton_ops.exceptions.DeviceError` at once.
         cases_modules: extra modules defining ``cases(quick, shapes, device)`` (your own ops).
         warmup_ms, rep_ms: GPU timing budget per system (``triton.testing.do_bench``).
         cpu_reps: timed repetitions per system with no GPU (the interpreter is slow).
@@ -155,13 +157,20 @@ class BenchmarkSuite:
                  cases_modules: Sequence[str] = (), warmup_ms: float = 25.0, rep_ms: float = 100.0,
                  cpu_reps: int = 3, skip_systems: Iterable[str] = (),
                  cpu_skip: Iterable[str] = DEFAULT_CPU_SKIP) -> None:
-        self.device = device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
-        self.on_gpu = torch.device(self.device).type == "cuda"
+        # checked before anything runs: "gpu", or "cuda" on a machine without one, would otherwise fail
+        # every row with a torch error from inside the cases
+        dev = check_device_available(device if device is not None else
+                                     ("cuda" if torch.cuda.is_available() else "cpu"), "device")
+        self.device = str(dev)
+        self.on_gpu = dev.type == "cuda"
+        for name, value in (("warmup_ms", warmup_ms), ("rep_ms", rep_ms)):
+            check_positive_finite(value, name, allow_zero=name == "warmup_ms")
         self.ops = list(ops) if ops else None
         self.quick = (not self.on_gpu) if quick is None else bool(quick)
         self.shapes = list(shapes) if shapes else None
         self.cases_modules = list(cases_modules)
-        self.warmup_ms, self.rep_ms, self.cpu_reps = warmup_ms, rep_ms, max(1, int(cpu_reps))
+        self.warmup_ms, self.rep_ms = float(warmup_ms), float(rep_ms)
+        self.cpu_reps = check_int(cpu_reps, "cpu_reps", min_value=1)
         self.skip_systems = set(skip_systems)
         self.cpu_skip = set(cpu_skip)
         self._extra_cases: list[BenchCase] = []
