@@ -214,6 +214,20 @@ def _byte_extent(t: torch.Tensor) -> int:
     return (sum((n - 1) * st for n, st in zip(t.shape, t.stride())) + 1) * t.element_size()
 
 
+def _dense_block(t: torch.Tensor) -> tuple[int, list[int]]:
+    """(bytes of t's innermost dense block, byte strides of the dims outside it). The block merges the
+    smallest-stride dims while each steps exactly over the block so far: the heads and channels of a
+    ``[b, s, h, d]`` slice of a fused QKV buffer form one block of ``h * d`` elements."""
+    isz = t.element_size()
+    width, lead = isz, []
+    for st, n in sorted((st, n) for n, st in zip(t.shape, t.stride()) if n > 1):
+        if not lead and st * isz == width:
+            width *= n
+        else:
+            lead.append(st * isz)
+    return width, lead
+
+
 class Disjoint:
     """A test, fixed by two tensors' shapes, strides and dtypes, that they share no byte given their base
     addresses: built once per plan, it costs a few integer operations per call.
@@ -228,9 +242,9 @@ class Disjoint:
 
     def __init__(self, a: torch.Tensor, b: torch.Tensor) -> None:
         self.ext_a, self.ext_b = _byte_extent(a), _byte_extent(b)
-        lead = [st * t.element_size() for t in (a, b) for n, st in zip(t.shape[:-1], t.stride()[:-1]) if n > 1]
-        self.wa = (a.shape[-1] if a.dim() else 1) * a.element_size()
-        self.wb = (b.shape[-1] if b.dim() else 1) * b.element_size()
+        self.wa, lead_a = _dense_block(a)
+        self.wb, lead_b = _dense_block(b)
+        lead = lead_a + lead_b
         period = min(lead) if lead else 0
         ok = period > 0 and all(x % period == 0 for x in lead) and max(self.wa, self.wb) <= period
         self.period = period if ok else 0

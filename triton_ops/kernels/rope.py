@@ -220,13 +220,19 @@ def _check_tables(cos, sin, q, batch, seq, bshd, position_ids):
             raise ShapeError(f"4-D cos/sin must have a size-1 heads dim (dim {hd} for qk_layout="
                              f"{'bshd' if bshd else 'bhsd'}), got shape {tuple(cos.shape)}")
     c3, _, mode = _norm_tables(cos, sin, batch, seq, bshd, position_ids)
+    layout = f"read as {'[batch, seq, heads, d]' if bshd else '[batch, heads, seq, d]'}; check qk_layout"
     if mode == _POS_ROW:
         if position_ids is not None:
             raise ShapeError(f"per-token cos/sin tables of shape {tuple(cos.shape)} already encode the positions; "
                              "do not pass position_ids with them (or pass [rows, w] tables)")
         if tuple(c3.shape[:2]) != (batch, seq):
             raise ShapeError(f"per-token cos/sin have shape {tuple(cos.shape)}, expected [{batch} or 1, {seq}, w] "
-                             f"for q of shape {tuple(q.shape)} (batch={batch}, seq={seq})")
+                             f"for q of shape {tuple(q.shape)} (batch={batch}, seq={seq}, {layout})")
+    elif cos.dim() > 2 and position_ids is None and c3.shape[0] != seq:
+        # [1, s, w] is Hugging Face's per-token table of batch 1: its seq must be q's (a mismatch is most
+        # often q passed in the other dim order). Longer tables indexed from row 0 are [rows, w].
+        raise ShapeError(f"per-token cos/sin have shape {tuple(cos.shape)}, expected seq={seq} for q of shape "
+                         f"{tuple(q.shape)} ({layout}); pass a 2-D [rows, w] table to index a longer one")
     elif position_ids is None and c3.shape[0] < seq:
         raise ShapeError(f"cos/sin have {c3.shape[0]} rows but q has seq={seq} positions; pass a longer table, "
                          "position_ids, or check qk_layout")
