@@ -18,7 +18,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import triton_ops  # noqa: E402
 
 GROUPS = [
-    ("Fused ops", ["fused_rmsnorm_rope", "FusedRMSNormRoPE", "fused_gated_mlp", "fused_gated_mlp_fp8",
+    ("Fused ops", ["fused_rmsnorm_rope", "FusedRMSNormRoPE", "fused_add_rmsnorm", "FusedAddRMSNorm", "apply_rope",
+                   "fused_gated_mlp", "fused_gated_mlp_fp8",
                    "FusedGatedMLP"]),
     ("FP8", ["quantize_fp8", "dequantize_fp8", "FP8Quantizer", "fp8_gemm", "fp8_weight_only_gemm", "FP8Linear",
              "convert_to_fp8_linear"]),

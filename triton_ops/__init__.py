@@ -3,6 +3,8 @@
 The root package is the only public surface; everything users need is importable from here.
 
 * ``fused_rmsnorm_rope`` / ``FusedRMSNormRoPE``: RMSNorm + rotary embedding in one pass.
+* ``fused_add_rmsnorm`` / ``FusedAddRMSNorm``: RMSNorm with an optional fused residual add.
+* ``apply_rope``: rotary embedding of q and k in one launch.
 * ``fused_gated_mlp`` / ``FusedGatedMLP``: SwiGLU / GeGLU as one GEMM with the activation in its epilogue.
 * ``quantize_fp8`` / ``dequantize_fp8`` / ``fp8_gemm`` / ``FP8Linear``: FP8 quantization and GEMM.
 * ``TritonAutoTuner`` / ``ConfigCache``: autotuning with a persistent cache.
@@ -49,6 +51,9 @@ _LAZY = {
     "FusedGatedMLP": "kernels.gated_mlp",
     "fused_gated_mlp": "kernels.gated_mlp",
     "fused_gated_mlp_fp8": "kernels.gated_mlp",
+    "FusedAddRMSNorm": "kernels.rmsnorm",
+    "fused_add_rmsnorm": "kernels.rmsnorm",
+    "apply_rope": "kernels.rope",
     "FusedRMSNormRoPE": "kernels.rmsnorm_rope",
     "fused_rmsnorm_rope": "kernels.rmsnorm_rope",
     "BenchmarkRow": "models",
@@ -83,6 +88,9 @@ __all__ = [
     # fused ops
     "fused_rmsnorm_rope",
     "FusedRMSNormRoPE",
+    "fused_add_rmsnorm",
+    "FusedAddRMSNorm",
+    "apply_rope",
     "fused_gated_mlp",
     "fused_gated_mlp_fp8",
     "FusedGatedMLP",

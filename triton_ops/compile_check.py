@@ -28,6 +28,8 @@ from typing import Any
 #: (or has no ``compile_specs``) is skipped with a note, never silently.
 KERNEL_MODULES = (
     "triton_ops.kernels.rmsnorm_rope",
+    "triton_ops.kernels.rmsnorm",
+    "triton_ops.kernels.rope",
     "triton_ops.kernels.fp8_quantize",
     "triton_ops.kernels.fp8_gemm",
     "triton_ops.kernels.gated_mlp",
