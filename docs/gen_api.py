@@ -27,6 +27,7 @@ GROUPS = [
                     "FP8_GEMM_CONFIGS", "generate_configs", "filter_valid_configs", "get_default_config",
                     "compute_gemm_metrics", "compute_elementwise_metrics", "use_tuned_configs",
                     "tuned_configs_enabled"]),
+    ("Model integration", ["patch_model", "unpatch_model", "PatchReport", "FusedMLP"]),
     ("Benchmarking", ["BenchmarkSuite", "BenchmarkReport", "BenchCase", "CorrectnessVerifier"]),
     ("Data models and metrics", ["TensorSpec", "KernelMetrics", "TuningResult", "CorrectnessResult",
                                  "BenchmarkRow", "PerformanceProfile", "DevicePeaks", "device_peaks"]),

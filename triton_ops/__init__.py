@@ -9,6 +9,7 @@ The root package is the only public surface; everything users need is importable
 * ``quantize_fp8`` / ``dequantize_fp8`` / ``fp8_gemm`` / ``FP8Linear``: FP8 quantization and GEMM.
 * ``TritonAutoTuner`` / ``ConfigCache``: autotuning with a persistent cache.
 * ``BenchmarkSuite``: correctness-verified benchmarks against PyTorch, torch.compile and cuBLAS.
+* ``patch_model`` / ``unpatch_model`` / ``FusedMLP``: these ops inside Hugging Face transformers models.
 """
 
 # Names resolve on first use (PEP 562), so ``import triton_ops.compute`` (NumPy only) and the exceptions
@@ -49,6 +50,10 @@ _LAZY = {
     "dequantize_fp8": "kernels.fp8_quantize",
     "quantize_fp8": "kernels.fp8_quantize",
     "FusedGatedMLP": "kernels.gated_mlp",
+    "FusedMLP": "kernels.mlp",
+    "PatchReport": "integrations",
+    "patch_model": "integrations",
+    "unpatch_model": "integrations",
     "fused_gated_mlp": "kernels.gated_mlp",
     "fused_gated_mlp_fp8": "kernels.gated_mlp",
     "FusedAddRMSNorm": "kernels.rmsnorm",
@@ -94,6 +99,11 @@ __all__ = [
     "fused_gated_mlp",
     "fused_gated_mlp_fp8",
     "FusedGatedMLP",
+    "FusedMLP",
+    # model integration
+    "patch_model",
+    "unpatch_model",
+    "PatchReport",
     # FP8
     "quantize_fp8",
     "dequantize_fp8",

@@ -146,9 +146,10 @@ def unpatch_model(model: nn.Module) -> None:
         module.__dict__.pop("forward", None)
     for parent, name, original, replacement, fp8 in reversed(state.modules):
         if fp8:
-            device = replacement.down_proj.weight.device
-            original.to_empty(device=device)
-            original.load_state_dict(replacement.hf_state_dict())
+            # assign=True: the dequantized tensors become the parameters, in the dtype the patched model
+            # has now (it may have been cast since it was patched)
+            original.to_empty(device=replacement.down_proj.weight.device)
+            original.load_state_dict(replacement.hf_state_dict(), assign=True)
         else:
             for child_name, child in replacement.named_children():
                 setattr(original, child_name, child)

@@ -155,7 +155,7 @@ class FusedMLP(nn.Module):
         tensors; dequantized (``q * scale`` in the original dtype) for an FP8 module."""
         if not self.is_fp8:
             return {k: v.detach() for k, v in self.state_dict(prefix=prefix).items()}
-        dt = self._hf_dtype
+        dt = self._hf_dtype.dtype
         gate, up = self.gate_up.gate_up_weights()
         sd = {}
         if self.packed:
@@ -176,7 +176,8 @@ class FusedMLP(nn.Module):
         per-channel weight scales, per-token activation scales) and ``down_proj`` as an FP8Linear.
 
         The original-precision weights are released. ``state_dict()`` keeps the Hugging Face keys with the
-        dequantized FP8 weights as values; ``load_state_dict`` takes Hugging Face weights and quantizes them.
+        dequantized FP8 weights as values (in the weights' dtype, following later ``.to(dtype)`` casts);
+        ``load_state_dict`` takes Hugging Face weights and quantizes them.
         Gate/up biases are not supported by the FP8 gated kernel (:class:`UnsupportedError`).
         """
         if self.is_fp8:
@@ -184,7 +185,9 @@ class FusedMLP(nn.Module):
         gate, up, gb, _ = self._gate_up()
         if gb is not None:
             raise UnsupportedError("the FP8 gated-MLP kernel has no bias path; this MLP has gate/up biases")
-        self._hf_dtype = gate.dtype
+        # The dtype state_dict() dequantizes to: a non-persistent empty buffer, so model.half() / .to(dtype)
+        # convert it like any floating tensor and state_dict() follows them.
+        self.register_buffer("_hf_dtype", torch.empty(0, dtype=gate.dtype, device=gate.device), persistent=False)
         gate_up = FusedGatedMLP.from_weights(gate.detach(), up.detach(), self.activation, fp8=True)
         down = FP8Linear.from_linear(self.down_proj)
         for name in ("gate_up_proj",) if self.packed else ("gate_proj", "up_proj"):
