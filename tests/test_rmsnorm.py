@@ -144,7 +144,10 @@ def test_strided_and_noncollapsible_inputs(device):
     assert torch.equal(s, s_ref)
     assert_close(y, ref, torch.float16)
     xt = _rand(4, 2, 3, 96, device=device).transpose(0, 1)  # [2, 4, 3, 96]: leading dims do not collapse
-    assert_close(fused_add_rmsnorm(xt, w.float()[:96]), _ref(xt, w.float()[:96])[0], torch.float32)
+    n = plan_counts()["add_rmsnorm"]
+    for _ in range(2):  # the second call must not reuse a plan made for the first call's internal copy
+        assert_close(fused_add_rmsnorm(xt, w.float()[:96]), _ref(xt, w.float()[:96])[0], torch.float32)
+    assert plan_counts()["add_rmsnorm"] == n
 
 
 def test_leading_dims_1d_and_4d(device):

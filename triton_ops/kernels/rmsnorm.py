@@ -334,11 +334,11 @@ def _alias_pattern(x, residual, out, residual_out) -> tuple:
 class _Plan:
     """A validated launch: everything but the tensors' addresses, fixed by the call's signature."""
 
-    __slots__ = ("launch", "ints", "shape", "has_res", "cacheable", "tests")
+    __slots__ = ("launch", "ints", "shape", "has_res", "tests")
 
-    def __init__(self, launch, ints, shape, has_res, cacheable, tests):
+    def __init__(self, launch, ints, shape, has_res, tests):
         self.launch, self.ints, self.shape = launch, ints, shape
-        self.has_res, self.cacheable, self.tests = has_res, cacheable, tests
+        self.has_res, self.tests = has_res, tests
 
     def safe(self, args: tuple) -> bool:
         """The output-overlap tests of the validated call hold for these tensors' addresses."""
@@ -359,13 +359,14 @@ class _Plan:
 
 
 def _make_plan(x, weight, residual, out, residual_out, round_before_weight, tests=()) -> _Plan:
-    """Plan a launch on validated inputs (``out``/``residual_out`` of x's shape, or None for contiguous
-    buffers the plan allocates on each call). The plan is called with the 3-D views it returns in
-    ``plan.views`` order: x3, r3, out3, ro3 (views keep the base address)."""
+    """Plan a launch on validated inputs: ``x`` and ``residual`` as the 3-D tensors the kernel will read
+    (views of the caller's, or copies when their leading dims do not collapse), ``out``/``residual_out`` of
+    x's shape or None for contiguous buffers the plan allocates on each call. The plan is called with
+    tensors at the same addresses and with the same strides as the ones it was planned with."""
     has_res = residual is not None
     shape = tuple(x.shape)
     if x.numel() == 0:
-        return _Plan(None, (), shape, has_res, True, ())
+        return _Plan(None, (), shape, has_res, ())
     n_cols = x.shape[-1]
     x3 = _as_3d(x, "x")
     r3 = _as_3d(residual, "residual") if has_res else x3
@@ -378,9 +379,6 @@ def _make_plan(x, weight, residual, out, residual_out, round_before_weight, test
         ro_st = _as_3d(residual_out, "residual_out", writable=True).stride()[:2]
     else:
         ro_st = dense
-    # A plan launched on a copy of x (leading dims that do not collapse) cannot be reused: the copy is
-    # made by this call only.
-    cacheable = x3.data_ptr() == x.data_ptr() and (not has_res or r3.data_ptr() == residual.data_ptr())
     cfg = pick_config(n_rows, n_cols, x.element_size(), has_res, num_sms(x.device))
     exact_bf16 = interpreter_enabled() and x.dtype == torch.bfloat16
     pairs = ((x3.stride(0), x3.stride(1)), (r3.stride(0), r3.stride(1)), tuple(o_st), tuple(ro_st))
@@ -392,7 +390,7 @@ def _make_plan(x, weight, residual, out, residual_out, round_before_weight, test
         num_warps=cfg.num_warps)
     ints = (n_rows, n_cols, seq, *(v for pair in pairs for v in pair))
     idx = {n: i for i, n in enumerate(_ARGS)}
-    return _Plan(launch, ints, shape, has_res, cacheable, tuple((idx[a], idx[b], t) for a, b, t in tests))
+    return _Plan(launch, ints, shape, has_res, tuple((idx[a], idx[b], t) for a, b, t in tests))
 
 
 def _launch(x, weight, residual, out, residual_out, eps, weight_offset, round_before_weight) -> None:
@@ -590,7 +588,9 @@ def fused_add_rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6, 
         r3 = _as_3d(residual, "residual") if residual is not None else None
         plan = _make_plan(x3, weight, r3, out, residual_out, round_before_weight, tests)
         plan.shape = tuple(x.shape)
-        if plan.cacheable:
+        # A plan made for a copy of x or residual (leading dims that do not collapse) must not be reused:
+        # later calls would pass the originals, whose strides differ from the copy's.
+        if x3.data_ptr() == x.data_ptr() and (r3 is None or r3.data_ptr() == residual.data_ptr()):
             _plans.put(key, plan)
         return plan(x3, r3, weight, out, residual_out, eps, weight_offset)
 

@@ -263,12 +263,11 @@ def _rot_dim(table_width: int, head_dim: int, rotary_dim: Optional[int], half_wi
 class _Plan:
     """A validated launch: everything but the tensors' addresses, fixed by the call's signature."""
 
-    __slots__ = ("launch", "ints", "q_out", "k_out", "inplace", "has_k", "pos_mode", "tests", "cacheable")
+    __slots__ = ("launch", "ints", "q_out", "k_out", "inplace", "has_k", "pos_mode", "tests")
 
-    def __init__(self, launch, ints, q_out, k_out, inplace, has_k, pos_mode, tests, cacheable):
+    def __init__(self, launch, ints, q_out, k_out, inplace, has_k, pos_mode, tests):
         self.launch, self.ints, self.q_out, self.k_out = launch, ints, q_out, k_out
         self.inplace, self.has_k, self.pos_mode, self.tests = inplace, has_k, pos_mode, tests
-        self.cacheable = cacheable
 
     def safe(self, args: tuple) -> bool:
         for i, j, test in self.tests:
@@ -313,7 +312,7 @@ def _make_plan(q, k, cos, sin, position_ids, gptj, rotary_dim, inplace, half_wid
     rot = _rot_dim(c2.shape[-1], head_dim, rotary_dim, half_width_tables)
     n_tokens = batch * seq
     if q.numel() == 0 or (n_tokens == 0):
-        return _Plan(None, (), q_lay, k_lay, inplace, has_k, mode, (), True)
+        return _Plan(None, (), q_lay, k_lay, inplace, has_k, mode, ())
     if inplace:
         qo4, ko4 = q4, k4
     else:
@@ -352,7 +351,9 @@ def _make_plan(q, k, cos, sin, position_ids, gptj, rotary_dim, inplace, half_wid
 
     ints = (seq, hq, n_heads, c2.shape[0] if mode != _POS_ROW else c2.shape[1],
             *bsh(q4), *bsh(k4), *bsh(qo4), *bsh(ko4), scb, scs, ssb, sss, spb, sps)
-    return _Plan(launch, ints, q_lay, k_lay, inplace, has_k, mode, tests, True)
+    # Every tensor the kernel reads is a view of the caller's (no copies), so the plan holds for any call
+    # of this signature.
+    return _Plan(launch, ints, q_lay, k_lay, inplace, has_k, mode, tests)
 
 
 def _launch(q, k, cos, sin, position_ids, gptj, rotary_dim, half_width_tables, bshd, backward, inplace,
