@@ -5,30 +5,49 @@ One Triton kernel, ``_fp8_gemm_kernel``, covers every path; constexpr switches p
 * **native FP8** (sm_89 Ada, sm_90 Hopper): fp8 operands go straight into ``tl.dot`` (``wgmma ... e4m3`` on
   Hopper when the tile has >= 64 rows, ``mma ... e4m3`` on Ada), persistent grid (one program per SM
   walking tiles in grouped order so neighbouring programs share A rows / B columns in L2).
-* **weight-only** (sm_80, and small M everywhere): B holds FP8 converted in registers to fp16/bf16, then an
-  fp16/bf16 dot: by the hardware conversion on sm_89+, from the bits (read as uint8: Triton refuses the fp8
-  types on sm_80) with shifts and masks on sm_80.
-  Weight bytes are halved against fp16, so FP8Linear saves memory on Ampere too, and small-M (decode)
-  GEMMs read the weights once at near copy speed without quantizing the activations.
+* **weight-only** (sm_80 at every M; small M everywhere): B holds FP8 converted in registers to fp16/bf16,
+  then an fp16/bf16 dot: by the hardware conversion on sm_89+, from the bits (read as uint8: Triton refuses
+  the fp8 types on sm_80) with shifts and masks on sm_80. Weight bytes are halved against fp16, and
+  small-M (decode) GEMMs read the weights once at near copy speed without quantizing the activations.
+
+Operand layouts. ``a [M, K]`` and ``b [K, N]`` may have any strides (``b = w.t()`` of an ``[N, K]``
+weight, a contiguous ``[K, N]``, a column-major ``a``, slices). Two facts decide what runs:
+
+* The K-loop builds its tile pointers from row/column indices. Out-of-range rows and columns are clamped
+  to a valid one (unmasked loads keep the pipeline's loads vectorised) -- but only along a dimension that
+  is not the contiguous one: a clamped index (``where(n < N, n, 0)``) has no provable contiguity, so when
+  N (or M) *is* the contiguous dimension Triton falls back to one-byte, uncoalesced loads (a warp touching
+  32 rows for 32 bytes), cannot pipeline them with cp.async and spills (sm_90, 128x256 tile: 11.6 KB of
+  spills, ptxas). That was the 50-290x cliff of a contiguous ``[K, N]`` FP8 ``b``. ``A_MN`` / ``B_MN``
+  select masked, unclamped indices along a contiguous M / N: 16-byte vector loads, cp.async pipelining.
+* FP8 MMA reads both operands K-major from shared memory (wgmma takes MN-major B only for 16-bit
+  types; Ada's ``mma ... e4m3`` fragments are K-packed too). For an MN-major FP8 operand Triton 3.6
+  transposes each tile through registers with byte-wide shared-memory stores (sm_90: no cp.async for B,
+  128 ``st.shared.b8`` per thread per K step next to 4 wgmma; sm_89: 64 ``ld.shared.b8`` + 48 ``prmt``
+  per thread per K step instead of 4 ``ldmatrix``), so on the native path such an operand is first copied
+  K-major by ``_transpose_kernel`` (16-byte loads and stores, the transpose in shared memory): 2 bytes
+  per element (16 MB read + 16 MB written for a 4096x4096 weight, ~9 us at 3.6 TB/s, 8% of that GEMM).
+  A ``b`` passed again unchanged reuses its copy (``fp8_cache.operand_cache``), so a weight pays it once.
+  The 16-bit dots (weight-only, decoded operands) take either layout in the kernel.
 
 Scales: a per tensor (``[]``/``[1]``), per row (``[M, 1]``) or per (1, 128) block (``[M, ceil(K/128)]``);
 b per tensor, per column (``[1, N]``) or per (128, 128) block (``[ceil(K/128), ceil(N/128)]``). Row/column
 scales are applied once in the epilogue; block scales multiply each K step's partial product (the K step
-is then fixed at 128).
+is then fixed at 128). The kernels read every scale through ``_checked``: a scale that is not finite and
+positive turns the outputs it touches into NaN, so a bad scale never gives a finite wrong result, even
+where the host check is off (``check_scales=False``, torch.compile, CUDA graphs).
 
-From fp16/bf16/fp32 inputs (``fp8_gemm(a, b)``) the quantization is per row for a and per column for b,
-dynamic. Bytes per element, the choice made on paper (M = N = K = 4096, fp16, H100 copy ~2.9 TB/s):
+From fp16/bf16/fp32 inputs (``fp8_gemm(a, b)``), dynamic scaling: b per column (its FP8 copy, K-major, is
+kept while b is unchanged: a weight is quantized once), and a per row in one pass for M > 64 on sm_89+;
+for M <= 64, and on sm_80, a is not quantized at all (the weight-only kernel: fp16/bf16 activations times
+the FP8 b), which is both faster at decode sizes and closer to the float product.
 
-* fused quantize-in-the-GEMM (fp16 tiles loaded and converted in registers) re-converts every A element
-  N/BLOCK_N times and every B element M/BLOCK_M times: ~0.8 G conversions at ~2.5 ALU ops each, ~70 us of
-  ALU work competing with a ~110 us GEMM; with on-the-fly per-tile amax it would be several times that.
-* separate passes convert each element once: two launches (``quantize_operands_for_gemm``): a per row in
-  one pass fused with b's column-amax partials (read 2 B + write 1 B for a, read 2 B for b), then b's
-  scales reduced and b quantized K-major (the layout FP8 wgmma wants), bottom-up so most of its second
-  read hits L2: ~100-128 MB at 4096^3, ~30 us, then a pure FP8 GEMM at full tensor-core rate.
-
-The separate passes win on paper and keep the GEMM at the cuBLASLt-class rate, so that is the path
-(docs/perf-notes.md, "fp8", has the numbers).
+Why a's quantization stays a separate pass (docs/perf-notes.md, "fp8"): quantizing the A tile inside the
+GEMM's K-loop reads a as 16-bit from L2 once per column tile (N / BLOCK_N times: 16x at N = 4096, 512 MB
+of L2 traffic at 4096^3 next to the ~0.1 ms GEMM, ~5 TB/s, at the L2's limit), converts every element
+N / BLOCK_N times, and needs per-(1, 128) block scales (a per-row amax needs the whole row first). The
+separate pass reads a once (2 B + 1 B written per element, ~13 us at 4096^3) and leaves the GEMM at the
+cuBLASLt-class rate; what it costs at small sizes is one more launch, which launch plans make cheap.
 
 Small M (decode, M <= 64) streams the weights: one 16/32/64-row tile, 64 output columns per program; on
 sm_89+ the fp8 weights are converted by the hardware (``HW_CVT``; the bit decode's integer ops bounded the
@@ -37,8 +56,9 @@ partials summed by ``_splitk_reduce_kernel``, which also runs the epilogue). Lau
 ``gemm_config`` or, when tuned configs are switched on, from the tuning cache (``triton-ops tune
 fp8_gemm``, see ``tuning_entry``).
 
-Weights may be given transposed (``b = w.t()`` with ``w [N, K]`` contiguous) at no cost: the kernel takes
-any strides; K-major B (``stride_bk == 1``) is the fast layout for FP8 on Hopper.
+Host cost: every eager call goes through a launch plan (``triton_ops.launch``): validation, the operand
+layout decisions, config choice and tuned-config lookup happen once per input signature; a repeated call
+allocates its outputs, looks up cached operand copies and launches compiled kernels directly.
 """
 
 from __future__ import annotations
@@ -47,9 +67,11 @@ import torch
 import triton
 import triton.language as tl
 
+from ..autotuner import runtime as _rt
 from ..compile_check import CompileSpec
 from ..exceptions import InvalidArgumentError, ShapeError
-from ..utils import cdiv, device_arch, num_sms
+from ..launch import KernelLaunch, PlanCache, plan_key
+from ..utils import cdiv, device_arch, interpreter_enabled, num_sms
 from ..validation import (
     FLOAT_DTYPES,
     FP8_DTYPES,
@@ -57,13 +79,23 @@ from ..validation import (
     check_runnable_device,
     check_same_device,
     check_tensor,
-    direct_launch_ok,
 )
 from ._tiles import grouped_tile_coords
-from .fp8_quantize import _quantize_impl, check_scale_values, quantize_operands_for_gemm
+from .fp8_cache import capturing, operand_cache
+from .fp8_quantize import (
+    FP8_MAX,
+    SOFT_ROUND,
+    _on_sm80,
+    _quantize_torch,
+    _same_memory,
+    check_scale_values,
+    cols_step,
+    gemm_prep_step,
+    rows_step,
+)
 
 # ---------------------------------------------------------------------------------------------------
-# Layer 1: kernel
+# Layer 1: kernels
 # ---------------------------------------------------------------------------------------------------
 
 
@@ -85,18 +117,38 @@ def _decode_fp8_bits(bits, E5M2: tl.constexpr, TY: tl.constexpr):
 
 
 @triton.jit
+def _checked(s):
+    """A dequantization scale as the GEMM uses it: NaN unless finite and > 0 (NaN fails both compares),
+    so every output an invalid scale touches is NaN instead of a finite wrong value. One select per row,
+    column or block scale: free next to the tile's MMAs, and no host sync."""
+    return tl.where((s > 0.0) & (s < float("inf")), s, float("nan"))
+
+
+@triton.jit
+def _to_out(acc, TY: tl.constexpr):
+    """fp32 -> output dtype. Under the interpreter fp32 -> bf16 casts truncate; round to nearest even in
+    the bits first there (the GPU's cvt.rn already does)."""
+    if SOFT_ROUND:
+        if TY == tl.bfloat16:
+            bits = acc.to(tl.uint32, bitcast=True)
+            rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000).to(tl.float32, bitcast=True)
+            acc = tl.where(acc != acc, acc, rounded)
+    return acc.to(TY)
+
+
+@triton.jit
 def _epilogue(acc, rm_c, rn_c, as_ptr, bs_ptr, bias_ptr, stride_asm, stride_bsn, out_factor,
               A_SCALE: tl.constexpr, B_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr):
     """fp32 tile -> per-tensor / per-row / per-column scales, decode factor, bias (still fp32)."""
     acc = acc * out_factor
     if A_SCALE == 0:
-        acc = acc * tl.load(as_ptr)
+        acc = acc * _checked(tl.load(as_ptr))
     elif A_SCALE == 1:
-        acc = acc * tl.load(as_ptr + rm_c * stride_asm)[:, None]
+        acc = acc * _checked(tl.load(as_ptr + rm_c * stride_asm))[:, None]
     if B_SCALE == 0:
-        acc = acc * tl.load(bs_ptr)
+        acc = acc * _checked(tl.load(bs_ptr))
     elif B_SCALE == 1:
-        acc = acc * tl.load(bs_ptr + rn_c * stride_bsn)[None, :]
+        acc = acc * _checked(tl.load(bs_ptr + rn_c * stride_bsn))[None, :]
     if HAS_BIAS:
         acc = acc + tl.load(bias_ptr + rn_c).to(tl.float32)[None, :]
     return acc
@@ -111,14 +163,17 @@ def _fp8_gemm_kernel(a_ptr, b_ptr, c_ptr, as_ptr, bs_ptr, bias_ptr, ws_ptr, M, N
                      B_E5M2: tl.constexpr, DOT_TY: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                      GROUP_M: tl.constexpr, FLATTEN: tl.constexpr, SPLIT_K: tl.constexpr,
-                     HW_CVT: tl.constexpr = False):
+                     HW_CVT: tl.constexpr, A_MN: tl.constexpr, B_MN: tl.constexpr):
     """Persistent tiled GEMM. Scale modes (A_SCALE / B_SCALE): 0 one scale, 1 per row of a / per column
-    of b, 2 per (1, BLOCK_K) block of a / per (BLOCK_K, 128) block of b (BLOCK_K == 128).
+    of b, 2 per (1, BLOCK_K) block of a / per (BLOCK_K, 128) block of b (BLOCK_K == 128), 3 (a only) none.
     *_DECODE: the operand holds FP8 bits (uint8) decoded to DOT_TY in registers; otherwise it feeds
-    ``tl.dot`` as loaded (fp8 on sm_89+, or fp16/bf16 for the weight-only path). ``out_factor`` folds
-    the decode's power of two into the epilogue. HW_CVT (sm_89+): the decoded operand is loaded with its
-    fp8 type and converted by the hardware (``cvt.rn.f16x2.e4m3x2``, two elements per instruction) instead
-    of the ~6 integer ops per element of the bit decode, which bound the decode GEMM's weight streaming.
+    ``tl.dot`` as loaded (fp8 on sm_89+), or, with B_DECODE, converted to DOT_TY (weight-only: fp16/bf16
+    activations; fp32 under the interpreter, whose bf16 dot is wrong). ``out_factor`` folds the decode's
+    power of two into the epilogue. HW_CVT (sm_89+): the decoded operand is loaded with its fp8 type and
+    converted by the hardware (``cvt.rn.f16x2.e4m3x2``, two elements per instruction) instead of the ~6
+    integer ops per element of the bit decode, which bound the decode GEMM's weight streaming.
+    A_MN / B_MN: a is M-contiguous / b is N-contiguous; rows / columns are then masked instead of clamped
+    (see the module doc: a clamped contiguous index costs vectorisation and coalescing).
     SPLIT_K > 1: work item = (tile, K slice of ``k_tiles_per_split`` K steps); the raw fp32 partial goes
     to ``ws[split, M, N]`` and ``_splitk_reduce_kernel`` sums the slices and runs the epilogue."""
     pid = tl.program_id(0)
@@ -143,38 +198,55 @@ def _fp8_gemm_kernel(a_ptr, b_ptr, c_ptr, as_ptr, bs_ptr, bias_ptr, ws_ptr, M, N
         mmask = rm < M
         nmask = rn < N
         # Clamp out-of-range rows/cols to a valid one instead of masking the loads on M/N: unmasked
-        # loads along M and N keep the pipeline's loads vectorised; the store masks them out.
+        # loads along M and N keep the pipeline's loads vectorised; the store masks them out. Not along
+        # a contiguous M / N (A_MN / B_MN): there the clamp would hide the contiguity.
         rm_c = tl.where(mmask, rm, 0)
         rn_c = tl.where(nmask, rn, 0)
-        a_ptrs = a_ptr + rm_c[:, None] * stride_am + offs_k[None, :] * stride_ak
-        b_ptrs = b_ptr + offs_k[:, None] * stride_bk + rn_c[None, :] * stride_bn
+        if A_MN:
+            a_ptrs = a_ptr + rm[:, None] * stride_am + offs_k[None, :] * stride_ak
+        else:
+            a_ptrs = a_ptr + rm_c[:, None] * stride_am + offs_k[None, :] * stride_ak
+        if B_MN:
+            b_ptrs = b_ptr + offs_k[:, None] * stride_bk + rn[None, :] * stride_bn
+        else:
+            b_ptrs = b_ptr + offs_k[:, None] * stride_bk + rn_c[None, :] * stride_bn
         if SPLIT_K > 1:
             a_ptrs += kt0 * BLOCK_K * stride_ak
             b_ptrs += kt0 * BLOCK_K * stride_bk
         acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
         for kt in range(kt0, kt1):
             kmask = offs_k < K - kt * BLOCK_K
+            if A_MN:
+                amask = mmask[:, None] & kmask[None, :]
+            else:
+                amask = kmask[None, :]
+            if B_MN:
+                bmask = kmask[:, None] & nmask[None, :]
+            else:
+                bmask = kmask[:, None]
             if A_DECODE:
                 if HW_CVT:
-                    a = tl.load(a_ptrs, mask=kmask[None, :], other=0.0).to(DOT_TY)
+                    a = tl.load(a_ptrs, mask=amask, other=0.0).to(DOT_TY)
                 else:
-                    a = _decode_fp8_bits(tl.load(a_ptrs, mask=kmask[None, :], other=0), A_E5M2, DOT_TY)
+                    a = _decode_fp8_bits(tl.load(a_ptrs, mask=amask, other=0), A_E5M2, DOT_TY)
+            elif B_DECODE:
+                a = tl.load(a_ptrs, mask=amask, other=0.0).to(DOT_TY)
             else:
-                a = tl.load(a_ptrs, mask=kmask[None, :], other=0.0)
+                a = tl.load(a_ptrs, mask=amask, other=0.0)
             if B_DECODE:
                 if HW_CVT:
-                    b = tl.load(b_ptrs, mask=kmask[:, None], other=0.0).to(DOT_TY)
+                    b = tl.load(b_ptrs, mask=bmask, other=0.0).to(DOT_TY)
                 else:
-                    b = _decode_fp8_bits(tl.load(b_ptrs, mask=kmask[:, None], other=0), B_E5M2, DOT_TY)
+                    b = _decode_fp8_bits(tl.load(b_ptrs, mask=bmask, other=0), B_E5M2, DOT_TY)
             else:
-                b = tl.load(b_ptrs, mask=kmask[:, None], other=0.0)
+                b = tl.load(b_ptrs, mask=bmask, other=0.0)
             if A_SCALE == 2 or B_SCALE == 2:
                 part = tl.dot(a, b)
                 if A_SCALE == 2:
-                    sa = tl.load(as_ptr + rm_c * stride_asm + kt * stride_ask)
+                    sa = _checked(tl.load(as_ptr + rm_c * stride_asm + kt * stride_ask))
                     part = part * sa[:, None]
                 if B_SCALE == 2:
-                    sb = tl.load(bs_ptr + kt * stride_bsk + (rn_c // 128) * stride_bsn)
+                    sb = _checked(tl.load(bs_ptr + kt * stride_bsk + (rn_c // 128) * stride_bsn))
                     part = part * sb[None, :]
                 acc += part
             else:
@@ -188,7 +260,7 @@ def _fp8_gemm_kernel(a_ptr, b_ptr, c_ptr, as_ptr, bs_ptr, bias_ptr, ws_ptr, M, N
             acc = _epilogue(acc, rm_c, rn_c, as_ptr, bs_ptr, bias_ptr, stride_asm, stride_bsn, out_factor,
                             A_SCALE, B_SCALE, HAS_BIAS)
             c_ptrs = c_ptr + rm[:, None] * stride_cm + rn[None, :] * stride_cn
-            tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=mmask[:, None] & nmask[None, :])
+            tl.store(c_ptrs, _to_out(acc, c_ptr.dtype.element_ty), mask=mmask[:, None] & nmask[None, :])
 
 
 @triton.jit
@@ -207,11 +279,26 @@ def _splitk_reduce_kernel(ws_ptr, c_ptr, as_ptr, bs_ptr, bias_ptr, M, N, stride_
         acc += tl.load(ws_ptr + (sp * M + rm[:, None]) * N + rn[None, :], mask=omask, other=0.0)
     acc = _epilogue(acc, tl.where(mmask, rm, 0), tl.where(nmask, rn, 0), as_ptr, bs_ptr, bias_ptr, stride_asm,
                     stride_bsn, out_factor, A_SCALE, B_SCALE, HAS_BIAS)
-    tl.store(c_ptr + rm[:, None] * stride_cm + rn[None, :] * stride_cn, acc.to(c_ptr.dtype.element_ty), mask=omask)
+    tl.store(c_ptr + rm[:, None] * stride_cm + rn[None, :] * stride_cn, _to_out(acc, c_ptr.dtype.element_ty),
+             mask=omask)
+
+
+@triton.jit
+def _transpose_kernel(x_ptr, y_ptr, R, C, stride_xr, stride_xc, stride_yr, stride_yc, BLOCK_R: tl.constexpr,
+                      BLOCK_C: tl.constexpr):
+    """``y[r, c] = x[r, c]`` for any strides: the K-major copy of an MN-major FP8 operand. Triton gives the
+    load a layout contiguous along x's unit stride and the store one contiguous along y's, and moves the
+    tile between them through shared memory: 16-byte global loads and stores on both sides (ptxas, sm_90,
+    128x128 bytes over 8 warps: 4 ``ld.global.v4`` + 4 ``st.global.v4`` per thread)."""
+    r = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    c = tl.program_id(1).to(tl.int64) * BLOCK_C + tl.arange(0, BLOCK_C)
+    m = (r < R)[:, None] & (c < C)[None, :]
+    v = tl.load(x_ptr + r[:, None] * stride_xr + c[None, :] * stride_xc, mask=m)
+    tl.store(y_ptr + r[:, None] * stride_yr + c[None, :] * stride_yc, v, mask=m)
 
 
 # ---------------------------------------------------------------------------------------------------
-# Layer 2: configs and launcher
+# Layer 2: configs
 # ---------------------------------------------------------------------------------------------------
 
 #: (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) per name. Shared memory per stage for fp8 operands
@@ -237,7 +324,7 @@ CONFIGS = {
     "blk_ada": (64, 128, 128, 4, 3),
     "amp_blk": (64, 128, 128, 8, 3),  # both operands decoded: 4 warps spilled 100 B on sm_80
 }
-#: M at or below this takes the small-M configs.
+#: M at or below this takes the small-M configs (and, from float activations, the weight-only kernel).
 SMALL_M = 64
 #: Split-K of the small-M configs: aim for this many programs per SM (each streams its weight slice
 #: through a 3-4 stage cp.async pipeline; ~3 resident per SM keep ~150 KB of weights in flight per SM).
@@ -245,6 +332,14 @@ SMALL_PROGS_PER_SM = 4
 MAX_SPLIT_K = 8
 #: Cache family of tuned configs (``triton-ops tune fp8_gemm``), keyed by (M, N, K).
 KERNEL_TYPE = "fp8_gemm"
+#: Tile and warps of ``_transpose_kernel`` (16 KB of fp8 per program, 64 bytes per thread).
+TRANSPOSE_BLOCK = (128, 128, 8)
+#: Weight-only path, FP8 ``b`` not K-major (a contiguous ``[K, N]`` weight): False reads it in place (the
+#: fp16 dot takes MN-major operands; the sm_90/89 mma.sync configs then gather each B fragment with byte
+#: loads from shared memory, 161 ``ld.shared`` per thread and K step against 33 + 8 ``ldmatrix``, ptxas),
+#: True copies it K-major once per unchanged weight (the operand cache; a second copy of the weight's
+#: bytes while it lives). Not measured yet: benchmarks/scripts/sweep_fp8.py times both.
+WEIGHT_ONLY_KMAJOR_COPY = False
 
 
 def config_names(arch: int, *, weight_only: bool = False, block_scaled: bool = False,
@@ -312,14 +407,12 @@ def tuned_config(M: int, N: int, K: int, arch: int, device, *, weight_only: bool
                  block_scaled: bool = False, sms: int = 132, out_fp32: bool = False) -> dict:
     """The heuristic's config, or the one ``triton-ops tune`` stored for (M, N, K) when tuned configs are
     switched on (``triton_ops.use_tuned_configs()`` / ``TRITON_OPS_USE_TUNED=1``) and it is valid here."""
-    from ..autotuner import runtime
-
     cfg = gemm_config(M, N, K, arch, weight_only=weight_only, block_scaled=block_scaled, sms=sms,
                       out_fp32=out_fp32)
-    if block_scaled or not runtime.ENABLED:
+    if block_scaled or not _rt.ENABLED:
         return cfg
     default = {"name": cfg["name"], "GROUP_M": cfg["GROUP_M"], "SPLIT_K": cfg["SPLIT_K"]}
-    want = runtime.resolve(KERNEL_TYPE, (M, N, K), device, default)
+    want = _rt.resolve(KERNEL_TYPE, (M, N, K), device, default)
     if want == default or want["name"] not in config_names(arch, weight_only=weight_only, out_fp32=out_fp32):
         return cfg
     return _finish_config(want["name"], M, N, K, arch, sms, group_m=want["GROUP_M"], split_k=want["SPLIT_K"])
@@ -349,7 +442,7 @@ def _scale_mode(s: torch.Tensor, rows: int, groups: int, name: str, row_like: bo
 
 
 def _scale_strides(s: torch.Tensor, mode: int, row_like: bool) -> tuple[int, int]:
-    if mode in (0, 3):
+    if mode in (0, _NO_SCALE):
         return 0, 0
     if mode == 1:
         st = s.stride(0) if (row_like or s.dim() == 1) else s.stride(-1)
@@ -359,132 +452,314 @@ def _scale_strides(s: torch.Tensor, mode: int, row_like: bool) -> tuple[int, int
 
 #: A_SCALE mode "no scale for a" (weight-only: the activations are not quantized).
 _NO_SCALE = 3
-
-
-def _launch(a2: torch.Tensor, b: torch.Tensor, a_s: torch.Tensor, b_s: torch.Tensor, bias, out: torch.Tensor,
-            a_mode: int, b_mode: int, *, a_decode: bool, b_decode: bool, weight_only: bool, arch: int,
-            config: dict | None = None):
-    M, K = a2.shape
-    N = b.shape[1]
-    block_scaled = 2 in (a_mode, b_mode)
-    if config is None:
-        config = tuned_config(M, N, K, arch, a2.device, weight_only=weight_only or a_decode,
-                              block_scaled=block_scaled, sms=num_sms(a2.device), out_fp32=out.dtype == torch.float32)
-    cfg = config
-    if block_scaled and cfg["BLOCK_K"] != 128:
-        raise AssertionError("block-scaled configs must use BLOCK_K == 128")  # config table invariant
-    factor = 1.0
-    a_e5 = a2.dtype == torch.float8_e5m2
-    b_e5 = b.dtype == torch.float8_e5m2
-    # Weight-only on sm_89+: hardware fp8 -> fp16 conversion (exact), no power-of-two factor.
-    hw_cvt = weight_only and arch >= 89
-    if hw_cvt:
-        a_decode_bits = b_decode_bits = False
-    else:
-        a_decode_bits, b_decode_bits = a_decode, b_decode
-    if a_decode_bits:
-        factor *= 1.0 if a_e5 else 256.0
-        a2 = a2.view(torch.uint8)
-    if b_decode_bits:
-        factor *= 1.0 if b_e5 else 256.0
-        b = b.view(torch.uint8)
-    dot_ty = tl.bfloat16 if (a2.dtype == torch.bfloat16) else tl.float16
-    sam, sak = _scale_strides(a_s, a_mode, True)
-    sbk, sbn = _scale_strides(b_s, b_mode, False)
-    split = cfg["SPLIT_K"]
-    ws = torch.empty(split, M, N, dtype=torch.float32, device=out.device) if split > 1 else out
-    has_bias = bias is not None
-    bias_arg = bias if has_bias else a_s
-    _fp8_gemm_kernel[(cfg["NUM_PROGS"],)](
-        a2, b, out, a_s, b_s, bias_arg, ws, M, N, K,
-        a2.stride(0), a2.stride(1), b.stride(0), b.stride(1), out.stride(0), out.stride(1),
-        sam, sak, sbk, sbn, factor, cfg["NUM_PROGS"], cfg["K_TILES_PER_SPLIT"],
-        A_SCALE=a_mode, B_SCALE=b_mode, HAS_BIAS=has_bias, A_DECODE=a_decode, B_DECODE=b_decode,
-        A_E5M2=a_e5, B_E5M2=b_e5, DOT_TY=dot_ty, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
-        BLOCK_K=cfg["BLOCK_K"], GROUP_M=cfg["GROUP_M"], FLATTEN=cfg["FLATTEN"], SPLIT_K=split, HW_CVT=hw_cvt,
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
-    if split > 1:
-        rbm, rbn = REDUCE_BLOCK
-        _splitk_reduce_kernel[(cdiv(M, rbm), cdiv(N, rbn))](
-            ws, out, a_s, b_s, bias_arg, M, N, out.stride(0), out.stride(1), sam, sbn, factor, SPLIT=split,
-            A_SCALE=a_mode, B_SCALE=b_mode, HAS_BIAS=has_bias, BLOCK_M=rbm, BLOCK_N=rbn, num_warps=4)
-    return out
-
-
 #: Tile of the split-K reduction (fp32 partials: 16 x 64 x 4 B = 4 KB per slice and program; 224 programs
 #: for the 16 x 14336 decode output, so the 2.8 MB of partials are read by every SM at once).
 REDUCE_BLOCK = (16, 64)
 
 
-def _flatten_and_allocate(a: torch.Tensor, N: int, bias, out_dtype: torch.dtype):
-    """``a [..., K]`` as ``[M, K]`` and the ``[M, N]`` output. ``trivial`` is True when nothing is left to
-    launch: an empty output, or K == 0 (the output is then just the bias, or zeros)."""
-    lead = a.shape[:-1]
+# ---------------------------------------------------------------------------------------------------
+# Layer 2b: launch plans
+# ---------------------------------------------------------------------------------------------------
+#
+# ``_plan_gemm`` turns one validated call into ``run(a, b, a_scale, b_scale, bias) -> out``: every decision
+# that depends only on the call's signature (path, layouts, copies, scale modes, config, grid, strides) is
+# taken here once; ``run`` allocates, fetches or makes the operand copies and launches. ``run`` reads its
+# tensors only as base addresses (and, for the operand cache, as identities), so it may be given any
+# tensors with the planned signature -- FP8Linear passes its ``[N, K]`` weight for the planned ``w.t()``.
+
+#: Operand-cache tags: a float b quantized per column and stored K-major (``(qbt [N, K], sb [1, N])``),
+#: and an FP8 b copied K-major (``bt [N, K]``).
+_TAG_QUANT = "e4m3-col-kmajor"
+_TAG_KMAJOR = "kmajor"
+_E4M3 = torch.float8_e4m3fn
+
+
+def _gemm_step(M: int, N: int, K: int, a_st, b_st, c_st, sa_st, sb_st, a_mode: int, b_mode: int,
+               has_bias: bool, *, a_decode: bool, b_decode: bool, a_e5: bool, b_e5: bool, hw_cvt: bool, dot_ty,
+               factor: float, cfg: dict, device: torch.device):
+    """The GEMM launch (and split-K reduction) of a plan: ``run(a, b, out, sa, sb, bias)``."""
+    if 2 in (a_mode, b_mode) and cfg["BLOCK_K"] != 128:
+        raise InvalidArgumentError(f"config {cfg['name']!r} has BLOCK_K={cfg['BLOCK_K']}; block-scaled operands "
+                                   "need BLOCK_K == 128")
+    a_mn = a_st[0] == 1 and a_st[1] != 1 and M > 1
+    b_mn = b_st[1] == 1 and b_st[0] != 1 and N > 1
+    split = cfg["SPLIT_K"]
+    gemm = KernelLaunch(_fp8_gemm_kernel, (cfg["NUM_PROGS"],), dict(
+        A_SCALE=a_mode, B_SCALE=b_mode, HAS_BIAS=has_bias, A_DECODE=a_decode, B_DECODE=b_decode, A_E5M2=a_e5,
+        B_E5M2=b_e5, DOT_TY=dot_ty, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"],
+        GROUP_M=cfg["GROUP_M"], FLATTEN=cfg["FLATTEN"], SPLIT_K=split, HW_CVT=hw_cvt, A_MN=a_mn, B_MN=b_mn),
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+    ints = (M, N, K, a_st[0], a_st[1], b_st[0], b_st[1], c_st[0], c_st[1], sa_st[0], sa_st[1], sb_st[0],
+            sb_st[1], float(factor), cfg["NUM_PROGS"], cfg["K_TILES_PER_SPLIT"])
+    if split == 1:
+        def run(a, b, out, sa, sb, bias):
+            gemm(a, b, out, sa, sb, sa if bias is None else bias, out, *ints)
+        return run
+    rbm, rbn = REDUCE_BLOCK
+    reduce = KernelLaunch(_splitk_reduce_kernel, (cdiv(M, rbm), cdiv(N, rbn)),
+                          dict(SPLIT=split, A_SCALE=a_mode, B_SCALE=b_mode, HAS_BIAS=has_bias, BLOCK_M=rbm,
+                               BLOCK_N=rbn), num_warps=4)
+    rints = (M, N, c_st[0], c_st[1], sa_st[0], sb_st[1], float(factor))
+
+    def run_split(a, b, out, sa, sb, bias):
+        ws = torch.empty(split, M, N, dtype=torch.float32, device=device)
+        bias_arg = sa if bias is None else bias
+        gemm(a, b, out, sa, sb, bias_arg, ws, *ints)
+        reduce(ws, out, sa, sb, bias_arg, *rints)
+    return run_split
+
+
+def _copy_step(R: int, C: int, x_st, y_st, y_shape: tuple, dtype: torch.dtype, device: torch.device):
+    """``run(x) -> y``: ``y`` a new ``y_shape`` tensor holding x's ``[R, C]`` elements at strides ``y_st``
+    (``_transpose_kernel``; the K-major copy of an MN-major FP8 operand)."""
+    br, bc, warps = TRANSPOSE_BLOCK
+    launch = KernelLaunch(_transpose_kernel, (cdiv(R, br), cdiv(C, bc)), dict(BLOCK_R=br, BLOCK_C=bc),
+                          num_warps=warps)
+    ints = (R, C, x_st[0], x_st[1], y_st[0], y_st[1])
+
+    def run(x):
+        y = torch.empty(y_shape, dtype=dtype, device=device)
+        launch(x, y, *ints)
+        return y
+    return run
+
+
+def kmajor_copy(b: torch.Tensor) -> torch.Tensor:
+    """A ``[K, N]`` FP8 ``b`` (any strides) as the ``[K, N]`` view of a contiguous ``[N, K]`` (K-major),
+    the layout FP8 MMA reads; one pass of ``_transpose_kernel``. The native path makes it (once per
+    unchanged b) for every b that is not K-major."""
+    K, N = b.shape
+    return _copy_step(K, N, b.stride(), (1, K), (N, K), b.dtype, b.device)(b).t()
+
+
+def _cached(b: torch.Tensor, tag: str, make):
+    """``make(b)``, reused while b is unchanged (not while a CUDA graph is captured, see fp8_cache)."""
+    if capturing():
+        return make(b)
+    hit = operand_cache.get(b, tag)
+    if hit is None:
+        hit = make(b)
+        parts = hit if isinstance(hit, tuple) else (hit,)
+        operand_cache.put(b, tag, hit, sum(t.numel() * t.element_size() for t in parts))
+    return hit
+
+
+def _scale_arg(s: torch.Tensor, mode: int, row_like: bool):
+    """(convert to fp32 per call?, strides of what the kernel reads) for a user scale."""
+    conv = s.dtype != torch.float32
+    return conv, _scale_strides(s.to(torch.float32) if conv else s, mode, row_like)
+
+
+def _plan_gemm(a: torch.Tensor, b: torch.Tensor, a_scale, b_scale, bias, out_dtype: torch.dtype, path: str,
+               config: dict | None = None, *, weight_only: bool = False):
+    """Plan ``fp8_gemm`` / ``fp8_weight_only_gemm`` for validated inputs (see the section comment)."""
+    lead = tuple(a.shape[:-1])
     K = a.shape[-1]
+    N = b.shape[1]
     M = 1
     for d in lead:
         M *= d
+    dev = a.device
+    out_shape = lead + (N,)
+    has_bias = bias is not None
+    if M == 0 or N == 0:
+        return lambda a, b, sa, sb, bias: torch.empty(out_shape, dtype=out_dtype, device=dev)
+    if K == 0:
+        def run_k0(a, b, sa, sb, bias):
+            out = torch.zeros(out_shape, dtype=out_dtype, device=dev)
+            if bias is not None:
+                out += bias.to(out_dtype)
+            return out
+        return run_k0
+    arch = _arch(dev)
+    sms = num_sms(dev)
+    sm80 = _on_sm80(dev)
+    fmax = FP8_MAX[_E4M3]
+    groups = cdiv(K, 128)
+    a_float, b_float = a.dtype in FLOAT_DTYPES, b.dtype in FLOAT_DTYPES
+    a_mode = _scale_mode(a_scale, M, groups, "a_scale", True) if a_scale is not None else 1
+    b_mode = _scale_mode(b_scale, N, groups, "b_scale", False) if b_scale is not None else 1
+    if not weight_only:
+        # Float activations at decode sizes (and on sm_80, which has no FP8 MMA) are not quantized: the
+        # weight-only kernel streams b's FP8 bytes next to an fp16/bf16 dot (FP8Linear's decode path).
+        weight_only = path == "auto" and a_float and (M <= SMALL_M or arch < 89) and b_mode != 2
     a2 = a.reshape(M, K)
-    out = torch.empty(M, N, dtype=out_dtype, device=a.device)
-    trivial = M == 0 or N == 0 or K == 0
-    if K == 0 and M and N:
-        out.zero_()
-        if bias is not None:
-            out += bias.to(out_dtype)
-    return lead, M, K, N, a2, out, trivial
+    a_direct = _same_memory(a2, a)
+    a_st = a2.stride()
+    b_st = b.stride()
+    a_kmajor = a_st[1] == 1 or K == 1
+    b_kmajor = b_st[0] == 1 or K == 1
+    out_st = (N, 1)
+    out_fp32 = out_dtype == torch.float32
+
+    def a_view(a):
+        return a if a_direct else a.reshape(M, K)
+
+    # ---- b: the FP8 tensor the kernel reads, its strides and scale ----------------------------------
+    def quantize_b(b):
+        qbt = torch.empty(N, K, dtype=_E4M3, device=dev)
+        sb = torch.empty(1, N, dtype=torch.float32, device=dev)
+        if sm80:
+            sb.copy_(_quantize_torch(b, _E4M3, "column", None, None, qbt.t())[1].reshape(1, N))
+        elif b_kmajor:  # b = w.t(): per column of b is per row of w
+            quant_b_rows(b, qbt, sb)
+        else:
+            quant_b_cols(b, qbt, sb)
+        return qbt, sb
+
+    if b_float:
+        quant_b_rows = rows_step(N, K, b_st[1], K, 1, fmax, None) if (b_kmajor and not sm80) else None
+        quant_b_cols = cols_step(K, N, b_st, (1, K), fmax, dev) if not (b_kmajor or sm80) else None
+        b_kst, sb_st, b_mode = (1, K), (0, 1), 1
+    else:
+        conv_sb, sb_st = _scale_arg(b_scale, b_mode, False)
+        native = arch >= 89 and path != "decode" and not weight_only
+        b_copy = not b_kmajor and (native or (weight_only and WEIGHT_ONLY_KMAJOR_COPY))
+        if b_copy:
+            make_kmajor = _copy_step(K, N, b_st, (1, K), (N, K), b.dtype, dev)
+        b_kst = (1, K) if b_copy else b_st
+
+    # ---- weight-only: float a, FP8 b decoded in registers --------------------------------------------
+    if weight_only:
+        cast_a = a.dtype == torch.float32  # fp16 A tiles (fp32 ones would double the stages' shared memory)
+        dot = tl.float16 if a.dtype != torch.bfloat16 else (tl.float32 if interpreter_enabled() else tl.bfloat16)
+        hw = arch >= 89
+        b_e5 = (not b_float) and b.dtype == torch.float8_e5m2
+        factor = 1.0 if (hw or b_e5) else 256.0
+        cfg = config or tuned_config(M, N, K, arch, dev, weight_only=True, sms=sms, out_fp32=out_fp32)
+        core = _gemm_step(M, N, K, (K, 1) if cast_a else a_st, b_kst, out_st, (0, 0), sb_st, _NO_SCALE, b_mode,
+                          has_bias, a_decode=False, b_decode=True, a_e5=False, b_e5=b_e5, hw_cvt=hw, dot_ty=dot,
+                          factor=factor, cfg=cfg, device=dev)
+
+        def run_weight_only(a, b, a_scale, b_scale, bias):
+            x = a.to(torch.float16, memory_format=torch.contiguous_format) if cast_a else a_view(a)
+            if b_float:
+                qb, sb = _cached(b, _TAG_QUANT, quantize_b)
+            else:
+                qb = _cached(b, _TAG_KMAJOR, make_kmajor) if b_copy else b
+                sb = b_scale.to(torch.float32) if conv_sb else b_scale
+            if not hw:
+                qb = qb.view(torch.uint8)
+            out = torch.empty(out_shape, dtype=out_dtype, device=dev)
+            core(x, qb, out, sb, sb, bias)
+            return out
+        return run_weight_only
+
+    # ---- native FP8 MMA (sm_89+) or both operands decoded (sm_80, path="decode") ---------------------
+    decode = path == "decode" or arch < 89
+    if a_float:
+        a_kst, sa_st, a_mode = (K, 1), (1, 0), 1
+        a_rows_ok = a_kmajor and not sm80
+        if sm80:
+            quant_a = None
+        elif a_kmajor:
+            quant_a = rows_step(M, K, a_st[0], K, 1, fmax, None)
+        elif a_st[0] == 1:  # column-major a: per row of a = per column of a.t(), written K-major
+            quant_a = cols_step(K, M, (a_st[1], a_st[0]), (1, K), fmax, dev)
+        else:  # neither dimension contiguous: one contiguous copy per call, then rows
+            quant_a = rows_step(M, K, K, K, 1, fmax, None)
+        # A new row-major b next to a K-contiguous a: a's rows and b's column amaxes share launch 1.
+        fused_prep = gemm_prep_step(M, K, a_st[0], N, b_st, dev) if (b_float and a_rows_ok and not b_kmajor) \
+            else None
+    else:
+        conv_sa, sa_st = _scale_arg(a_scale, a_mode, True)
+        a_copy = not decode and not a_kmajor
+        if a_copy:
+            make_a = _copy_step(M, K, a_st, (K, 1), (M, K), a.dtype, dev)
+        a_kst = (K, 1) if a_copy else a_st
+    a_e5 = (not a_float) and a.dtype == torch.float8_e5m2
+    b_e5 = (not b_float) and b.dtype == torch.float8_e5m2
+    factor = 1.0
+    if decode:
+        factor *= 1.0 if a_e5 else 256.0
+        factor *= 1.0 if b_e5 else 256.0
+    block_scaled = 2 in (a_mode, b_mode)
+    cfg = config or tuned_config(M, N, K, arch, dev, weight_only=decode, block_scaled=block_scaled, sms=sms,
+                                 out_fp32=out_fp32)
+    core = _gemm_step(M, N, K, a_kst, b_kst, out_st, sa_st, sb_st, a_mode, b_mode, has_bias, a_decode=decode,
+                      b_decode=decode, a_e5=a_e5, b_e5=b_e5, hw_cvt=False, dot_ty=tl.float16, factor=factor,
+                      cfg=cfg, device=dev)
+
+    def run(a, b, a_scale, b_scale, bias):
+        qb = sb = None
+        if b_float:
+            hit = None if capturing() else operand_cache.get(b, _TAG_QUANT)
+            if hit is not None:
+                qb, sb = hit
+        if a_float:
+            qa = torch.empty(M, K, dtype=_E4M3, device=dev)
+            sa = torch.empty(M, 1, dtype=torch.float32, device=dev)
+            if b_float and qb is None and fused_prep is not None:
+                qb = torch.empty(N, K, dtype=_E4M3, device=dev)
+                sb = torch.empty(1, N, dtype=torch.float32, device=dev)
+                fused_prep(a_view(a), b, qa, sa, qb, sb)
+                if not capturing():
+                    operand_cache.put(b, _TAG_QUANT, (qb, sb), qb.numel() + 4 * N)
+            elif sm80:
+                qa, sa = _quantize_torch(a_view(a), _E4M3, "row", None, None, qa)
+            elif a_rows_ok or a_st[0] == 1:
+                quant_a(a_view(a) if a_rows_ok else a, qa, sa)
+            else:
+                quant_a(a_view(a).contiguous(), qa, sa)
+        else:
+            qa = make_a(a_view(a)) if a_copy else a_view(a)
+            sa = a_scale.to(torch.float32) if conv_sa else a_scale
+        if b_float:
+            if qb is None:
+                qb, sb = _cached(b, _TAG_QUANT, quantize_b)
+        else:
+            qb = _cached(b, _TAG_KMAJOR, make_kmajor) if b_copy else b
+            sb = b_scale.to(torch.float32) if conv_sb else b_scale
+        if decode:
+            qa, qb = qa.view(torch.uint8), qb.view(torch.uint8)
+        out = torch.empty(out_shape, dtype=out_dtype, device=dev)
+        core(qa, qb, out, sa, sb, bias)
+        return out
+    return run
 
 
 def _gemm_impl(a: torch.Tensor, b: torch.Tensor, a_scale, b_scale, bias, out_dtype: torch.dtype,
                path: str, config: dict | None = None) -> torch.Tensor:
-    """Launcher (inputs validated). ``path``: "auto", or "native" / "decode" to force a variant (tests).
-    ``config``: a full config dict (as from gemm_config) instead of the heuristic (tuning)."""
-    lead, M, K, N, a2, out, trivial = _flatten_and_allocate(a, b.shape[1], bias, out_dtype)
-    if trivial:
-        return out.reshape(*lead, N)
-    arch = _arch(a.device)
-    decode = path == "decode" or (path == "auto" and arch < 89)
-    if a.dtype in FLOAT_DTYPES and b.dtype in FLOAT_DTYPES:
-        # a per row and b per column, two launches (see quantize_operands_for_gemm)
-        a2, a_scale, b, b_scale = quantize_operands_for_gemm(a2, b)
-        a_mode = b_mode = 1
-    else:
-        if a.dtype in FLOAT_DTYPES:
-            a2, a_scale = _quantize_impl(a2, "e4m3fn", "row", 1, 1, None)
-        if b.dtype in FLOAT_DTYPES:
-            b, b_scale = _quantize_impl(b, "e4m3fn", "column", 1, 1, None, transpose_out=True)
-        a_mode = _scale_mode(a_scale, M, cdiv(K, 128), "a_scale", True)
-        b_mode = _scale_mode(b_scale, N, cdiv(K, 128), "b_scale", False)
-    a_s = a_scale if a_scale.dtype == torch.float32 else a_scale.to(torch.float32)
-    b_s = b_scale if b_scale.dtype == torch.float32 else b_scale.to(torch.float32)
-    _launch(a2, b, a_s, b_s, bias, out, a_mode, b_mode, a_decode=decode, b_decode=decode, weight_only=False,
-            arch=arch, config=config)
-    return out.reshape(*lead, N)
+    """Launcher (inputs validated), planned for this one call. ``path``: "auto", or "native" / "decode" to
+    force a variant (tests). ``config``: a full config dict (as from gemm_config) instead of the heuristic
+    (tuning)."""
+    return _plan_gemm(a, b, a_scale, b_scale, bias, out_dtype, path, config)(a, b, a_scale, b_scale, bias)
 
 
 def _weight_only_impl(x: torch.Tensor, w_t: torch.Tensor, w_scale: torch.Tensor, bias, out_dtype,
                       config: dict | None = None) -> torch.Tensor:
-    """``x [.., K]`` fp16/bf16 times FP8 ``w_t [K, N]`` (decoded in registers) times per-column/tensor scales."""
-    lead, M, K, N, x2, out, trivial = _flatten_and_allocate(x, w_t.shape[1], bias, out_dtype)
-    if trivial:
-        return out.reshape(*lead, N)
-    if x2.dtype == torch.float32:
-        x2 = x2.to(torch.float16)  # the tensor-core dot takes fp16/bf16; weights carry 4 significant bits
-    b_mode = _scale_mode(w_scale, N, cdiv(K, 128), "w_scale", False)
-    w_s = w_scale if w_scale.dtype == torch.float32 else w_scale.to(torch.float32)
-    _launch(x2, w_t, w_s, w_s, bias, out, _NO_SCALE, b_mode, a_decode=False, b_decode=True, weight_only=True,
-            arch=_arch(x.device), config=config)
-    return out.reshape(*lead, N)
+    """``x [.., K]`` fp16/bf16/fp32 times FP8 ``w_t [K, N]`` (decoded in registers) times per-column/tensor
+    scales."""
+    return _plan_gemm(x, w_t, None, w_scale, bias, out_dtype, "auto", config, weight_only=True)(
+        x, w_t, None, w_scale, bias)
 
 
 # ---------------------------------------------------------------------------------------------------
 # Layer 3: custom ops
 # ---------------------------------------------------------------------------------------------------
 
+_gemm_plans = PlanCache("fp8_gemm")
+_weight_only_plans = PlanCache("fp8_weight_only_gemm")
+
+
+def _planned(cache: PlanCache, key, build):
+    """The cached plan for ``key`` (built on a miss), or a fresh one when the call has no key."""
+    if key is None:
+        return build()
+    plan = cache.get(key)
+    if plan is None:
+        plan = cache.put(key, build())
+    return plan
+
 
 @torch.library.custom_op("triton_ops::fp8_gemm", mutates_args=())
 def _fp8_gemm_op(a: torch.Tensor, b: torch.Tensor, a_scale: torch.Tensor | None, b_scale: torch.Tensor | None,
                  bias: torch.Tensor | None, out_dtype: torch.dtype, path: str) -> torch.Tensor:
-    return _gemm_impl(a, b, a_scale, b_scale, bias, out_dtype, path)
+    # Called with real tensors (eager autograd / compiled graphs): plans apply here too.
+    key = plan_key(a, b, a_scale, b_scale, bias)
+    plan = _planned(_gemm_plans, key and (key, out_dtype, path, _rt.ENABLED),
+                    lambda: _plan_gemm(a, b, a_scale, b_scale, bias, out_dtype, path))
+    return plan(a, b, a_scale, b_scale, bias)
 
 
 @_fp8_gemm_op.register_fake
@@ -495,7 +770,10 @@ def _(a, b, a_scale, b_scale, bias, out_dtype, path):
 @torch.library.custom_op("triton_ops::fp8_weight_only_gemm", mutates_args=())
 def _fp8_weight_only_op(x: torch.Tensor, w_t: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None,
                         out_dtype: torch.dtype) -> torch.Tensor:
-    return _weight_only_impl(x, w_t, w_scale, bias, out_dtype)
+    key = plan_key(x, w_t, w_scale, bias)
+    plan = _planned(_weight_only_plans, key and (key, out_dtype, _rt.ENABLED),
+                    lambda: _plan_gemm(x, w_t, None, w_scale, bias, out_dtype, "auto", weight_only=True))
+    return plan(x, w_t, None, w_scale, bias)
 
 
 @_fp8_weight_only_op.register_fake
@@ -532,25 +810,49 @@ def _check_operands(a, b, bias, out_dtype):
             raise ShapeError(f"bias has shape {tuple(bias.shape)}, expected ({b.shape[1]},)")
 
 
+def _check_scales(a_scale, b_scale) -> None:
+    if a_scale is not None:
+        check_scale_values(a_scale, "a_scale")
+    if b_scale is not None:
+        check_scale_values(b_scale, "b_scale")
+
+
 def fp8_gemm(a: torch.Tensor, b: torch.Tensor, *, a_scale: torch.Tensor | None = None,
              b_scale: torch.Tensor | None = None, bias: torch.Tensor | None = None,
              out_dtype: torch.dtype | None = None, check_scales: bool = True,
              _path: str = "auto") -> torch.Tensor:
-    """``a @ b`` in FP8 with fp32 accumulation; ``a [M, K]`` (or ``[..., K]``), ``b [K, N]``.
+    """``a @ b`` in FP8 with fp32 accumulation; ``a [M, K]`` (or ``[..., K]``), ``b [K, N]``, any strides.
 
     (The FP8 tensor cores of sm_89/sm_90 add products inside an MMA with ~14 mantissa bits, not 24: on
     identical FP8 operands the result differs from an exact fp32 sum by ~1e-4 relative, far below the
     e4m3 quantization error of ~3e-2.)
 
-    * fp16/bf16/fp32 operands are quantized automatically to e4m3 (dynamic: a per row, b per column).
+    * fp16/bf16/fp32 operands are quantized automatically to e4m3 (dynamic: b per column, a per row).
+      A float ``b`` passed again unchanged (same tensor or view base, same version counter) reuses its FP8
+      copy (see ``fp8_cache``), so a weight is quantized once. For M <= 64 (and on sm_80) float activations
+      are not quantized: fp16/bf16 ``a`` times the FP8 ``b`` (fp32 ``a`` through fp16), closer to the float
+      product than e4m3 x e4m3.
     * FP8 operands (e4m3fn or e5m2) come with their dequantization scales (``x ~= q.float() * scale``):
       ``a_scale`` ``[]``/``[1]``, ``[M, 1]`` or ``[M, ceil(K/128)]`` (1x128 blocks); ``b_scale`` ``[]``/``[1]``,
       ``[1, N]`` or ``[ceil(K/128), ceil(N/128)]`` (128x128 blocks).
+    * Any layout of ``a`` and ``b`` runs at the speed of the K-major one: an FP8 operand that is not
+      K-major (e.g. a contiguous ``[K, N]`` ``b``) is copied K-major in one pass first (FP8 MMA reads
+      K-major operands only); for ``b`` that copy is kept while b is unchanged.
     * ``bias [N]`` and the output dtype (fp16/bf16/fp32; default: a's dtype for float a, bf16 for FP8 a)
-      are applied in the epilogue. ``b`` may be a transposed view (``w.t()``): no copy is made.
-    * ``check_scales`` verifies given scales are finite and positive (one host sync; skipped under
-      torch.compile and CUDA-graph capture). Pass False on hot paths whose scales come from quantize_fp8.
+      are applied in the epilogue.
+    * ``check_scales`` verifies given scales are finite and positive and raises ``NumericalError``
+      otherwise: one host sync the first time a scale tensor (or a new version of it) is seen; scales
+      produced by ``quantize_fp8`` and ones already checked cost nothing. Skipped under torch.compile and
+      CUDA-graph capture. Whatever this flag, the kernel writes NaN wherever an invalid scale is used.
     """
+    key = plan_key(a, b, a_scale, b_scale, bias)
+    if key is not None:
+        key = (key, out_dtype, _path, _rt.ENABLED)
+        plan = _gemm_plans.get(key)
+        if plan is not None:
+            if check_scales:
+                _check_scales(a_scale, b_scale)
+            return plan(a, b, a_scale, b_scale, bias)
     _check_operands(a, b, bias, out_dtype)
     tensors = {"a": a, "b": b, "a_scale": a_scale, "b_scale": b_scale, "bias": bias}
     for name, t in (("a_scale", a_scale), ("b_scale", b_scale)):
@@ -576,23 +878,30 @@ def fp8_gemm(a: torch.Tensor, b: torch.Tensor, *, a_scale: torch.Tensor | None =
         raise InvalidArgumentError(f"_path={_path!r}; expected 'auto', 'native' or 'decode'")
     check_runnable_device(a.device, "a")
     if check_scales:
-        for name, s in (("a_scale", a_scale), ("b_scale", b_scale)):
-            if s is not None:
-                check_scale_values(s, name)
-    if out_dtype is None:
-        out_dtype = a.dtype if a.dtype in FLOAT_DTYPES else torch.bfloat16
-    if direct_launch_ok(a, b, a_scale, b_scale, bias):
-        return _gemm_impl(a, b, a_scale, b_scale, bias, out_dtype, _path)
-    return _fp8_gemm_op(a, b, a_scale, b_scale, bias, out_dtype, _path)
+        _check_scales(a_scale, b_scale)
+    resolved = out_dtype if out_dtype is not None else (a.dtype if a.dtype in FLOAT_DTYPES else torch.bfloat16)
+    if key is not None:
+        # Plain eager call: plan once per signature, launch directly (no custom-op dispatcher).
+        plan = _gemm_plans.put(key, _plan_gemm(a, b, a_scale, b_scale, bias, resolved, _path))
+        return plan(a, b, a_scale, b_scale, bias)
+    return _fp8_gemm_op(a, b, a_scale, b_scale, bias, resolved, _path)
 
 
 def fp8_weight_only_gemm(x: torch.Tensor, w_t: torch.Tensor, w_scale: torch.Tensor, *,
                          bias: torch.Tensor | None = None, out_dtype: torch.dtype | None = None) -> torch.Tensor:
-    """``x @ dequant(w_t)``: fp16/bf16/fp32 activations, FP8 weights ``w_t [K, N]`` (usually ``w.t()`` of an
-    ``[N, K]`` weight) decoded inside the kernel; ``w_scale`` per tensor or per column ``[1, N]``.
+    """``x @ dequant(w_t)``: fp16/bf16/fp32 activations, FP8 weights ``w_t [K, N]`` (``w.t()`` of an
+    ``[N, K]`` weight, or a contiguous ``[K, N]``: both run at the same speed) decoded inside the kernel;
+    ``w_scale`` per tensor or per column ``[1, N]``.
 
     Works on every GPU from sm_80 (no FP8 instruction is used); the small-M (decode) path of FP8Linear.
+    The kernel writes NaN wherever ``w_scale`` is not finite and positive.
     """
+    key = plan_key(x, w_t, w_scale, bias)
+    if key is not None:
+        key = (key, out_dtype, _rt.ENABLED)
+        plan = _weight_only_plans.get(key)
+        if plan is not None:
+            return plan(x, w_t, None, w_scale, bias)
     _check_operands(x, w_t, bias, out_dtype)
     check_dtype(x, "x", FLOAT_DTYPES)
     check_dtype(w_t, "w_t", FP8_DTYPES)
@@ -604,11 +913,12 @@ def fp8_weight_only_gemm(x: torch.Tensor, w_t: torch.Tensor, w_scale: torch.Tens
         raise ShapeError(f"w_scale has shape {tuple(w_scale.shape)}; the weight-only path takes a per-tensor or "
                          f"per-column scale ([1, {w_t.shape[1]}])")
     check_runnable_device(x.device, "x")
-    if out_dtype is None:
-        out_dtype = x.dtype
-    if direct_launch_ok(x, w_t, w_scale, bias):
-        return _weight_only_impl(x, w_t, w_scale, bias, out_dtype)
-    return _fp8_weight_only_op(x, w_t, w_scale, bias, out_dtype)
+    resolved = out_dtype if out_dtype is not None else x.dtype
+    if key is not None:
+        plan = _weight_only_plans.put(key, _plan_gemm(x, w_t, None, w_scale, bias, resolved, "auto",
+                                                      weight_only=True))
+        return plan(x, w_t, None, w_scale, bias)
+    return _fp8_weight_only_op(x, w_t, w_scale, bias, resolved)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -691,33 +1001,42 @@ def tuning_entry():
 
 _SIG_BASE = {
     "a_ptr": None, "b_ptr": None, "c_ptr": "*bf16", "as_ptr": "*fp32", "bs_ptr": "*fp32", "bias_ptr": "*bf16",
-    "ws_ptr": "*fp32", "M": "i32", "N": "i32", "K": "i32", "stride_am": "i64", "stride_ak": "constexpr",
-    "stride_bk": "constexpr",
-    "stride_bn": "i64", "stride_cm": "i64", "stride_cn": "constexpr", "stride_asm": "i64", "stride_ask": "i64",
-    "stride_bsk": "i64", "stride_bsn": "i64", "out_factor": "fp32", "NUM_PROGS": "i32", "k_tiles_per_split": "i32",
+    "ws_ptr": "*fp32", "M": "i32", "N": "i32", "K": "i32", "stride_am": "i64", "stride_ak": "i64",
+    "stride_bk": "i64", "stride_bn": "i64", "stride_cm": "i64", "stride_cn": "constexpr", "stride_asm": "i64",
+    "stride_ask": "i64", "stride_bsk": "i64", "stride_bsn": "i64", "out_factor": "fp32", "NUM_PROGS": "i32",
+    "k_tiles_per_split": "i32",
 }
 _CONSTEXPR_NAMES = ("A_SCALE", "B_SCALE", "HAS_BIAS", "A_DECODE", "B_DECODE", "A_E5M2", "B_E5M2", "DOT_TY",
-                    "BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "FLATTEN", "SPLIT_K", "HW_CVT")
+                    "BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "FLATTEN", "SPLIT_K", "HW_CVT", "A_MN", "B_MN")
 
 
 def _spec(name: str, arch: int, *, a_ty: str, b_ty: str, a_decode: bool, b_decode: bool, a_mode: int, b_mode: int,
           bias: bool, dot_ty=tl.float16, flatten: bool = False, out_ty: str = "bf16",
-          must: list[str] | None = None, split_k: int = 1, hw_cvt: bool = False) -> CompileSpec:
+          must: list[str] | None = None, split_k: int = 1, hw_cvt: bool = False, a_mn: bool = False,
+          b_mn: bool = False) -> CompileSpec:
     bm, bn, bk, warps, stages = CONFIGS[name]
     sig = dict(_SIG_BASE)
     sig["a_ptr"], sig["b_ptr"], sig["c_ptr"] = f"*{a_ty}", f"*{b_ty}", f"*{out_ty}"
     for n in _CONSTEXPR_NAMES:
         sig[n] = "constexpr"
-    # Unit strides are what the JIT specialises at run time (K-contiguous a, K-major b, row-major out).
-    const = {"stride_ak": 1, "stride_bk": 1, "stride_cn": 1, "A_SCALE": a_mode, "B_SCALE": b_mode,
-             "HAS_BIAS": bias, "A_DECODE": a_decode, "B_DECODE": b_decode, "A_E5M2": False, "B_E5M2": False,
-             "DOT_TY": dot_ty, "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "FLATTEN": flatten,
-             "SPLIT_K": split_k, "HW_CVT": hw_cvt}
+    # Unit strides are what the JIT specialises at run time: K-contiguous a and K-major b, or M-contiguous a
+    # (A_MN) / N-contiguous b (B_MN); row-major out.
+    unit = ["stride_am" if a_mn else "stride_ak", "stride_bn" if b_mn else "stride_bk", "stride_cn"]
+    for n in unit:
+        sig[n] = "constexpr"
+    const = {n: 1 for n in unit}
+    const.update({"A_SCALE": a_mode, "B_SCALE": b_mode, "HAS_BIAS": bias, "A_DECODE": a_decode,
+                  "B_DECODE": b_decode, "A_E5M2": False, "B_E5M2": False, "DOT_TY": dot_ty, "BLOCK_M": bm,
+                  "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "FLATTEN": flatten, "SPLIT_K": split_k,
+                  "HW_CVT": hw_cvt, "A_MN": a_mn, "B_MN": b_mn})
+    layout = ("a:M-major " if a_mn else "") + ("b:N-major " if b_mn else "")
+    aligned = tuple(n for n in _ALIGNED_ARGS + ("stride_ak", "stride_bk", "stride_am", "stride_bn")
+                    if n not in unit)
     return CompileSpec(_fp8_gemm_kernel, sig, const, num_warps=warps, num_stages=stages,
-                       label=f"fp8_gemm {name} a{a_ty}{'(dec)' if a_decode else ''} b{b_ty}"
+                       label=f"fp8_gemm {name} {layout}a{a_ty}{'(dec)' if a_decode else ''} b{b_ty}"
                              f"{'(dec)' if b_decode else ''} s{a_mode}{b_mode} bias{int(bias)} ->{out_ty}"
                              f" split{split_k}{' cvt' if hw_cvt else ''}",
-                       ptx_must_contain=must or [], aligned=_ALIGNED_ARGS)
+                       ptx_must_contain=must or [], aligned=aligned)
 
 
 def compile_specs(arch: int) -> list[CompileSpec]:
@@ -756,6 +1075,37 @@ def compile_specs(arch: int) -> list[CompileSpec]:
         for a_mode, b_mode, name in ((1, 1, "amp_128"), (2, 2, "amp_blk")):
             specs.append(_spec(name, arch, a_ty="u8", b_ty="u8", a_decode=True, b_decode=True, a_mode=a_mode,
                                b_mode=b_mode, bias=False))
+    # Other operand layouts, read in the kernel (16-bit dots take MN-major operands): a contiguous [K, N]
+    # FP8 weight (B_MN) and a column-major activation (A_MN) on the weight-only path, both on sm_80's
+    # all-decoded path. (The native FP8 path copies MN-major operands K-major first: _transpose_kernel.)
+    wo_b = "fp8e4nv" if hw else "u8"
+    for name, a_ty, dot, split in (("small_16", "fp16", tl.float16, 1), ("small_32", "fp16", tl.float16, 1),
+                                   ("small_64", "fp16", tl.float16, 1), ("small_16", "bf16", tl.bfloat16, 2),
+                                   ("small_16_n32", "fp16", tl.float16, 1)):
+        specs.append(_spec(name, arch, a_ty=a_ty, b_ty=wo_b, a_decode=False, b_decode=True, a_mode=_NO_SCALE,
+                           b_mode=1, bias=True, dot_ty=dot, out_ty=a_ty, split_k=split, hw_cvt=hw, b_mn=True))
+    specs.append(_spec("small_16", arch, a_ty="fp16", b_ty=wo_b, a_decode=False, b_decode=True, a_mode=_NO_SCALE,
+                       b_mode=1, bias=False, out_ty="fp16", hw_cvt=hw, a_mn=True))
+    if arch < 89:
+        specs.append(_spec("amp_128", arch, a_ty="fp16", b_ty="u8", a_decode=False, b_decode=True,
+                           a_mode=_NO_SCALE, b_mode=1, bias=True, out_ty="fp16", b_mn=True))
+        for a_mn, b_mn in ((False, True), (True, False)):
+            specs.append(_spec("amp_128", arch, a_ty="u8", b_ty="u8", a_decode=True, b_decode=True, a_mode=1,
+                               b_mode=1, bias=False, a_mn=a_mn, b_mn=b_mn))
+    else:
+        br, bc, warps = TRANSPOSE_BLOCK
+        for ty in ("fp8e4nv", "fp8e5"):
+            # [K, N] row-major -> K-major (b), and [M, K] column-major -> row-major (a)
+            for src_unit, dst_unit in (("stride_xc", "stride_yr"), ("stride_xr", "stride_yc")):
+                sig = {"x_ptr": f"*{ty}", "y_ptr": f"*{ty}", "R": "i32", "C": "i32", "stride_xr": "i64",
+                       "stride_xc": "i64", "stride_yr": "i64", "stride_yc": "i64", "BLOCK_R": "constexpr",
+                       "BLOCK_C": "constexpr"}
+                sig[src_unit] = sig[dst_unit] = "constexpr"
+                specs.append(CompileSpec(
+                    _transpose_kernel, sig, {src_unit: 1, dst_unit: 1, "BLOCK_R": br, "BLOCK_C": bc},
+                    num_warps=warps, label=f"fp8_gemm kmajor_copy {ty} {src_unit}=1 -> {dst_unit}=1",
+                    aligned=tuple(n for n in ("x_ptr", "y_ptr", "R", "C", "stride_xr", "stride_xc", "stride_yr",
+                                              "stride_yc") if n not in (src_unit, dst_unit))))
     # The split-K reduction + epilogue, for each scale mode pair the split small configs meet.
     rbm, rbn = REDUCE_BLOCK
     for a_mode, b_mode, out in ((1, 1, "bf16"), (0, 0, "bf16"), (_NO_SCALE, 1, "fp16"), (_NO_SCALE, 0, "bf16")):
@@ -771,11 +1121,12 @@ def compile_specs(arch: int) -> list[CompileSpec]:
     return specs
 
 
-#: Arguments Triton's JIT marks 16-divisible at run time for aligned torch tensors (pointers, row strides,
-#: K). Without them in the ahead-of-time build the loads are not vectorised, the software pipeline collapses to
-#: one stage and the 128x256 tile spills (30 of 39 specs did), which never happens at run time.
-_ALIGNED_ARGS = ("a_ptr", "b_ptr", "c_ptr", "stride_am", "stride_bn", "stride_cm", "M", "N", "K")
+#: Arguments Triton's JIT marks 16-divisible at run time for aligned torch tensors (pointers, sizes; the
+#: non-unit strides are added per spec). Without them in the ahead-of-time build the loads are not vectorised,
+#: the software pipeline collapses to one stage and the 128x256 tile spills (30 of 39 specs did), which never
+#: happens at run time.
+_ALIGNED_ARGS = ("a_ptr", "b_ptr", "c_ptr", "stride_cm", "M", "N", "K")
 
 
 __all__ = ["fp8_gemm", "fp8_weight_only_gemm", "gemm_config", "tuned_config", "config_names", "CONFIGS",
-           "compile_specs", "tuning_entry"]
+           "compile_specs", "tuning_entry", "kmajor_copy"]

@@ -9,6 +9,10 @@ swaps the ``nn.Linear`` layers of a model.
 * Forward, small M (decode, M <= 64) on every GPU, and every M on sm_80: no activation quantization at
   all; the weight-only kernel decodes the FP8 weight bits in registers next to an fp16/bf16 dot, reading
   the weights once at near copy speed.
+* Host cost: ``forward`` is ``fp8_gemm(x, weight.t(), b_scale=..., bias=...)`` through one launch plan per
+  input signature (``triton_ops.launch``), keyed on x, the weight, its scale and the bias; a repeated call
+  allocates the output (and x's FP8 copy) and launches, with no per-call views, detaches or dtype checks.
+  Buffers and ``nn.Parameter`` weights take the same path.
 """
 
 from __future__ import annotations
@@ -19,10 +23,12 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from ..autotuner import runtime as _rt
 from ..exceptions import InvalidArgumentError, ShapeError
+from ..launch import PlanCache, plan_key
 from ..utils import KeepBufferDtypes, interpreter_enabled
-from ..validation import FLOAT_DTYPES, FP8_DTYPES, check_dtype, check_tensor
-from .fp8_gemm import SMALL_M, _arch, fp8_gemm, fp8_weight_only_gemm
+from ..validation import FLOAT_DTYPES, FP8_DTYPES, check_dtype, check_runnable_device, check_same_device, check_tensor
+from .fp8_gemm import _plan_gemm, fp8_gemm
 from .fp8_quantize import FP8_MAX, MIN_SCALE, quantize_fp8
 
 _WEIGHT_GRANULARITIES = ("channel", "tensor")
@@ -127,24 +133,48 @@ class FP8Linear(KeepBufferDtypes, nn.Module):
         return s.reshape(1, -1) if s.numel() > 1 else s.reshape(1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w, ws, bias = self.weight, self.weight_scale, self.bias
+        key = plan_key(x, w, ws)
+        if key is not None:
+            key = (key, _bias_sig(bias), _rt.ENABLED)
+            plan = _linear_plans.get(key)
+            if plan is not None:
+                # the plan was made for (w.t(), the [1, N] scale view): same addresses, no views per call
+                return plan(x, w, None, ws, bias)
         check_tensor(x, "x")
         check_dtype(x, "x", FLOAT_DTYPES)
         if x.dim() < 1 or x.shape[-1] != self.in_features:
             raise ShapeError(f"x has shape {tuple(x.shape)}; FP8Linear({self.in_features}, {self.out_features}) "
                              f"expects [..., {self.in_features}]")
-        bias = self.bias.detach() if self.bias is not None else None
-        w_t = self.weight.t()  # [K, N] view of the K-major [N, K] storage: no copy
-        M = x.numel() // self.in_features if self.in_features else 0
-        if M <= SMALL_M or _arch(x.device) < 89:
-            return fp8_weight_only_gemm(x, w_t, self._w_scale_cols(), bias=bias, out_dtype=x.dtype)
-        qx, sx = quantize_fp8(x.reshape(-1, self.in_features), dtype=torch.float8_e4m3fn, granularity="row")
-        out = fp8_gemm(qx, w_t, a_scale=sx, b_scale=self._w_scale_cols(), bias=bias, out_dtype=x.dtype,
-                       check_scales=False)
-        return out.reshape(*x.shape[:-1], self.out_features)
+        check_dtype(w, "weight", FP8_DTYPES)
+        check_same_device({"x": x, "weight": w, "weight_scale": ws, "bias": bias})
+        if bias is not None:
+            check_dtype(bias, "bias", FLOAT_DTYPES)
+        if x.dim() == 1:  # a single token: [K] -> [N], planned as [1, K]
+            return self(x.unsqueeze(0)).squeeze(0)
+        check_runnable_device(x.device, "x")
+        w_t = w.t()  # [K, N] view of the K-major [N, K] storage: no copy
+        if key is not None and (bias is None or type(bias) in (torch.Tensor, nn.Parameter)):
+            plan = _linear_plans.put(key, _plan_gemm(x, w_t, None, self._w_scale_cols(), bias, x.dtype, "auto"))
+            return plan(x, w, None, ws, bias)
+        # torch.compile, autograd on x, tensor subclasses: the registered custom op (same plan inside)
+        return fp8_gemm(x, w_t, b_scale=self._w_scale_cols(), bias=None if bias is None else bias.detach(),
+                        out_dtype=x.dtype, check_scales=False)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
                 f"fp8_dtype={str(self.fp8_dtype).replace('torch.', '')}, weight={self.weight_granularity}")
+
+
+_linear_plans = PlanCache("fp8_linear")
+
+
+def _bias_sig(bias: torch.Tensor | None):
+    """The bias's part of a plan key. The bias is read by the kernel only (never differentiated: as in
+    every FP8Linear path it is used detached), so a Parameter that requires grad keys like a plain tensor."""
+    if bias is None:
+        return None
+    return (type(bias), bias.shape, bias.stride(), bias.dtype, bias.get_device(), bias.data_ptr() % 16 == 0)
 
 
 def _default_filter(name: str, module: nn.Linear) -> bool:

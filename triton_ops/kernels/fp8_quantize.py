@@ -41,6 +41,7 @@ import triton.language as tl
 
 from ..compile_check import CompileSpec
 from ..exceptions import InvalidArgumentError, NumericalError, ShapeError
+from ..launch import KernelLaunch, PlanCache, plan_key
 from ..utils import cdiv, device_capability, interpreter_enabled, next_power_of_2, num_sms
 from ..validation import (
     FLOAT_DTYPES,
@@ -49,9 +50,9 @@ from ..validation import (
     check_runnable_device,
     check_same_device,
     check_tensor,
-    direct_launch_ok,
     rows_view,
 )
+from .fp8_cache import valid_scales
 
 #: Largest finite value per format.
 FP8_MAX = {torch.float8_e4m3fn: 448.0, torch.float8_e5m2: 57344.0}
@@ -359,8 +360,13 @@ def _scale_tile_kernel(x_ptr, y_ptr, s_ptr, R, C, stride_xr, stride_xc, stride_y
 
 
 # ---------------------------------------------------------------------------------------------------
-# Layer 2: configs (pure functions of the problem) and launchers
+# Layer 2: configs (pure functions of the problem) and launch steps
 # ---------------------------------------------------------------------------------------------------
+#
+# Every launcher below is a *step factory*: it takes the geometry of a call (sizes and strides, all fixed
+# by the call's signature) and returns a function of the tensors alone that launches through
+# ``KernelLaunch``. Plans (``_plan_quantize`` / ``_plan_dequantize``, and fp8_gemm's) build their steps
+# once per signature; a repeated call only allocates its outputs and launches.
 
 #: BLOCK_K choices of the per-row kernel; rows longer than the last one loop (two reads per row).
 ROW_BLOCKS = (256, 1024, 4096, 8192)
@@ -377,7 +383,7 @@ def row_config(K: int, group: int | None = None) -> dict:
     single = need <= block_k
     if group is not None and not single:
         # (1, group) blocks always fit a whole number of groups per tile; rows longer than the tile are
-        # handled by launching the kernel over column slices (see _quant_rows).
+        # handled by launching the kernel over column slices (see rows_step).
         single = True
     # ~4096 elements per program: enough bytes in flight per SM without starving the grid of programs.
     rows = max(1, 4096 // block_k)
@@ -403,70 +409,73 @@ def _on_sm80(device: torch.device) -> bool:
     return cap is not None and cap < (8, 9)
 
 
-def _grid_rows(R: int, n: int, device: torch.device) -> tuple[int, int]:
+def _grid_rows(R: int, device: torch.device) -> tuple[int, int]:
     """(programs, rows per program) for the per-tensor amax pass: <= MAX_PARTIALS programs."""
     want = min(MAX_PARTIALS, max(1, 4 * num_sms(device)), R)
     per = cdiv(R, want)
     return cdiv(R, per), per
 
 
-def _quant_rows(x2: torch.Tensor, q2: torch.Tensor, s2: torch.Tensor, fmax: float, group: int | None):
-    M, K = x2.shape
+def rows_sliced(K: int, group: int | None) -> bool:
+    """(1, group) rows longer than the largest tile: launched per column slice, on 2-D views."""
+    return group is not None and K > row_config(K, group)["BLOCK_K"]
+
+
+def rows_step(M: int, K: int, stride_xm: int, stride_qm: int, stride_sm: int, fmax: float,
+              group: int | None):
+    """Dynamic per-row (``group`` None) or (1, group) quantization of ``x [M, K]`` (K contiguous) into
+    ``q`` (K contiguous) and ``s``: ``run(x, q, s)``; x, q and s must be 2-D when ``rows_sliced``."""
     cfg = row_config(K, group)
-    if group is not None and K > cfg["BLOCK_K"]:
-        # Long rows with (1, group) blocks: launch over column slices of BLOCK_K (a multiple of group).
+    if rows_sliced(K, group):
+        # Long rows with (1, group) blocks: one launch per column slice of BLOCK_K (a multiple of group;
+        # slices start at multiples of 8192 elements, so their alignment is the tensor's).
         bk = cfg["BLOCK_K"]
-        for k0 in range(0, K, bk):
-            kk = min(bk, K - k0)
-            _quant_rows(x2[:, k0:k0 + kk], q2[:, k0:k0 + kk], s2[:, k0 // group:], fmax, group)
-        return
-    grid = (cdiv(M, cfg["ROWS"]),)
-    _quant_rows_kernel[grid](x2, q2, s2, M, K, x2.stride(0), q2.stride(0), s2.stride(0), FMAX=fmax,
-                             GROUP=group or cfg["BLOCK_K"], ROWS=cfg["ROWS"], BLOCK_K=cfg["BLOCK_K"],
-                             SINGLE=cfg["SINGLE"], num_warps=cfg["num_warps"])
+        parts = [(k0, min(bk, K - k0), rows_step(M, min(bk, K - k0), stride_xm, stride_qm, stride_sm, fmax, group))
+                 for k0 in range(0, K, bk)]
+
+        def run_sliced(x, q, s):
+            for k0, kk, step in parts:
+                step(x[:, k0:k0 + kk], q[:, k0:k0 + kk], s[:, k0 // group:])
+        return run_sliced
+    launch = KernelLaunch(_quant_rows_kernel, (cdiv(M, cfg["ROWS"]),),
+                          dict(FMAX=fmax, GROUP=group or cfg["BLOCK_K"], ROWS=cfg["ROWS"], BLOCK_K=cfg["BLOCK_K"],
+                               SINGLE=cfg["SINGLE"]), num_warps=cfg["num_warps"])
+    ints = (M, K, stride_xm, stride_qm, stride_sm)
+
+    def run(x, q, s):
+        launch(x, q, s, *ints)
+    return run
 
 
-def _scale_tiles(x2, y2, s, mode: int, fmax: float, *, dequant: bool, block=(1, 1), n_part: int = 0,
-                 reverse: bool = False):
-    R, C = x2.shape
+def scale_tiles_step(R: int, C: int, x_strides, y_strides, s_strides, mode: int, fmax: float, *, dequant: bool,
+                     block=(1, 1), n_part: int = 0, reverse: bool = False):
+    """Apply given scales tile by tile (``_scale_tile_kernel``): ``run(x, y, s)``."""
     br, bc, warps = tile_config(R, C)
-    grid = (cdiv(R, br) * cdiv(C, bc),)
-    ssr = s.stride(0) if s.dim() >= 1 else 0
-    ssc = s.stride(-1) if s.dim() >= 1 else 0
-    if mode == 2:
-        ssr = s.stride(0)
-    _scale_tile_kernel[grid](x2, y2, s, R, C, x2.stride(0), x2.stride(1), y2.stride(0), y2.stride(1), ssr, ssc,
-                             n_part, FMAX=fmax, MODE=mode, DEQUANT=dequant, REVERSE=reverse, BM=block[0],
-                             BK=block[1], BLOCK_R=br, BLOCK_C=bc,
-                             BLOCK_P=max(16, next_power_of_2(max(n_part, 1))), num_warps=warps)
+    launch = KernelLaunch(_scale_tile_kernel, (cdiv(R, br) * cdiv(C, bc),),
+                          dict(FMAX=fmax, MODE=mode, DEQUANT=dequant, REVERSE=reverse, BM=block[0], BK=block[1],
+                               BLOCK_R=br, BLOCK_C=bc, BLOCK_P=max(16, next_power_of_2(max(n_part, 1)))),
+                          num_warps=warps)
+    ints = (R, C, x_strides[0], x_strides[1], y_strides[0], y_strides[1], s_strides[0], s_strides[1], n_part)
+
+    def run(x, y, s):
+        launch(x, y, s, *ints)
+    return run
 
 
-def _amax_tensor_partials(x2: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """Partials buffer of n+1 floats (the last slot receives the scale) and n."""
-    R, C = x2.shape
-    n, per = _grid_rows(R, 0, x2.device)
-    part = torch.empty(n + 1, dtype=torch.float32, device=x2.device)
+def tensor_quant_step(R: int, C: int, x_strides, q_strides, fmax: float, device: torch.device):
+    """Dynamic per-tensor quantization in two launches and no host sync: ``run(x, q) -> scale []``."""
+    n, per = _grid_rows(R, device)
     br, bc, warps = tile_config(R, C)
-    _amax_rows_kernel[(n,)](x2, part, R, C, x2.stride(0), per, BLOCK_R=br, BLOCK_C=bc, num_warps=warps)
-    return part, n
+    amax = KernelLaunch(_amax_rows_kernel, (n,), dict(BLOCK_R=br, BLOCK_C=bc), num_warps=warps)
+    amax_ints = (R, C, x_strides[0], per)
+    quant = scale_tiles_step(R, C, x_strides, q_strides, (0, 0), 1, fmax, dequant=False, n_part=n, reverse=True)
 
-
-def column_scales(x2: torch.Tensor, fmax: float) -> torch.Tensor:
-    """Dynamic per-column scales ``[C]`` of a 2-D ``[R, C]`` view (any strides)."""
-    R, C = x2.shape
-    bc = 128 if x2.stride(1) == 1 else 64
-    br = 32
-    # Enough programs to fill the GPU: split the rows so that (C / bc) * split >= 4 programs per SM.
-    split = max(1, min(64, cdiv(4 * num_sms(x2.device), cdiv(C, bc)), cdiv(R, br)))
-    per = cdiv(R, split)
-    split = cdiv(R, per)
-    part = torch.empty(split, C, dtype=torch.float32, device=x2.device)
-    _amax_cols_kernel[(cdiv(C, bc), split)](x2, part, R, C, x2.stride(0), x2.stride(1), per, BLOCK_R=br,
-                                             BLOCK_C=bc, num_warps=4)
-    s = torch.empty(C, dtype=torch.float32, device=x2.device)
-    _finalize_cols_kernel[(cdiv(C, 128),)](part, s, split, C, FMAX=fmax,
-                                           BLOCK_S=max(2, next_power_of_2(split)), BLOCK_C=128, num_warps=4)
-    return s
+    def run(x, q):
+        part = torch.empty(n + 1, dtype=torch.float32, device=device)  # the last slot receives the scale
+        amax(x, part, *amax_ints)
+        quant(x, q, part)
+        return part[n:].view(())
+    return run
 
 
 #: Column amax partials: (BLOCK_R, BLOCK_C) per program and at most this many row splits (the quantize
@@ -487,13 +496,73 @@ def _col_splits(R: int) -> tuple[int, int]:
     return cdiv(R, per), per
 
 
-def _launch_quant_cols(x2, q2, part, s, n_split: int, fmax: float) -> None:
-    R, C = x2.shape
+def _quant_cols_launch(R: int, C: int, x_strides, q_strides, n_split: int, fmax: float):
     br, bc, warps, per = COL_QUANT
-    grid = (cdiv(C, bc) * cdiv(R, per),)
-    _quant_cols_kernel[grid](x2, q2, part, s, R, C, x2.stride(0), x2.stride(1), q2.stride(0), q2.stride(1),
-                             n_split, per, FMAX=fmax, BLOCK_R=br, BLOCK_C=bc,
-                             BLOCK_P=max(2, next_power_of_2(n_split)), REVERSE=True, num_warps=warps)
+    launch = KernelLaunch(_quant_cols_kernel, (cdiv(C, bc) * cdiv(R, per),),
+                          dict(FMAX=fmax, BLOCK_R=br, BLOCK_C=bc, BLOCK_P=max(2, next_power_of_2(n_split)),
+                               REVERSE=True), num_warps=warps)
+    ints = (R, C, x_strides[0], x_strides[1], q_strides[0], q_strides[1], n_split, per)
+    return launch, ints
+
+
+def cols_step(R: int, C: int, x_strides, q_strides, fmax: float, device: torch.device):
+    """Dynamic per-column quantization of ``x [R, C]`` (any strides) into ``q`` (any strides, e.g. the
+    K-major transpose fp8_gemm wants) and ``s [C]``: column-amax partials, then one pass that reduces them
+    per column and quantizes. ``run(x, q, s)``."""
+    split, per = _col_splits(R)
+    bc = 128 if x_strides[1] == 1 else 64
+    amax = KernelLaunch(_amax_cols_kernel, (cdiv(C, bc), split), dict(BLOCK_R=COL_AMAX[0], BLOCK_C=bc),
+                        num_warps=4)
+    amax_ints = (R, C, x_strides[0], x_strides[1], per)
+    quant, quant_ints = _quant_cols_launch(R, C, x_strides, q_strides, split, fmax)
+
+    def run(x, q, s):
+        part = torch.empty(split, C, dtype=torch.float32, device=device)
+        amax(x, part, *amax_ints)
+        quant(x, q, part, s, *quant_ints)
+    return run
+
+
+def gemm_prep_step(M: int, K: int, stride_am: int, N: int, b_strides, device: torch.device):
+    """Both operands of ``fp8_gemm(a, b)`` from float ``a [M, K]`` (K contiguous) and a row-major
+    ``b [K, N]`` in two launches (see :func:`quantize_operands_for_gemm`): ``run(a, b, qa, sa, qbt, sb)``
+    with ``qbt [N, K]`` contiguous (K-major b)."""
+    fmax = FP8_MAX[torch.float8_e4m3fn]
+    cfg = row_config(K)
+    n_a = cdiv(M, cfg["ROWS"])
+    split, per = _col_splits(K)
+    br, bc = COL_AMAX
+    n_cb = cdiv(N, bc)
+    prep = KernelLaunch(_gemm_prep_kernel, (n_a + n_cb * split,),
+                        dict(FMAX=fmax, ROWS=cfg["ROWS"], BLOCK_K=cfg["BLOCK_K"], SINGLE=cfg["SINGLE"], CB_R=br,
+                             CB_C=bc), num_warps=cfg["num_warps"])
+    prep_ints_a = (M, K, stride_am, K, n_a)
+    prep_ints_b = (N, b_strides[0], b_strides[1], per, n_cb)
+    quant, quant_ints = _quant_cols_launch(K, N, b_strides, (1, K), split, fmax)
+
+    def run(a, b, qa, sa, qbt, sb):
+        part = torch.empty(split, N, dtype=torch.float32, device=device)
+        prep(a, qa, sa, *prep_ints_a, b, part, *prep_ints_b)
+        quant(b, qbt, part, sb, *quant_ints)
+    return run
+
+
+def column_scales(x2: torch.Tensor, fmax: float) -> torch.Tensor:
+    """Dynamic per-column scales ``[C]`` of a 2-D ``[R, C]`` view (any strides)."""
+    R, C = x2.shape
+    bc = 128 if x2.stride(1) == 1 else 64
+    br = 32
+    # Enough programs to fill the GPU: split the rows so that (C / bc) * split >= 4 programs per SM.
+    split = max(1, min(64, cdiv(4 * num_sms(x2.device), cdiv(C, bc)), cdiv(R, br)))
+    per = cdiv(R, split)
+    split = cdiv(R, per)
+    part = torch.empty(split, C, dtype=torch.float32, device=x2.device)
+    _amax_cols_kernel[(cdiv(C, bc), split)](x2, part, R, C, x2.stride(0), x2.stride(1), per, BLOCK_R=br,
+                                             BLOCK_C=bc, num_warps=4)
+    s = torch.empty(C, dtype=torch.float32, device=x2.device)
+    _finalize_cols_kernel[(cdiv(C, 128),)](part, s, split, C, FMAX=fmax,
+                                           BLOCK_S=max(2, next_power_of_2(split)), BLOCK_C=128, num_warps=4)
+    return s
 
 
 def quantize_operands_for_gemm(a2: torch.Tensor, b: torch.Tensor):
@@ -505,6 +574,9 @@ def quantize_operands_for_gemm(a2: torch.Tensor, b: torch.Tensor):
     * row-major ``b``: launch 1 quantizes a and takes b's column-amax partials; launch 2 reduces the
       partials per column and quantizes b transposed, bottom-up so its first reads hit L2. Bytes per b
       element: 2 (amax) + 2 (mostly L2) + 1 (write), against 2 + 2 + 1 plus a finalize launch before.
+
+    fp8_gemm uses these two launches when ``b``'s FP8 copy cannot be reused (a new ``b``, CUDA-graph
+    capture); a ``b`` passed again unchanged is quantized once (see fp8_cache).
     """
     fmax = FP8_MAX[torch.float8_e4m3fn]
     M, K = a2.shape
@@ -522,22 +594,11 @@ def quantize_operands_for_gemm(a2: torch.Tensor, b: torch.Tensor):
         return qa, sa, qb, sb.reshape(1, N)
     if b.stride(0) == 1 and b.shape[0] > 1:
         # b = w.t(): per column of b is per row of w
-        _quant_rows(a2, qa, sa, fmax, None)
-        _quant_rows(b.t(), qw, sb.view(N, 1), fmax, None)
-        return qa, sa, qw.t(), sb
-    cfg = row_config(K)
-    n_a = cdiv(M, cfg["ROWS"])
-    split, per = _col_splits(K)
-    br, bc = COL_AMAX
-    n_cb = cdiv(N, bc)
-    part = torch.empty(split, N, dtype=torch.float32, device=dev)
-    _gemm_prep_kernel[(n_a + n_cb * split,)](
-        a2, qa, sa, M, K, a2.stride(0), qa.stride(0), n_a, b, part, N, b.stride(0), b.stride(1), per, n_cb,
-        FMAX=fmax, ROWS=cfg["ROWS"], BLOCK_K=cfg["BLOCK_K"], SINGLE=cfg["SINGLE"], CB_R=br, CB_C=bc,
-        num_warps=cfg["num_warps"])
-    qb = qw.t()
-    _launch_quant_cols(b, qb, part, sb, split, fmax)
-    return qa, sa, qb, sb
+        rows_step(M, K, a2.stride(0), K, 1, fmax, None)(a2, qa, sa)
+        rows_step(N, K, b.stride(1), K, 1, fmax, None)(b, qw, sb)
+    else:
+        gemm_prep_step(M, K, a2.stride(0), N, b.stride(), dev)(a2, b, qa, sa, qw, sb)
+    return qa, sa, qw.t(), sb
 
 
 def _as_2d(x: torch.Tensor) -> torch.Tensor:
@@ -548,6 +609,12 @@ def _as_2d(x: torch.Tensor) -> torch.Tensor:
     if x.shape[-1] > 1 and x.stride(-1) != 1:
         x = x.contiguous()
     return rows_view(x)
+
+
+def _same_memory(view: torch.Tensor, x: torch.Tensor) -> bool:
+    """``view`` (of non-empty x) reads x's own elements: no copy was made (a copy is a new allocation), so x
+    itself can be passed to a kernel with view's strides."""
+    return view.data_ptr() == x.data_ptr()
 
 
 def scale_shape(shape: tuple[int, ...], granularity: str, block_size: tuple[int, int] | None) -> tuple:
@@ -566,60 +633,120 @@ def scale_shape(shape: tuple[int, ...], granularity: str, block_size: tuple[int,
     return (cdiv(M, bm), cdiv(K, bk))
 
 
-def _quantize_impl(x: torch.Tensor, fmt: str, granularity: str, bm: int, bk: int,
-                   scale: torch.Tensor | None, transpose_out: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Launcher. x already validated. ``transpose_out`` (2-D x, column granularity only) writes q as the
-    contiguous ``[K, M]`` transpose, returned as a ``[M, K]`` view (used by fp8_gemm for K-major weights)."""
+def _mark_valid(s: torch.Tensor) -> None:
+    valid_scales.put(s, True, True)
+
+
+def _plan_quantize(x: torch.Tensor, fmt: str, granularity: str, bm: int, bk: int, has_scale: bool,
+                   transpose_out: bool = False, mark_valid: bool = False):
+    """A quantization plan for x's signature: ``run(x, scale) -> (q, s)``. ``transpose_out`` (2-D x,
+    column granularity only) writes q as the contiguous ``[K, M]`` transpose, returned as a ``[M, K]`` view
+    (fp8_gemm's K-major weights). ``mark_valid``: remember the dynamic scales it returns as valid (finite,
+    >= 2^-126 by construction), so fp8_gemm's ``check_scales`` needs no device sync for them."""
     dtype = _FMT_DTYPE[fmt]
     fmax = FP8_MAX[dtype]
+    dev = x.device
+    shape = tuple(x.shape)
     block = (bm, bk) if granularity == "block" else None
-    s_shape = scale_shape(tuple(x.shape), granularity, block)
-    if transpose_out:
-        q = torch.empty(x.shape[1], x.shape[0], dtype=dtype, device=x.device).t()
-    else:
-        q = torch.empty(x.shape, dtype=dtype, device=x.device)
+    s_shape = scale_shape(shape, granularity, block)
+
+    def alloc_q():
+        if transpose_out:
+            return torch.empty(shape[1], shape[0], dtype=dtype, device=dev).t()
+        return torch.empty(shape, dtype=dtype, device=dev)
+
     if x.numel() == 0:
-        s = torch.ones(s_shape, dtype=torch.float32, device=x.device) if scale is None else \
-            scale.to(torch.float32).reshape(s_shape).clone()
-        return q, s
-    if _on_sm80(x.device):
-        return _quantize_torch(x, dtype, granularity, block, scale, q)
+        def run_empty(x, scale):
+            s = torch.ones(s_shape, dtype=torch.float32, device=dev) if scale is None else \
+                scale.to(torch.float32).reshape(s_shape).clone()
+            return alloc_q(), s
+        return run_empty
+    if _on_sm80(dev):
+        return lambda x, scale: _quantize_torch(x, dtype, granularity, block, scale, alloc_q())
     # The column path's kernels take any strides (a transposed weight w.t() is read in place).
-    x2 = x if (granularity == "column" and x.dim() == 2) else _as_2d(x)
-    q2 = q if (transpose_out or q.dim() == 2) else q.view(x2.shape)
+    col2d = granularity == "column" and x.dim() == 2
+    x2 = x if col2d else _as_2d(x)
+    direct = col2d or _same_memory(x2, x)  # pass x itself with x2's strides (no per-call view or copy)
     M, K = x2.shape
-    if scale is not None:
-        s = scale.to(torch.float32).reshape(s_shape).contiguous()
+    xs = x2.stride()
+    qs = (1, M) if transpose_out else (K, 1)  # q is [*shape] contiguous, or the [M, K] view of a [K, M]
+    keep = _mark_valid if mark_valid else None
+
+    def src(x):
+        return x if direct else _as_2d(x)
+
+    if has_scale:
         mode = {"tensor": 0, "row": 2, "column": 3, "block": 4}[granularity]
-        sv = s.reshape(-1) if granularity in ("row", "column") else (s.reshape(1) if mode == 0 else s)
-        _scale_tiles(x2, q2, sv, mode, fmax, dequant=False, block=block or (1, 1))
-        return q, s.clone() if s.data_ptr() == scale.data_ptr() else s
-    if granularity == "row":
-        s = torch.empty(M, 1, dtype=torch.float32, device=x.device)
-        _quant_rows(x2, q2, s, fmax, None)
-        return q, s.reshape(s_shape)
-    if granularity == "block" and bm == 1:
-        s = torch.empty(M, cdiv(K, bk), dtype=torch.float32, device=x.device)
-        _quant_rows(x2, q2, s, fmax, bk)
-        return q, s
+        ss = (1, 0) if granularity == "row" else (0, 1) if granularity == "column" else \
+            (0, 0) if mode == 0 else (cdiv(K, bk), 1)
+        step = scale_tiles_step(M, K, xs, qs, ss, mode, fmax, dequant=False, block=block or (1, 1))
+
+        def run_static(x, scale):
+            s = scale.to(torch.float32).reshape(s_shape).contiguous()
+            if s.data_ptr() == scale.data_ptr():
+                s = s.clone()  # never hand back the caller's tensor as an output
+            q = alloc_q()
+            step(src(x), q, s)
+            return q, s
+        return run_static
+
+    if granularity in ("row", "block") and (granularity == "row" or bm == 1):
+        group = None if granularity == "row" else bk
+        s2_shape = (M, 1) if group is None else (M, cdiv(K, bk))
+        step = rows_step(M, K, xs[0], K, s2_shape[1], fmax, group)
+        sliced = rows_sliced(K, group)
+
+        def run_rows(x, scale):
+            q = alloc_q()
+            s = torch.empty(s_shape if group is None else s2_shape, dtype=torch.float32, device=dev)
+            if sliced:
+                step(_as_2d(x), q.view(M, K), s)
+            else:
+                step(src(x), q, s)
+            if keep is not None:
+                keep(s)
+            return q, s
+        return run_rows
     if granularity == "block":
-        s = torch.empty(cdiv(M, bm), cdiv(K, bk), dtype=torch.float32, device=x.device)
-        _quant_block_kernel[(cdiv(M, bm), cdiv(K, bk))](x2, q2, s, M, K, x2.stride(0), q2.stride(0), s.stride(0),
-                                                         FMAX=fmax, BM=bm, BK=bk, num_warps=_block_warps(bm, bk))
-        return q, s
+        launch = KernelLaunch(_quant_block_kernel, (cdiv(M, bm), cdiv(K, bk)), dict(FMAX=fmax, BM=bm, BK=bk),
+                              num_warps=_block_warps(bm, bk))
+        ints = (M, K, xs[0], K, cdiv(K, bk))
+
+        def run_block(x, scale):
+            q = alloc_q()
+            s = torch.empty(cdiv(M, bm), cdiv(K, bk), dtype=torch.float32, device=dev)
+            launch(src(x), q, s, *ints)
+            if keep is not None:
+                keep(s)
+            return q, s
+        return run_block
     if granularity == "tensor":
-        part, n = _amax_tensor_partials(x2)
-        _scale_tiles(x2, q2, part, 1, fmax, dequant=False, n_part=n, reverse=True)
-        return q, part[n:].reshape(())
-    # column: partial amaxes, then one pass that reduces them per column and quantizes (any q strides)
-    split, per = _col_splits(M)
-    part = torch.empty(split, K, dtype=torch.float32, device=x.device)
-    bc = 128 if x2.stride(1) == 1 else 64
-    _amax_cols_kernel[(cdiv(K, bc), split)](x2, part, M, K, x2.stride(0), x2.stride(1), per,
-                                            BLOCK_R=COL_AMAX[0], BLOCK_C=bc, num_warps=4)
-    s = torch.empty(K, dtype=torch.float32, device=x.device)
-    _launch_quant_cols(x2, q2, part, s, split, fmax)
-    return q, s.reshape(s_shape)
+        step = tensor_quant_step(M, K, xs, qs, fmax, dev)
+
+        def run_tensor(x, scale):
+            q = alloc_q()
+            s = step(src(x), q)
+            if keep is not None:
+                keep(s)
+            return q, s
+        return run_tensor
+    # column
+    step = cols_step(M, K, xs, qs, fmax, dev)
+
+    def run_cols(x, scale):
+        q = alloc_q()
+        s = torch.empty(s_shape, dtype=torch.float32, device=dev)
+        step(src(x), q, s)
+        if keep is not None:
+            keep(s)
+        return q, s
+    return run_cols
+
+
+def _quantize_impl(x: torch.Tensor, fmt: str, granularity: str, bm: int, bk: int,
+                   scale: torch.Tensor | None, transpose_out: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Launcher (x validated), planned for this one call: the custom op's implementation."""
+    return _plan_quantize(x, fmt, granularity, bm, bk, scale is not None, transpose_out)(x, scale)
 
 
 def _quantize_torch(x, dtype, granularity, block, scale, q):
@@ -658,24 +785,40 @@ def _quantize_torch(x, dtype, granularity, block, scale, q):
     return q, s.contiguous()
 
 
+def _plan_dequantize(q: torch.Tensor, scale: torch.Tensor, granularity: str, bm: int, bk: int,
+                     out_dtype: torch.dtype):
+    """A dequantization plan for the signature of (q, scale): ``run(q, scale) -> out``."""
+    dev = q.device
+    shape = tuple(q.shape)
+    if q.numel() == 0:
+        return lambda q, scale: torch.empty(shape, dtype=out_dtype, device=dev)
+    if _on_sm80(dev):
+        def run_torch(q, scale):
+            out = torch.empty(shape, dtype=out_dtype, device=dev)
+            if granularity == "block":
+                q2 = q.reshape(-1, q.shape[-1]).float()
+                full = scale.float().repeat_interleave(bm, 0).repeat_interleave(bk, 1)[: q2.shape[0], : q2.shape[1]]
+                return out.copy_((q2 * full).reshape(shape))
+            return out.copy_(q.float() * scale.float().reshape(scale_shape(shape, granularity, None)))
+        return run_torch
+    q2 = _as_2d(q)
+    direct = _same_memory(q2, q)
+    R, C = q2.shape
+    mode = {"tensor": 0, "row": 2, "column": 3, "block": 4}[granularity]
+    ss = (1, 0) if mode == 2 else (0, 1) if mode == 3 else (0, 0) if mode == 0 else (scale.shape[-1], 1)
+    step = scale_tiles_step(R, C, q2.stride(), (C, 1), ss, mode, 0.0, dequant=True, block=(bm, bk))
+    as_is = scale.dtype == torch.float32 and scale.is_contiguous()
+
+    def run(q, scale):
+        out = torch.empty(shape, dtype=out_dtype, device=dev)
+        step(q if direct else _as_2d(q), out, scale if as_is else scale.to(torch.float32).contiguous())
+        return out
+    return run
+
+
 def _dequantize_impl(q: torch.Tensor, scale: torch.Tensor, granularity: str, bm: int, bk: int,
                      out_dtype: torch.dtype) -> torch.Tensor:
-    out = torch.empty(q.shape, dtype=out_dtype, device=q.device)
-    if q.numel() == 0:
-        return out
-    if _on_sm80(q.device):
-        if granularity == "block":
-            q2 = q.reshape(-1, q.shape[-1]).float()
-            full = scale.float().repeat_interleave(bm, 0).repeat_interleave(bk, 1)[: q2.shape[0], : q2.shape[1]]
-            return out.copy_((q2 * full).reshape(q.shape))
-        return out.copy_(q.float() * scale.float().reshape(scale_shape(tuple(q.shape), granularity, None)))
-    q2 = _as_2d(q)
-    o2 = out.view(q2.shape)
-    s = scale.to(torch.float32).contiguous()
-    mode = {"tensor": 0, "row": 2, "column": 3, "block": 4}[granularity]
-    sv = s.reshape(-1) if granularity in ("row", "column", "tensor") else s.reshape(s.shape[-2], s.shape[-1])
-    _scale_tiles(q2, o2, sv, mode, 0.0, dequant=True, block=(bm, bk))
-    return out
+    return _plan_dequantize(q, scale, granularity, bm, bk, out_dtype)(q, scale)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -751,8 +894,15 @@ def _skip_value_checks() -> bool:
 
 
 def check_scale_values(scale: torch.Tensor, name: str) -> None:
-    """Scales must be finite and > 0 (one device->host sync)."""
-    if scale.numel() == 0 or _skip_value_checks():
+    """Scales must be finite and > 0.
+
+    One device->host sync the first time a scale tensor is seen; a scale that passed, or that
+    ``quantize_fp8`` produced by dynamic scaling (finite and >= 2^-126 by construction), is remembered
+    while unchanged (same storage and version counter, see fp8_cache), so a scale reused across calls
+    costs the sync once, not per call. Skipped while tracing or capturing a CUDA graph; the FP8 GEMM
+    kernels check every scale they read as well and write NaN where one is invalid, so a bad scale never
+    yields a finite wrong result on any path."""
+    if scale.numel() == 0 or valid_scales.get(scale, True) is not None or _skip_value_checks():
         return
     s = scale.detach().float()
     bad = ~(torch.isfinite(s) & (s > 0))
@@ -760,6 +910,7 @@ def check_scale_values(scale: torch.Tensor, name: str) -> None:
         first = s[bad].reshape(-1)[0].item()
         raise NumericalError(f"{name} must hold finite positive values; found {first!r} "
                              f"({int(bad.sum())} bad of {s.numel()})")
+    valid_scales.put(scale, True, True)
 
 
 def check_scale_shape(scale: torch.Tensor, x_shape: tuple, granularity: str, block, name: str) -> None:
@@ -779,6 +930,10 @@ def check_scale_shape(scale: torch.Tensor, x_shape: tuple, granularity: str, blo
                          f"shape {tuple(x_shape)} expects {want}")
 
 
+_quant_plans = PlanCache("quantize_fp8")
+_dequant_plans = PlanCache("dequantize_fp8")
+
+
 def quantize_fp8(x: torch.Tensor, *, dtype: torch.dtype = torch.float8_e4m3fn, granularity: str = "tensor",
                  block_size: tuple[int, int] | None = None, scale: torch.Tensor | None = None,
                  check_scale: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
@@ -788,8 +943,17 @@ def quantize_fp8(x: torch.Tensor, *, dtype: torch.dtype = torch.float8_e4m3fn, g
     the last dim, ``[1, K]``) or "block" with ``block_size=(1, 128)`` or ``(128, 128)`` over the ``[M, K]``
     view (scale ``[ceil(M/bm), ceil(K/bk)]``). ``scale=None`` computes it from the amax (dynamic, no host
     sync); a given scale is used as is (static). ``check_scale`` verifies a static scale is finite and
-    positive (one host sync, skipped under torch.compile / CUDA-graph capture).
+    positive (one host sync per new scale tensor or version, skipped under torch.compile / CUDA-graph
+    capture).
     """
+    key = plan_key(x, scale)
+    if key is not None:
+        key = (key, dtype, granularity, block_size, check_scale)
+        plan = _quant_plans.get(key)
+        if plan is not None:
+            if scale is not None and check_scale:
+                check_scale_values(scale, "scale")
+            return plan(x, scale)
     check_tensor(x, "x")
     check_dtype(x, "x", FLOAT_DTYPES)
     fmt = _check_fp8_dtype(dtype)
@@ -806,8 +970,11 @@ def quantize_fp8(x: torch.Tensor, *, dtype: torch.dtype = torch.float8_e4m3fn, g
         if check_scale:
             check_scale_values(scale, "scale")
     check_runnable_device(x.device, "x")
-    if direct_launch_ok(x, scale):
-        return _quantize_impl(x, fmt, granularity, bm, bk, scale)
+    if key is not None:
+        # Plain eager call: plan once per signature, launch directly (no custom-op dispatcher).
+        plan = _quant_plans.put(key, _plan_quantize(x, fmt, granularity, bm, bk, scale is not None,
+                                                     mark_valid=True))
+        return plan(x, scale)
     return _fp8_quantize_op(x, fmt, granularity, bm, bk, scale)
 
 
@@ -818,6 +985,12 @@ def dequantize_fp8(q: torch.Tensor, scale: torch.Tensor, *, out_dtype: torch.dty
     The granularity is inferred from the scale's shape when not given (``[]``/``[1]`` tensor, ``[*lead, 1]``
     row, ``[1, K]`` column); block scales need ``granularity="block", block_size=...``.
     """
+    key = plan_key(q, scale)
+    if key is not None:
+        key = (key, out_dtype, granularity, block_size)
+        plan = _dequant_plans.get(key)
+        if plan is not None:
+            return plan(q, scale)
     check_tensor(q, "q")
     check_tensor(scale, "scale")
     check_dtype(q, "q", FP8_DTYPES)
@@ -826,26 +999,28 @@ def dequantize_fp8(q: torch.Tensor, scale: torch.Tensor, *, out_dtype: torch.dty
         raise InvalidArgumentError(f"out_dtype={out_dtype!r} is not supported; expected float16, bfloat16 or "
                                    "float32")
     check_same_device({"q": q, "scale": scale})
-    if granularity is None:
+    gran = granularity
+    if gran is None:
         if block_size is not None:
-            granularity = "block"
+            gran = "block"
         elif scale.numel() == 1:
-            granularity = "tensor"
+            gran = "tensor"
         elif q.dim() >= 1 and tuple(scale.shape) == tuple(q.shape[:-1]) + (1,):
-            granularity = "row"
+            gran = "row"
         elif q.dim() >= 1 and scale.numel() == q.shape[-1] and scale.shape[-1] == q.shape[-1]:
-            granularity = "column"
+            gran = "column"
         else:
             raise ShapeError(f"cannot infer the granularity of a scale of shape {tuple(scale.shape)} for q of shape "
                              f"{tuple(q.shape)}; pass granularity= (and block_size= for blocks)")
-    if granularity not in GRANULARITIES:
-        raise InvalidArgumentError(f"granularity={granularity!r} is not supported; expected one of {GRANULARITIES}")
-    bm, bk = _check_block(granularity, block_size)
-    check_scale_shape(scale, tuple(q.shape), granularity, (bm, bk), "scale")
+    if gran not in GRANULARITIES:
+        raise InvalidArgumentError(f"granularity={gran!r} is not supported; expected one of {GRANULARITIES}")
+    bm, bk = _check_block(gran, block_size)
+    check_scale_shape(scale, tuple(q.shape), gran, (bm, bk), "scale")
     check_runnable_device(q.device, "q")
-    if direct_launch_ok(q, scale):
-        return _dequantize_impl(q, scale, granularity, bm, bk, out_dtype)
-    return _fp8_dequantize_op(q, scale, granularity, bm, bk, out_dtype)
+    if key is not None:
+        plan = _dequant_plans.put(key, _plan_dequantize(q, scale, gran, bm, bk, out_dtype))
+        return plan(q, scale)
+    return _fp8_dequantize_op(q, scale, gran, bm, bk, out_dtype)
 
 
 class FP8Quantizer(torch.nn.Module):
