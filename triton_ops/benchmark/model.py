@@ -172,6 +172,8 @@ def run_model_bench(device: str | None = None, select: list[str] | None = None, 
                         row["status"] = "FAILED"
                         row["error"] = f"{type(exc).__name__}: {exc}"[:400]
                     rows.append(row)
+                    print("row:", {k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()},
+                          flush=True)
                     torch.cuda.empty_cache()
         del base, patched, variants
         torch.cuda.empty_cache()
