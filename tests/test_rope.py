@@ -171,6 +171,17 @@ def test_half_width_tables_full_rotation(device, layout):
     assert_close(half[0], _ref(q, cos, sin, layout=layout), torch.bfloat16)
 
 
+def test_empty_inputs(device):
+    cos, sin = tables(4, 64, device=device)
+    q, k = _qk(2, 0, 4, 2, 64, torch.float32, device)
+    qo, ko = apply_rope(q, k, cos, sin)
+    assert qo.shape == q.shape and ko.shape == k.shape
+    q, k = _qk(2, 3, 4, 1, 64, torch.float32, device)
+    qo, ko = apply_rope(q[:, :0], k, cos, sin)  # no q heads: k is still rotated
+    assert qo.shape == (2, 0, 3, 64)
+    assert_close(ko, _ref(k, cos, sin), torch.float32)
+
+
 def test_k_none_rotates_q_only(device):
     q, _ = _qk(2, 3, 4, 1, 64, torch.float32, device)
     cos, sin = tables(3, 64, device=device)

@@ -275,7 +275,6 @@ def check_no_self_overlap(t: torch.Tensor, name: str) -> None:
             raise LayoutError(f"{name} has shape {tuple(t.shape)} and strides {tuple(t.stride())}, under which "
                               "several elements share one address; pass a buffer with distinct elements")
         span = st * (n - 1) + span
-    return None
 
 
 def check_writes(writes: dict[str, torch.Tensor | None], others: dict[str, torch.Tensor | None],
@@ -288,16 +287,13 @@ def check_writes(writes: dict[str, torch.Tensor | None], others: dict[str, torch
     signature and aliasing pattern (they depend on the addresses, which the plan key does not hold).
     """
     tests = []
-    names = list(writes) + [n for n in others if n not in writes]
-    tensors = {**others, **writes}
-    for i, wn in enumerate(writes):
-        w = writes[wn]
+    items = list(writes.items()) + list(others.items())
+    for i, (wn, w) in enumerate(writes.items()):
         if w is None or w.numel() == 0:
             continue
         check_no_self_overlap(w, wn)
-        for on in names:
-            o = tensors[on]
-            if on == wn or o is None or o.numel() == 0 or (on in writes and names.index(on) < i):
+        for on, o in items[i + 1:]:  # the other writes after this one (each pair once), then the inputs
+            if o is None or o.numel() == 0:
                 continue
             test = Disjoint(w, o)
             if test(w.data_ptr(), o.data_ptr()):

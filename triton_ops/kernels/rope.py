@@ -311,7 +311,7 @@ def _make_plan(q, k, cos, sin, position_ids, gptj, rotary_dim, inplace, half_wid
     c2, s2, mode = _norm_tables(cos, sin, batch, seq, bshd, position_ids)
     rot = _rot_dim(c2.shape[-1], head_dim, rotary_dim, half_width_tables)
     n_tokens = batch * seq
-    if q.numel() == 0 or (n_tokens == 0):
+    if n_tokens == 0 or hq + hk == 0 or head_dim == 0:
         return _Plan(None, (), q_lay, k_lay, inplace, has_k, mode, ())
     if inplace:
         qo4, ko4 = q4, k4
