@@ -75,6 +75,9 @@ FAMILIES = ["llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "
 QK_NORM = {"qwen3", "gemma3", "olmo2", "olmo3"}
 #: RMSNorm modules per decoder layer (plus the final norm); GPT-NeoX uses LayerNorm.
 NORMS_PER_LAYER = {"gemma2": 4, "gemma3": 4, "gpt_neox": 0}
+#: Pre-norm layers whose residual add before the second norm is fused into it (OLMo's norms come after
+#: the add's operands are formed; GPT-NeoX has LayerNorms).
+LAYER_FUSED = {"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "phi3"}
 
 
 def _build(family: str, seed: int = 0, **kwargs) -> torch.nn.Module:
@@ -134,8 +137,14 @@ def test_patched_logits_match(family, monkeypatch):
 
     report = patch_model(model)
     n_layers = _COMMON["num_hidden_layers"]
+    # Count the norm calls that receive a residual (the fused add of a patched decoder layer).
+    with_residual = []
+    for m in model.modules():
+        if isinstance(m, FusedAddRMSNorm):
+            m.register_forward_pre_hook(lambda mod, args: with_residual.append(len(args) > 1 and args[1] is not None))
     ids = _ids()
     _assert_logits_close(_logits(model, ids), _logits(ref, ids))
+    assert sum(with_residual) == (n_layers if family in LAYER_FUSED else 0)
 
     # Every attention forward ran our kernels: q and k through fused_rmsnorm_rope, or both in apply_rope.
     if family in QK_NORM:
@@ -150,6 +159,7 @@ def test_patched_logits_match(family, monkeypatch):
     assert report.count("attention") == n_layers
     assert report.count("norm") == norms
     assert report.count("mlp") == (0 if family == "gpt_neox" else n_layers)
+    assert report.count("layer") == (n_layers if family in LAYER_FUSED else 0)
     if family == "gpt_neox":
         reasons = {p.reason for p in report.skipped}
         assert any("not a gated MLP" in r for r in reasons) and any("LayerNorm" in r for r in reasons)
@@ -270,8 +280,8 @@ def test_options_leave_parts_alone():
     assert {p.reason for p in report.skipped} == {"not requested (norm=False)", "not requested (mlp=False)"}
     unpatch_model(model)
     report = patch_model(model, rope=False)
-    assert report.count("attention") == 0 and report.count("mlp") == 2
-    assert not any("forward" in vars(m) for m in model.modules())
+    assert report.count("attention") == 0 and report.count("mlp") == 2 and report.count("layer") == 2
+    assert not any("forward" in vars(layer.self_attn) for layer in model.model.layers)
 
 
 @pytest.mark.parametrize("family", ["qwen3", "gemma3"])
@@ -340,9 +350,9 @@ def test_changed_transformers_source_is_reported(monkeypatch):
     finally:
         hf_families._source_mismatch.cache_clear()
     assert report.count() == 0
-    # attention and MLP of both layers, the 5 decoder/final norms, and -- their attention left as it is --
-    # the q_norm/k_norm modules as standalone norms
-    assert len(report.skipped) == 2 + 2 + 5 + 4
+    # attention, MLP and decoder layer of both layers, the 5 decoder/final norms, and -- their attention
+    # left as it is -- the q_norm/k_norm modules as standalone norms
+    assert len(report.skipped) == 2 + 2 + 2 + 5 + 4
     assert all(f"transformers {hf_families.MIRRORED_TRANSFORMERS} code" in p.reason for p in report.skipped)
 
 
@@ -378,7 +388,8 @@ def test_patch_twice_and_compiled_wrapper_are_refused():
 def test_report_text_and_non_hf_model():
     model = _build("gemma3")
     text = str(patch_model(model, fp8=False))
-    assert "13 parts replaced, 0 left unpatched" in text
+    assert "15 parts replaced, 0 left unpatched" in text
+    assert "Gemma3DecoderLayer -> forward: residual add fused into pre_feedforward_layernorm" in text
     assert "model.layers.{0,1}.pre_feedforward_layernorm" in text
     assert "Gemma3RMSNorm -> FusedAddRMSNorm(64, 1 + w)" in text
     assert "Gemma3MLP -> FusedMLP(gelu_tanh)" in text

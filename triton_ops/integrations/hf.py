@@ -9,7 +9,9 @@
 * ``rope``: each attention module's ``forward`` (on the instance; the module and its submodules stay) by
   one that applies RoPE -- fused with the q/k norms in QK-norm families -- through this library's kernels;
 * ``mlp``: each gated MLP by a :class:`~triton_ops.FusedMLP` sharing its ``nn.Linear`` layers (with
-  ``fp8=True``, quantized to FP8 instead).
+  ``fp8=True``, quantized to FP8 instead);
+* with ``norm``, in pre-norm decoder layers (Llama, Mistral, Qwen2/3, Gemma, Gemma2/3, Phi3), the layer's
+  ``forward`` (on the instance) so the residual add before the second norm runs inside that norm's kernel.
 
 Nothing else changes: parameter names, buffers, the rotary-embedding modules, caches, masks and attention
 kernels stay Hugging Face's. Parts that cannot be taken exactly -- another activation, a RoPE type whose
@@ -27,7 +29,7 @@ from torch import nn
 
 from ..exceptions import InvalidArgumentError, UnsupportedError
 from ..kernels.mlp import FusedMLP, resolve_activation
-from . import hf_attention
+from . import hf_attention, hf_layers
 from .hf_families import KNOWN_ROPE_TYPES, Family, lookup, rope_types, source_mismatch
 from .report import PatchReport
 
@@ -50,7 +52,8 @@ def patch_model(model: nn.Module, *, norm: bool = True, rope: bool = True, mlp: 
         model: a transformers model (``LlamaForCausalLM``, ``Qwen3Model``, a Gemma3 multimodal model ...)
             of a supported family: Llama, Mistral, Qwen2, Qwen3, Gemma, Gemma2, Gemma3, OLMo2, OLMo3, Phi3,
             GPT-NeoX. Patch before ``torch.compile``.
-        norm: replace RMSNorm modules by :class:`~triton_ops.FusedAddRMSNorm`.
+        norm: replace RMSNorm modules by :class:`~triton_ops.FusedAddRMSNorm`, and fold the residual add
+            in front of a decoder layer's second norm into that norm's kernel.
         rope: replace the attention modules' forward so RoPE (and the q/k norms of Qwen3, Gemma3 and
             OLMo2/3, fused with it) runs through this library's kernels.
         mlp: replace gated MLPs by :class:`~triton_ops.FusedMLP`.
@@ -128,6 +131,27 @@ def patch_model(model: nn.Module, *, norm: bool = True, rope: bool = True, mlp: 
                 report.add_skipped(path, "norm", cls, "LayerNorm (mean-centred, with a bias) is not an RMSNorm")
         elif hit is None and _looks_patchable(module):
             report.add_skipped(path, _kind_of(cls), cls, "class not supported by triton_ops.integrations")
+
+    # Decoder layers whose residual add can fold into the (now fused) norm after it.
+    fused_norms = {id(new) for _, _, _, new, _ in state.modules}
+    for path, module in modules:
+        hit = lookup(type(module))
+        if hit is None or hit[1] != "DecoderLayer" or hit[0].layer is None:
+            continue
+        cls, style = type(module).__name__, hit[0].layer
+        if not norm:
+            report.add_skipped(path, "layer", cls, "not requested (norm=False)")
+            continue
+        norm_name = hf_layers.FUSED_NORM[style]
+        reason = source_mismatch(hit[0], "DecoderLayer")
+        if reason is None and id(getattr(module, norm_name, None)) not in fused_norms:
+            reason = f"residual add not fused: {norm_name} was not patched"
+        if reason is not None:
+            report.add_skipped(path, "layer", cls, reason)
+            continue
+        module.forward = hf_layers.make_forward(style, module)
+        state.forwards.append(module)
+        report.add_replaced(path, "layer", cls, hf_layers.describe(style))
     if state.modules or state.forwards:
         object.__setattr__(model, _STATE, state)
     return report

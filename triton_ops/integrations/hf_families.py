@@ -66,6 +66,8 @@ class Family:
     norm: NormSpec | None  # None: the family uses nn.LayerNorm
     mlp_act_attr: str | None  # attribute holding the gated MLP's activation; None: not a gated MLP
     fingerprints: dict[str, str] = field(default_factory=dict)
+    #: decoder-layer style whose residual add folds into the following norm (hf_layers); None: no such add
+    layer: str | None = None
 
     @property
     def module(self) -> str:
@@ -79,25 +81,25 @@ _OLMO_NORM = NormSpec("variance_epsilon")
 FAMILIES: tuple[Family, ...] = (
     Family("llama", "Llama", AttentionSpec(), _LLAMA_NORM, "act_fn",
            {"LlamaAttention": "87ac6a454e19", "LlamaRMSNorm": "3f012147307d", "LlamaMLP": "c35b6e992834",
-            "rope": "ea2343f714a4"}),
+            "rope": "ea2343f714a4", "LlamaDecoderLayer": "7ecbd636f826"}, layer="llama"),
     Family("mistral", "Mistral", AttentionSpec(sliding="config"), _LLAMA_NORM, "act_fn",
            {"MistralAttention": "da11b3deab78", "MistralRMSNorm": "a9c3596b581d", "MistralMLP": "101558eeb427",
-            "rope": "ea2343f714a4"}),
+            "rope": "ea2343f714a4", "MistralDecoderLayer": "96f3341d8cfe"}, layer="llama"),
     Family("qwen2", "Qwen2", AttentionSpec(sliding="self"), _LLAMA_NORM, "act_fn",
            {"Qwen2Attention": "71eaab7b2f1a", "Qwen2RMSNorm": "4d37f89b119f", "Qwen2MLP": "b730c73312e8",
-            "rope": "ea2343f714a4"}),
+            "rope": "ea2343f714a4", "Qwen2DecoderLayer": "50181918d7f5"}, layer="llama"),
     Family("qwen3", "Qwen3", AttentionSpec(qk_norm="head", sliding="self"), _LLAMA_NORM, "act_fn",
            {"Qwen3Attention": "193f79b66ef0", "Qwen3RMSNorm": "a6be7f34ad2c", "Qwen3MLP": "cbe8e45014af",
-            "rope": "ea2343f714a4"}),
+            "rope": "ea2343f714a4", "Qwen3DecoderLayer": "221f753b6cd3"}, layer="llama"),
     Family("gemma", "Gemma", AttentionSpec(), _GEMMA_NORM, "act_fn",
            {"GemmaAttention": "986fba0e63b1", "GemmaRMSNorm": "ae74cd2133b2", "GemmaMLP": "08952b04da06",
-            "rope": "ea2343f714a4"}),
+            "rope": "ea2343f714a4", "GemmaDecoderLayer": "47b8c5f16a4f"}, layer="llama"),
     Family("gemma2", "Gemma2", AttentionSpec(sliding="self", softcap=True), _GEMMA_NORM, "act_fn",
            {"Gemma2Attention": "40a77a3f858e", "Gemma2RMSNorm": "5eb4c168c9bd", "Gemma2MLP": "bcae7a8059f2",
-            "rope": "ea2343f714a4"}),
+            "rope": "ea2343f714a4", "Gemma2DecoderLayer": "be7ad0184c89"}, layer="gemma2"),
     Family("gemma3", "Gemma3", AttentionSpec(qk_norm="head", sliding="self"), _GEMMA_NORM, "act_fn",
            {"Gemma3Attention": "55f29714cb1d", "Gemma3RMSNorm": "efad4b5a58e7", "Gemma3MLP": "a598ea3af680",
-            "rope": "ea2343f714a4"}),
+            "rope": "ea2343f714a4", "Gemma3DecoderLayer": "d160aaf9604d"}, layer="gemma2"),
     Family("olmo2", "Olmo2", AttentionSpec(qk_norm="full"), _OLMO_NORM, "act_fn",
            {"Olmo2Attention": "e28d7e0c5952", "Olmo2RMSNorm": "9cca1c39efe9", "Olmo2MLP": "6de1910cecb5",
             "rope": "8ec8adf714a4"}),
@@ -106,12 +108,12 @@ FAMILIES: tuple[Family, ...] = (
             "rope": "8ec8adf714a4"}),
     Family("phi3", "Phi3", AttentionSpec(qkv="phi3", sliding="config"), _LLAMA_NORM, "activation_fn",
            {"Phi3Attention": "46165109d81e", "Phi3RMSNorm": "ef274faa68b8", "Phi3MLP": "a73eb58c0b9b",
-            "rope": "0d2d41f714a4"}),
+            "rope": "0d2d41f714a4", "Phi3DecoderLayer": "acb5511091dc"}, layer="phi3"),
     Family("gpt_neox", "GPTNeoX", AttentionSpec(qkv="neox"), None, None,
            {"GPTNeoXAttention": "aa09e8b21725", "GPTNeoXMLP": "3ce5932bf46f", "rope": "8e6270f714a4"}),
 )
 
-ROLES = ("Attention", "RMSNorm", "MLP")
+ROLES = ("Attention", "RMSNorm", "MLP", "DecoderLayer")
 
 
 def lookup(cls: type) -> tuple[Family, str] | None:

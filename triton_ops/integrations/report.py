@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 
 @dataclass(frozen=True)
 class PatchedPart:
-    """One replaced part: ``path`` (module path in the model), ``kind`` (``"attention"``, ``"norm"`` or
-    ``"mlp"``), ``original`` (the Hugging Face class) and ``replacement`` (what runs now)."""
+    """One replaced part: ``path`` (module path in the model), ``kind`` (``"attention"``, ``"layer"``,
+    ``"norm"`` or ``"mlp"``), ``original`` (the Hugging Face class) and ``replacement`` (what runs now)."""
 
     path: str
     kind: str
@@ -71,12 +71,14 @@ class PatchReport:
 
 
 _INDEX = re.compile(r"\.(\d+)(?=\.|$)")
+_KIND_ORDER = {"attention": 0, "layer": 1, "norm": 2, "mlp": 3}
 
 
 def _folded(parts, describe) -> list[str]:
-    """One line per (kind, path pattern, description); layer indices folded into ``{a..b}`` / ``{a,b}``."""
+    """One line per (kind, path pattern, description); layer indices folded into ``{a..b}`` / ``{a,b}``;
+    kinds in the order attention, layer, norm, mlp."""
     groups: OrderedDict[tuple, list[int]] = OrderedDict()
-    for p in parts:
+    for p in sorted(parts, key=lambda p: _KIND_ORDER.get(p.kind, len(_KIND_ORDER))):
         nums = _INDEX.findall(p.path)
         # Fold only the first index (the layer); deeper indices stay literal.
         pattern = _INDEX.sub(".{}", p.path, count=1) if nums else p.path
