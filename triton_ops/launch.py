@@ -146,9 +146,20 @@ class KernelLaunch:
     compiles (or finds) the specialisation and returns the compiled kernel; later calls launch that
     compiled kernel directly on the current stream. Under the CPU interpreter every call goes through
     ``kernel[grid](...)``.
+
+    Where the compiled kernel's launcher has the layout this was written against (Triton 3.6's
+    ``CudaLauncher``: no global or profile scratch memory), calls go one level lower still, to the C
+    launch function, and TMA descriptors are encoded once per base address: a descriptor depends only on
+    the address, shape, strides, block and dtype, and the plan fixes all but the address, so a weight's
+    descriptor is encoded once and an activation's whenever the allocator hands out a new address (it
+    mostly hands back the same one). Anything unexpected falls back to ``CompiledKernel.run``.
     """
 
-    __slots__ = ("fn", "grid", "constexprs", "options", "_tail", "_compiled", "_device", "_g")
+    __slots__ = ("fn", "grid", "constexprs", "options", "_tail", "_compiled", "_device", "_g", "_raw",
+                 "_desc", "_desc_cache")
+
+    #: TMA descriptors kept per launch (per argument and base address) before the cache starts over.
+    MAX_DESCRIPTORS = 64
 
     def __init__(self, fn, grid: Sequence[int], constexprs: dict[str, Any], **options: Any) -> None:
         self.fn = fn
@@ -159,6 +170,9 @@ class KernelLaunch:
         self._compiled = None
         self._device = None
         self._tail = None
+        self._raw = None
+        self._desc = None
+        self._desc_cache: dict[tuple[int, int], list] = {}
         if not interpreter_enabled():
             names = list(getattr(fn, "arg_names", ()))
             n_const = len(constexprs)
@@ -174,21 +188,81 @@ class KernelLaunch:
         if compiled is not None:
             device = _current_device()
             if device == self._device:
-                from triton import knobs
-
+                rt = _RUNTIME_KNOBS or _runtime_knobs()
                 stream = _current_stream(device)
                 full = args + self._tail
-                enter = knobs.runtime.launch_enter_hook
+                enter = rt.launch_enter_hook
                 meta = compiled.launch_metadata(self.grid, stream, *full) if enter is not None else None
                 g = self._g
+                raw = self._raw
+                if raw is not None:
+                    if self._desc is not None:
+                        full = self._expand_descriptors(full)
+                    raw[0](g[0], g[1], g[2], stream, compiled.function, raw[1], raw[2], None, None,
+                           compiled.packed_metadata, meta, enter, rt.launch_exit_hook, *full)
+                    return
                 compiled.run(g[0], g[1], g[2], stream, compiled.function, compiled.packed_metadata, meta,
-                             enter, knobs.runtime.launch_exit_hook, *full)
+                             enter, rt.launch_exit_hook, *full)
                 return
         result = self.fn[self.grid](*args, **self.constexprs, **self.options)
         if self._tail is not None and result is not None and hasattr(result, "packed_metadata"):
-            result.run  # noqa: B018 -- loads the module and builds the launcher now, not on the hot path
+            launcher = result.run  # loads the module and builds the launcher now, not on the hot path
             self._compiled = result
             self._device = _current_device()
+            self._bind_raw(launcher)
+
+    def _bind_raw(self, launcher) -> None:
+        """Find the C launch function under Triton's launcher (see the class docstring)."""
+        try:
+            if launcher.global_scratch_size or launcher.profile_scratch_size:
+                return
+            launch = launcher.launch
+            code = getattr(launch, "__code__", None)
+            if code is None:  # the C function itself: no tensor descriptors
+                self._raw = (launch, launcher.launch_cooperative_grid, launcher.launch_pdl)
+                return
+            free = dict(zip(code.co_freevars, (c.cell_contents for c in launch.__closure__ or ())))
+            if {"launcher", "tensordesc_indices", "tensordesc_meta"} - free.keys():
+                return
+            from triton.backends.nvidia.driver import make_tensordesc_arg
+
+            indices = sorted(free["tensordesc_indices"])
+            metas = list(free["tensordesc_meta"])
+            self._desc = (tuple(indices), tuple(metas), make_tensordesc_arg)
+            self._raw = (free["launcher"], launcher.launch_cooperative_grid, launcher.launch_pdl)
+        except Exception:  # another Triton's launcher: CompiledKernel.run stays the path
+            self._raw = self._desc = None
+
+    def _expand_descriptors(self, full: tuple) -> list:
+        indices, metas, make = self._desc
+        cache = self._desc_cache
+        out: list = []
+        prev = 0
+        for j, i in enumerate(indices):
+            out.extend(full[prev:i])
+            d = full[i]
+            key = (i, d.base.data_ptr())
+            enc = cache.get(key)
+            if enc is None:
+                if len(cache) >= self.MAX_DESCRIPTORS:
+                    cache.clear()
+                enc = cache[key] = make(d, metas[j])
+            out.extend(enc)
+            prev = i + 1
+        out.extend(full[prev:])
+        return out
+
+
+_RUNTIME_KNOBS = None
+
+
+def _runtime_knobs():
+    """``triton.knobs.runtime`` (launch hooks are read from it on every launch, as Triton does)."""
+    global _RUNTIME_KNOBS
+    from triton import knobs
+
+    _RUNTIME_KNOBS = knobs.runtime
+    return _RUNTIME_KNOBS
 
 
 def _current_device() -> int:
