@@ -1,0 +1,159 @@
+"""Launch plans (triton_ops/launch.py): one plan per signature, exact errors for any other signature,
+Parameters on the fast path, autograd and tracing through the custom ops, plans dropped with tuning."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import triton_ops as T
+from triton_ops import launch
+from triton_ops.kernels import gated_mlp as gm
+from triton_ops.kernels import rmsnorm_rope as rr
+from triton_ops.kernels.rmsnorm_rope import rmsnorm_rope_reference
+
+from ._rope_helpers import tables
+
+
+@pytest.fixture(autouse=True)
+def _fresh_plans():
+    launch.clear_plans()
+    yield
+    launch.clear_plans()
+
+
+def _rope_inputs(device, rows=3, hidden=128, hd=64, dtype=torch.float32):
+    x = torch.randn(1, rows, hidden, device=device, dtype=dtype)
+    w = (1 + 0.1 * torch.randn(hidden, device=device)).to(dtype)
+    cos, sin = tables(rows + 5, hd, dtype=dtype, device=device)
+    return x, w, cos, sin
+
+
+def test_plan_key_rules(device):
+    x = torch.randn(4, 8, device=device)
+    p = torch.nn.Parameter(torch.randn(8, device=device))
+    assert launch.plan_key(x, None) is not None
+    with torch.no_grad():
+        assert launch.plan_key(x, p) is not None  # Parameters take the fast path in inference
+    assert launch.plan_key(x, p) is None  # grad mode + requires_grad: the custom op records autograd
+    # different strides or alignment give different keys
+    assert launch.plan_key(x) != launch.plan_key(x.t())
+    assert launch.plan_key(x[:, :4]) != launch.plan_key(x.reshape(-1)[1:5].view(1, 4))
+
+
+def test_repeated_signature_reuses_one_plan(device):
+    x, w, cos, sin = _rope_inputs(device)
+    y1 = T.fused_rmsnorm_rope(x, w, cos, sin)
+    assert launch.plan_counts()["rmsnorm_rope"] == 1
+    x2 = torch.randn_like(x)  # new data, same signature: the plan is reused and the result is x2's
+    y2 = T.fused_rmsnorm_rope(x2, w, cos, sin)
+    assert launch.plan_counts()["rmsnorm_rope"] == 1
+    torch.testing.assert_close(y1, rmsnorm_rope_reference(x, w, cos, sin), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(y2, rmsnorm_rope_reference(x2, w, cos, sin), rtol=1e-5, atol=1e-5)
+    assert not torch.equal(y1, y2)
+
+
+def test_parameter_weights_take_the_fast_path(device):
+    x, w, cos, sin = _rope_inputs(device)
+    m = T.FusedRMSNormRoPE(128, 64, device=device)
+    with torch.no_grad():
+        m.weight.copy_(w)
+        y = m(x, cos, sin)
+        m(x, cos, sin)
+    assert launch.plan_counts()["rmsnorm_rope"] == 1
+    torch.testing.assert_close(y, rmsnorm_rope_reference(x, w, cos, sin), rtol=1e-5, atol=1e-5)
+
+
+def test_other_signature_is_validated_in_full(device):
+    x, w, cos, sin = _rope_inputs(device)
+    T.fused_rmsnorm_rope(x, w, cos, sin)
+    with pytest.raises(T.ShapeError):
+        T.fused_rmsnorm_rope(x, w[:100], cos, sin)  # wrong weight size: a new signature, so validated
+    with pytest.raises(T.DTypeError):
+        T.fused_rmsnorm_rope(x, w.half(), cos, sin)
+    with pytest.raises(T.ShapeError):
+        T.fused_rmsnorm_rope(x, w, cos, sin, head_dim=48)  # a scalar in the key
+    assert launch.plan_counts()["rmsnorm_rope"] == 1
+
+
+def test_unhashable_scalar_is_a_miss_not_a_crash(device):
+    x, w, cos, sin = _rope_inputs(device)
+    with pytest.raises(T.TritonOpsError):
+        T.fused_rmsnorm_rope(x, w, cos, sin, eps=[1e-6])
+
+
+def test_autograd_goes_through_the_custom_op(device):
+    x, w, cos, sin = _rope_inputs(device)
+    x.requires_grad_(True)
+    y = T.fused_rmsnorm_rope(x, w, cos, sin)
+    assert y.grad_fn is not None
+    assert launch.plan_counts()["rmsnorm_rope"] == 0
+    y.sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+def test_out_buffer_signature_and_in_place(device):
+    x, w, cos, sin = _rope_inputs(device)
+    ref = rmsnorm_rope_reference(x, w, cos, sin)
+    out = torch.full_like(x, float("nan"))
+    T.fused_rmsnorm_rope(x, w, cos, sin, out=out)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    out2 = torch.full_like(x, float("nan"))  # a different out buffer, same signature: the plan writes it
+    T.fused_rmsnorm_rope(x, w, cos, sin, out=out2)
+    torch.testing.assert_close(out2, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_gated_mlp_plans_with_parameters_and_new_data(device):
+    x = torch.randn(5, 64, device=device)
+    lin_g = torch.nn.Linear(64, 96, bias=False, device=device)
+    lin_u = torch.nn.Linear(64, 96, bias=False, device=device)
+    with torch.no_grad():
+        y1 = T.fused_gated_mlp(x, lin_g.weight, lin_u.weight)
+        x2 = torch.randn_like(x)
+        y2 = T.fused_gated_mlp(x2, lin_g.weight, lin_u.weight)
+        ref2 = gm.gated_mlp_reference_torch(x2.double(), lin_g.weight.double(), lin_u.weight.double())
+    assert launch.plan_counts()["gated_mlp"] == 1
+    torch.testing.assert_close(y2.double(), ref2, rtol=2e-5, atol=2e-5)
+    assert not torch.equal(y1, y2)
+
+
+def test_hf_activation_names(device):
+    x = torch.randn(3, 32, device=device)
+    wg, wu = torch.randn(48, 32, device=device), torch.randn(48, 32, device=device)
+    for alias, ours in gm.ACTIVATION_ALIASES.items():
+        torch.testing.assert_close(T.fused_gated_mlp(x, wg, wu, alias), T.fused_gated_mlp(x, wg, wu, ours))
+
+
+def test_switching_tuned_configs_drops_plans(device):
+    x, w, cos, sin = _rope_inputs(device)
+    T.fused_rmsnorm_rope(x, w, cos, sin)
+    assert launch.plan_counts()["rmsnorm_rope"] == 1
+    with T.use_tuned_configs(True):
+        assert launch.plan_counts()["rmsnorm_rope"] == 0
+    assert launch.plan_counts()["rmsnorm_rope"] == 0
+
+
+def test_host_only_skips_launches(device):
+    x, w, cos, sin = _rope_inputs(device)
+    out = torch.full_like(x, float("nan"))
+    with launch.host_only():
+        T.fused_rmsnorm_rope(x, w, cos, sin, out=out)
+    assert torch.isnan(out).all()  # nothing was launched
+    T.fused_rmsnorm_rope(x, w, cos, sin, out=out)
+    assert not torch.isnan(out).any()
+
+
+def test_plan_cache_is_bounded():
+    c = launch.PlanCache("test_bounded")
+    for i in range(launch.PlanCache.MAX_PLANS + 5):
+        c.put(("k", i), object())
+    assert len(c) <= launch.PlanCache.MAX_PLANS
+    assert c.get(["unhashable"]) is None
+
+
+def test_plans_hold_no_tensors(device):
+    x, w, cos, sin = _rope_inputs(device)
+    T.fused_rmsnorm_rope(x, w, cos, sin)
+    plan = next(iter(rr._plans._plans.values()))
+    held = [getattr(plan, s) for s in plan.__slots__] + list(plan.ints)
+    assert not any(isinstance(v, torch.Tensor) for v in held)
