@@ -86,7 +86,12 @@ def _folded(parts, describe) -> list[str]:
     width = max((len(k[1]) for k in groups), default=0) + 8
     out = []
     for (kind, pattern, desc), idx in groups.items():
-        path = pattern.replace("{}", "{" + _ranges(idx) + "}") if "{}" in pattern else pattern
+        if "{}" not in pattern:
+            path = pattern
+        elif len(set(idx)) == 1:
+            path = pattern.replace("{}", str(idx[0]))
+        else:
+            path = pattern.replace("{}", "{" + _ranges(idx) + "}")
         out.append(f"  {kind:<9} {path:<{width}} {desc}")
     return out
 
