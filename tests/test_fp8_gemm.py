@@ -50,8 +50,10 @@ def test_auto_from_fp16_sqnr(M, N, K):
     b = torch.randn(K, N, dtype=torch.float16, device=DEVICE)
     out = fp8_gemm(a, b)
     assert out.dtype == torch.float16 and out.shape == (M, N)
-    # per-row x per-column e4m3: ~28.8 dB measured; the bar is 28 dB
-    assert ref.sqnr_db(_np(out), _np(a) @ _np(b)) >= 28.0
+    # M > 64: per-row a x per-column b, both e4m3: 28.55-28.71 dB over 12 seeds at 130x200x260 (the issue's
+    # bar is 28 dB). M <= 64: a stays fp16 (weight-only kernel), only b is e4m3: 30.7-32.7 dB over 12 seeds
+    # at 5x64x96 (few outputs, so a wider spread), 31.3-31.9 at 37x70x300; 29 dB is ~3 dB of margin.
+    assert ref.sqnr_db(_np(out), _np(a) @ _np(b)) >= (29.0 if M <= SMALL_M else 28.0)
 
 
 def test_auto_decode_path_and_fp32_inputs():

@@ -683,7 +683,8 @@ def _plan_gemm(a: torch.Tensor, b: torch.Tensor, a_scale, b_scale, bias, out_dty
     def run(a, b, a_scale, b_scale, bias):
         qb = sb = None
         if b_float:
-            hit = None if capturing() else operand_cache.get(b, _TAG_QUANT)
+            keep = not capturing()
+            hit = operand_cache.get(b, _TAG_QUANT) if keep else None
             if hit is not None:
                 qb, sb = hit
         if a_float:
@@ -693,7 +694,7 @@ def _plan_gemm(a: torch.Tensor, b: torch.Tensor, a_scale, b_scale, bias, out_dty
                 qb = torch.empty(N, K, dtype=_E4M3, device=dev)
                 sb = torch.empty(1, N, dtype=torch.float32, device=dev)
                 fused_prep(a_view(a), b, qa, sa, qb, sb)
-                if not capturing():
+                if keep:
                     operand_cache.put(b, _TAG_QUANT, (qb, sb), qb.numel() + 4 * N)
             elif sm80:
                 qa, sa = _quantize_torch(a_view(a), _E4M3, "row", None, None, qa)
@@ -706,7 +707,9 @@ def _plan_gemm(a: torch.Tensor, b: torch.Tensor, a_scale, b_scale, bias, out_dty
             sa = a_scale.to(torch.float32) if conv_sa else a_scale
         if b_float:
             if qb is None:
-                qb, sb = _cached(b, _TAG_QUANT, quantize_b)
+                qb, sb = quantize_b(b)
+                if keep:
+                    operand_cache.put(b, _TAG_QUANT, (qb, sb), qb.numel() + 4 * N)
         else:
             qb = _cached(b, _TAG_KMAJOR, make_kmajor) if b_copy else b
             sb = b_scale.to(torch.float32) if conv_sb else b_scale

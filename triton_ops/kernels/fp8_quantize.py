@@ -904,6 +904,9 @@ def check_scale_values(scale: torch.Tensor, name: str) -> None:
     yields a finite wrong result on any path."""
     if scale.numel() == 0 or valid_scales.get(scale, True) is not None or _skip_value_checks():
         return
+    base = scale._base
+    if base is not None and valid_scales.get(base, True) is not None:
+        return  # a view (e.g. ``sw.t()``) of a scale tensor known valid as a whole
     s = scale.detach().float()
     bad = ~(torch.isfinite(s) & (s > 0))
     if bool(bad.any()):
