@@ -392,6 +392,21 @@ def test_mixed_precision_llama_norm_is_left_alone():
     assert report.count("norm") == 4
 
 
+def test_parts_wrapped_by_others_are_left_alone():
+    # accelerate's device_map hooks (an _hf_hook attribute and a wrapped instance forward) or another
+    # library's instance forward: replacing the module or its forward would drop their wrapper.
+    model = _build("llama")
+    attn = model.model.layers[0].self_attn
+    attn.forward = attn.forward  # an instance-level forward, as a wrapper leaves
+    model.model.layers[1].mlp._hf_hook = object()
+    report = patch_model(model)
+    skipped = {p.path: p.reason for p in report.skipped}
+    assert "already replaced on the instance" in skipped["model.layers.0.self_attn"]
+    assert "accelerate hook" in skipped["model.layers.1.mlp"]
+    assert report.paths("attention") == ["model.layers.1.self_attn"]
+    assert report.paths("mlp") == ["model.layers.0.mlp"]
+
+
 def test_patch_twice_and_compiled_wrapper_are_refused():
     model = _build("llama")
     with pytest.raises(ValueError, match="torch.compile"):

@@ -91,7 +91,7 @@ def patch_model(model: nn.Module, *, norm: bool = True, rope: bool = True, mlp: 
         if not rope:
             report.add_skipped(path, "attention", type(module).__name__, "not requested (rope=False)")
             continue
-        reason = _attention_blocker(hit[0], module)
+        reason = _hooked(module) or _attention_blocker(hit[0], module)
         if reason is not None:
             report.add_skipped(path, "attention", type(module).__name__, reason)
             continue
@@ -112,7 +112,7 @@ def patch_model(model: nn.Module, *, norm: bool = True, rope: bool = True, mlp: 
             if not norm:
                 report.add_skipped(path, "norm", cls, "not requested (norm=False)")
                 continue
-            reason = source_mismatch(hit[0], "RMSNorm") or _norm_blocker(hit[0], module, act_dtype)
+            reason = _hooked(module) or source_mismatch(hit[0], "RMSNorm") or _norm_blocker(hit[0], module, act_dtype)
             if reason is not None:
                 report.add_skipped(path, "norm", cls, reason)
                 continue
@@ -143,7 +143,7 @@ def patch_model(model: nn.Module, *, norm: bool = True, rope: bool = True, mlp: 
             report.add_skipped(path, "layer", cls, "not requested (norm=False)")
             continue
         norm_name = hf_layers.FUSED_NORM[style]
-        reason = source_mismatch(hit[0], "DecoderLayer")
+        reason = _hooked(module) or source_mismatch(hit[0], "DecoderLayer")
         if reason is None and id(getattr(module, norm_name, None)) not in fused_norms:
             reason = f"residual add not fused: {norm_name} was not patched"
         if reason is not None:
@@ -186,6 +186,16 @@ def unpatch_model(model: nn.Module) -> None:
 # ----------------------------------------------------------------------------------------------------
 # Checks: why a part cannot be patched exactly (None when it can)
 # ----------------------------------------------------------------------------------------------------
+def _hooked(module: nn.Module) -> str | None:
+    """Someone else already wraps this module: accelerate's dispatch/offload hooks (``device_map=...``) or
+    another patch of the instance's forward. Replacing it would drop their wrapper."""
+    if hasattr(module, "_hf_hook"):
+        return "has an accelerate hook (device_map dispatch or offloading): left to it"
+    if "forward" in vars(module):
+        return "its forward is already replaced on the instance (by another library or patch)"
+    return None
+
+
 def _attention_blocker(family: Family, module: nn.Module) -> str | None:
     reason = source_mismatch(family, "Attention")
     if reason is not None:
@@ -266,7 +276,7 @@ def _patch_mlp(model, path, module, family: Family, fp8: bool, report: PatchRepo
     if family.mlp_act_attr is None:
         report.add_skipped(path, "mlp", cls, "not a gated MLP (up -> activation -> down): no fused kernel")
         return
-    reason = source_mismatch(family, "MLP")
+    reason = _hooked(module) or source_mismatch(family, "MLP")
     if reason is not None:
         report.add_skipped(path, "mlp", cls, reason)
         return
