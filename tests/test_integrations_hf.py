@@ -1,11 +1,14 @@
 """patch_model / unpatch_model on tiny random-init Hugging Face models of every supported family.
 
-Models are built from configs in code (no downloads), in fp32 and eval mode, on the CPU; the patched ops
-run in Triton's interpreter. Each family's config exercises what is particular to it: GQA everywhere,
-sliding windows (Mistral, Gemma2/3, OLMo3), softcapping through eager attention (Gemma2), per-head and
-whole-projection QK-norm (Qwen3, Gemma3, OLMo2/3), ``1 + w`` norms and gelu_tanh MLPs (Gemma), partial
-rotary (Phi3, GPT-NeoX), Phi3's packed qkv and gate_up projections, biases (Llama's mlp_bias, Qwen2's
-qkv bias) and RoPE scaling types whose factors live in the cos/sin tables (Llama-3, YaRN, LongRoPE).
+Models are built from configs in code (no downloads), in fp32 and eval mode, on the test device: the CPU
+with the patched ops in Triton's interpreter, or the GPU where there is one (fp32 GEMMs run as exact fp32
+dots in our kernels and, by PyTorch's default, in torch's, so the tolerances hold there too).
+
+Each family's config exercises what is particular to it: GQA everywhere, sliding windows (Mistral,
+Gemma2/3, OLMo3), softcapping through eager attention (Gemma2), per-head and whole-projection QK-norm
+(Qwen3, Gemma3, OLMo2/3), ``1 + w`` norms and gelu_tanh MLPs (Gemma), partial rotary (Phi3, GPT-NeoX),
+Phi3's packed qkv and gate_up projections, biases (Llama's mlp_bias, Qwen2's qkv bias) and RoPE scaling
+types whose factors live in the cos/sin tables (Llama-3, YaRN, LongRoPE).
 
 Tolerance of patched vs unpatched logits (``LOGITS_RTOL``): both are fp32 computations of the same
 math that differ only in evaluation order -- the fused kernels accumulate their reductions (GEMM over K,
@@ -26,6 +29,8 @@ import transformers as T
 from triton_ops import FusedMLP, PatchReport, patch_model, unpatch_model
 from triton_ops.integrations import hf_attention, hf_families
 from triton_ops.kernels.rmsnorm import FusedAddRMSNorm
+
+from .conftest import DEVICE, HAS_CUDA
 
 LOGITS_RTOL = 2e-5  # of max |logit|; see the module docstring
 
@@ -85,7 +90,7 @@ def _build(family: str, seed: int = 0, **kwargs) -> torch.nn.Module:
     cfg = _config(family)
     # Gemma2's attention-logit softcapping only exists in the eager attention function.
     attn = "eager" if family == "gemma2" else "sdpa"
-    model = T.AutoModelForCausalLM.from_config(cfg, attn_implementation=attn, **kwargs).eval()
+    model = T.AutoModelForCausalLM.from_config(cfg, attn_implementation=attn, **kwargs).eval().to(DEVICE)
     with torch.no_grad():
         # HF initialises norm weights to 1 (Gemma: 0); random ones make a wrong offset or a dropped weight
         # visible in the logits.
@@ -97,7 +102,7 @@ def _build(family: str, seed: int = 0, **kwargs) -> torch.nn.Module:
 
 def _ids(seed: int = 1, batch: int = 2, seq: int = 7) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
-    return torch.randint(1, _COMMON["vocab_size"], (batch, seq), generator=g)
+    return torch.randint(1, _COMMON["vocab_size"], (batch, seq), generator=g).to(DEVICE)
 
 
 def _logits(model, ids, **kw) -> torch.Tensor:
@@ -240,7 +245,9 @@ def test_greedy_generation_matches(family, cache):
     mask[1, :2] = 0
     kw = dict(attention_mask=mask, max_new_tokens=3, do_sample=False)
     if cache == "static":
-        kw["cache_implementation"] = "static"
+        # generate() would compile the decoding step on a GPU; test_generate_with_static_cache_compiled
+        # covers that path, this one the eager forward on every device.
+        kw.update(cache_implementation="static", disable_compile=True)
     want = ref.generate(ids, **kw)
     got = model.generate(ids, **kw)
     assert torch.equal(got, want), (got.tolist(), want.tolist())
@@ -263,8 +270,9 @@ def test_compile_fullgraph_forward():
 
 
 def test_generate_with_static_cache_compiled():
-    # generate() compiles the decoding forward itself when the cache is static (on GPUs by default; the
-    # private switch turns it on for the CPU): one graph, no breaks, the same tokens.
+    # generate() compiles the decoding forward itself when the cache is static: on a GPU with its default
+    # config (Inductor, CUDA graphs through mode="reduce-overhead"), on the CPU through a private switch
+    # with aot_eager and fullgraph=True. One graph or more, no breaks, the same tokens.
     model = _build("llama")
     ref = copy.deepcopy(model)
     patch_model(model)
@@ -273,8 +281,11 @@ def test_generate_with_static_cache_compiled():
     mask[1, :2] = 0
     kw = dict(attention_mask=mask, max_new_tokens=3, do_sample=False, cache_implementation="static")
     want = ref.generate(ids, **kw)
-    cc = T.CompileConfig(fullgraph=True, backend="aot_eager", mode=None)
-    cc._compile_all_devices = True
+    if HAS_CUDA:
+        cc = T.CompileConfig(fullgraph=True)
+    else:
+        cc = T.CompileConfig(fullgraph=True, backend="aot_eager", mode=None)
+        cc._compile_all_devices = True
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
     got = model.generate(ids, compile_config=cc, **kw)
@@ -317,7 +328,7 @@ def test_qk_norms_alone_when_rope_is_off(family):
                                          ("gelu_10", "ClippedGELUActivation")])
 def test_unsupported_activation_is_reported(act, reason):
     torch.manual_seed(0)
-    model = T.LlamaForCausalLM(T.LlamaConfig(**_COMMON, hidden_act=act)).eval()
+    model = T.LlamaForCausalLM(T.LlamaConfig(**_COMMON, hidden_act=act)).eval().to(DEVICE)
     report = patch_model(model)
     assert report.count("mlp") == 0
     skipped = [p for p in report.skipped if p.kind == "mlp"]
@@ -339,8 +350,8 @@ def test_activation_mapping_is_the_same_function(act, ours):
     hf = ACT2FN[act]
     assert resolve_activation(hf) == ours
     torch.manual_seed(0)
-    x = torch.randn(5, 32)
-    wg, wu = torch.randn(24, 32) / 4, torch.randn(24, 32) / 4
+    x = torch.randn(5, 32, device=DEVICE)
+    wg, wu = torch.randn(24, 32, device=DEVICE) / 4, torch.randn(24, 32, device=DEVICE) / 4
     want = hf(x @ wg.t()) * (x @ wu.t())
     got = fused_gated_mlp(x, wg, wu, ours)
     # fp32 products over K=32 in another order, and the activation's fp32 evaluation: ~1e-6 relative.
@@ -424,7 +435,7 @@ def test_report_text_and_non_hf_model():
     assert "model.layers.{0,1}.pre_feedforward_layernorm" in text
     assert "Gemma3RMSNorm -> FusedAddRMSNorm(64, 1 + w)" in text
     assert "Gemma3MLP -> FusedMLP(gelu_tanh)" in text
-    report = patch_model(torch.nn.Sequential(torch.nn.Linear(4, 4)))
+    report = patch_model(torch.nn.Sequential(torch.nn.Linear(4, 4)))  # nothing to take
     assert report.count() == 0 and report.skipped == []
     assert "0 parts replaced" in str(report)
 
@@ -438,7 +449,7 @@ def test_gemma3_multimodal_patches_the_text_decoder():
     cfg = T.Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=4, image_token_index=299,
                          boi_token_index=297, eoi_token_index=298)
     torch.manual_seed(0)
-    model = T.Gemma3ForConditionalGeneration(cfg).eval()
+    model = T.Gemma3ForConditionalGeneration(cfg).eval().to(DEVICE)
     ref = copy.deepcopy(model)
     report = patch_model(model)
     assert report.paths("attention") == [f"model.language_model.layers.{i}.self_attn" for i in range(2)]
@@ -446,7 +457,7 @@ def test_gemma3_multimodal_patches_the_text_decoder():
     left = {p.original for p in report.skipped}
     assert {"SiglipAttention", "SiglipMLP", "LayerNorm"} <= left
     assert "model.vision_tower.encoder.layers.0.self_attn" in str(report)
-    ids = torch.randint(1, 290, (1, 6), generator=torch.Generator().manual_seed(0))
+    ids = torch.randint(1, 290, (1, 6), generator=torch.Generator().manual_seed(0)).to(DEVICE)
     _assert_logits_close(_logits(model, ids), _logits(ref, ids))
 
 

@@ -9,6 +9,8 @@ import transformers as T
 from triton_ops import FusedMLP, InvalidArgumentError, UnsupportedError
 from triton_ops.kernels.mlp import resolve_activation
 
+from .conftest import DEVICE
+
 # fp32 GEMMs over K <= 96 accumulated in another order than torch's, then down_proj: ~1e-6 relative.
 RTOL = ATOL = 1e-5
 
@@ -24,12 +26,12 @@ def test_from_hf_llama_matches_and_shares_parameters(bias):
     from transformers.models.llama.modeling_llama import LlamaMLP
 
     torch.manual_seed(0)
-    hf = LlamaMLP(T.LlamaConfig(**_cfg(mlp_bias=bias))).eval()
+    hf = LlamaMLP(T.LlamaConfig(**_cfg(mlp_bias=bias))).eval().to(DEVICE)
     fused = FusedMLP.from_hf(hf)
     assert fused.activation == "silu" and not fused.packed
     assert list(fused.state_dict()) == list(hf.state_dict())
     assert fused.gate_proj is hf.gate_proj and fused.down_proj is hf.down_proj  # shared, not copied
-    x = torch.randn(2, 5, 48)
+    x = torch.randn(2, 5, 48, device=DEVICE)
     with torch.no_grad():
         torch.testing.assert_close(fused(x), hf(x), rtol=RTOL, atol=ATOL)
     # Differentiable: the custom op's backward against autograd through HF's module.
@@ -47,10 +49,10 @@ def test_from_hf_phi3_packed():
     from transformers.models.phi3.modeling_phi3 import Phi3MLP
 
     torch.manual_seed(0)
-    hf = Phi3MLP(T.Phi3Config(**_cfg())).eval()
+    hf = Phi3MLP(T.Phi3Config(**_cfg())).eval().to(DEVICE)
     fused = FusedMLP.from_hf(hf)
     assert fused.packed and list(fused.state_dict()) == ["gate_up_proj.weight", "down_proj.weight"]
-    x = torch.randn(3, 48)
+    x = torch.randn(3, 48, device=DEVICE)
     with torch.no_grad():
         torch.testing.assert_close(fused(x), hf(x), rtol=RTOL, atol=ATOL)
 
@@ -59,20 +61,20 @@ def test_gemma_gelu_tanh():
     from transformers.models.gemma.modeling_gemma import GemmaMLP
 
     torch.manual_seed(0)
-    hf = GemmaMLP(T.GemmaConfig(**_cfg(head_dim=12))).eval()
+    hf = GemmaMLP(T.GemmaConfig(**_cfg(head_dim=12))).eval().to(DEVICE)
     fused = FusedMLP.from_hf(hf)
     assert fused.activation == "gelu_tanh"
-    x = torch.randn(4, 48)
+    x = torch.randn(4, 48, device=DEVICE)
     with torch.no_grad():
         torch.testing.assert_close(fused(x), hf(x), rtol=RTOL, atol=ATOL)
 
 
 def test_constructor_names_and_math():
     torch.manual_seed(0)
-    m = FusedMLP(32, 80, "gelu", bias=True)
+    m = FusedMLP(32, 80, "gelu", bias=True, device=DEVICE)
     assert [k for k, _ in m.named_parameters()] == ["gate_proj.weight", "gate_proj.bias", "up_proj.weight",
                                                       "up_proj.bias", "down_proj.weight", "down_proj.bias"]
-    x = torch.randn(7, 32)
+    x = torch.randn(7, 32, device=DEVICE)
     with torch.no_grad():
         want = m.down_proj(torch.nn.functional.gelu(m.gate_proj(x)) * m.up_proj(x))
         torch.testing.assert_close(m(x), want, rtol=RTOL, atol=ATOL)
@@ -82,9 +84,9 @@ def test_constructor_names_and_math():
 
 def test_fp8_state_dict_keeps_hf_keys_and_follows_casts():
     torch.manual_seed(0)
-    m = FusedMLP(64, 128, "silu")
+    m = FusedMLP(64, 128, "silu", device=DEVICE)
     ref = {k: v.clone() for k, v in m.state_dict().items()}
-    x = torch.randn(5, 64)
+    x = torch.randn(5, 64, device=DEVICE)
     with torch.no_grad():
         want = m(x)
     assert m.to_fp8() is m and m.to_fp8() is m  # idempotent
