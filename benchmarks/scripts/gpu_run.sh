@@ -27,11 +27,35 @@ for section in "$@"; do
       summary+=("$(grep -E '^\|' "$out/host.log" | grep -v -- '---')")
       ;;
     model|model_compile)
-      # model: eager systems of both models; model_compile: the torch.compile systems (slow to build)
-      if [ "$section" = model ]; then args=(--quick); else args=(compile); fi
-      timeout 540 python3 -m triton_ops.cli bench model "${args[@]}" ${MODEL_SELECT:-} --out "$out" \
-        > "$out/$section.log" 2>&1
-      summary+=("$(grep -E '^\|' "$out/$section.log" | grep -v -- '---' | cut -c1-170)")
+      # One process per (model, work): a failing system cannot take the others down with it.
+      # model: eager systems of both models; model_compile: the torch.compile systems for the works in
+      # MODEL_COMPILE_WORK (each compile takes tens of seconds).
+      : > "$out/$section.log"
+      if [ "$section" = model ]; then
+        works=("prefill 1x2048" "prefill 8x2048" "decode b1 " "decode b8 " "decode b64"); extra=(--quick)
+      else
+        IFS=';' read -r -a works <<< "${MODEL_COMPILE_WORK:-prefill 1x2048;decode b8 }"; extra=(compile)
+      fi
+      i=0
+      for m in ${MODEL_FAMILIES:-qwen3 llama}; do
+        for w in "${works[@]}"; do
+          i=$((i + 1))
+          timeout 300 python3 -m triton_ops.cli bench model "$m" "$w" "${extra[@]}" --out "$out/${section}_$i" \
+            >> "$out/$section.log" 2>&1
+        done
+      done
+      python3 - "$out" "$section" <<'PY'
+import glob, json, sys
+out, section = sys.argv[1], sys.argv[2]
+rows, env = [], None
+for f in sorted(glob.glob(f"{out}/{section}_*/*-model.json")):
+    d = json.load(open(f)); env = d["env"]; rows += d["rows"]
+json.dump({"env": env, "command": f"benchmarks/scripts/gpu_run.sh OUT {section}", "rows": rows},
+          open(f"{out}/{section}.json", "w"), indent=1)
+from triton_ops.benchmark.model import model_markdown
+print(model_markdown(rows))
+PY
+      rm -rf "$out/${section}"_*
       ;;
     profile)
       timeout 120 python3 benchmarks/scripts/profile_host.py > "$out/profile.log" 2>&1
