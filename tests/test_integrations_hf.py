@@ -230,6 +230,23 @@ def test_gradients_match(family):
         assert err <= LOGITS_RTOL * p.grad.abs().max().item(), (name, err)
 
 
+@pytest.mark.parametrize("fp8", [False, True])
+def test_save_pretrained_round_trip(fp8, tmp_path):
+    # save_pretrained writes the patched model's state_dict: Hugging Face's keys, so from_pretrained builds
+    # an ordinary model from it -- the same weights, or the dequantized FP8 ones.
+    model = _build("qwen3")
+    ref = copy.deepcopy(model)
+    patch_model(model, fp8=fp8)
+    model.save_pretrained(tmp_path)
+    loaded = T.AutoModelForCausalLM.from_pretrained(tmp_path).eval().to(DEVICE)
+    want = {k: v for k, v in model.state_dict().items()}
+    got = loaded.state_dict()
+    assert list(got) == list(want) and all(torch.equal(got[k], v) for k, v in want.items())
+    if not fp8:
+        ids = _ids()
+        assert torch.equal(_logits(loaded, ids), _logits(ref, ids))
+
+
 # ----------------------------------------------------------------------------------------------------
 # Generation
 # ----------------------------------------------------------------------------------------------------
