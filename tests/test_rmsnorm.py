@@ -330,14 +330,17 @@ def test_torch_compile_fullgraph(device):
     w = _rand(128, device=device)
 
     @torch.compile(fullgraph=True, backend="aot_eager" if device == "cpu" else "inductor")
-    def block(x, w, r):
+    def block(x, w, r, xi, ri):
         y, s = fused_add_rmsnorm(x, w, residual=r)
+        fused_add_rmsnorm(xi, w, residual=ri, out=xi, residual_out=ri)  # vLLM's in-place convention
         return y * 2, fused_add_rmsnorm(s, w)
 
-    y2, z = block(x, w, r)
+    xi, ri = x.clone(), r.clone()
+    y2, z = block(x, w, r, xi, ri)
     ref, s = _ref(x, w, residual=r)
     assert_close(y2 / 2, ref, torch.float32)
     assert_close(z, _ref(s, w)[0], torch.float32)
+    assert torch.equal(xi, y2 / 2) and torch.equal(ri, s)
 
 
 @pytest.mark.parametrize("residual,offset,rbw", [(False, 0.0, False), (True, 1.0, False), (True, 0.0, True)])

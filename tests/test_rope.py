@@ -346,13 +346,16 @@ def test_torch_compile_fullgraph(device):
     cos, sin = tables(3, 64, device=device)
 
     @torch.compile(fullgraph=True, backend="aot_eager" if device == "cpu" else "inductor")
-    def attn_prologue(q, k, cos, sin):
+    def attn_prologue(q, k, cos, sin, qi, ki):
         qo, ko = apply_rope(q, k, cos, sin)
+        apply_rope(qi, ki, cos, sin, inplace=True)
         return qo * 2, ko
 
-    qo, ko = attn_prologue(q, k, cos, sin)
+    qi, ki = q.clone(), k.clone()
+    qo, ko = attn_prologue(q, k, cos, sin, qi, ki)
     assert_close(qo / 2, _ref(q, cos, sin), torch.float32)
     assert_close(ko, _ref(k, cos, sin), torch.float32)
+    assert torch.equal(qi, qo / 2) and torch.equal(ki, ko)
 
 
 @pytest.mark.parametrize("layout,rot,with_pos,bshd", [("neox", 64, False, False), ("gptj", 32, True, True)])

@@ -288,10 +288,15 @@ def check_writes(writes: dict[str, torch.Tensor | None], others: dict[str, torch
     """
     tests = []
     items = list(writes.items()) + list(others.items())
+    # Traced by torch.compile: tensors have no addresses yet (the mutating custom op is functionalized, so
+    # aliases are resolved by the compiler); only the layout of each write buffer can be checked.
+    traced = torch.compiler.is_compiling()
     for i, (wn, w) in enumerate(writes.items()):
         if w is None or w.numel() == 0:
             continue
         check_no_self_overlap(w, wn)
+        if traced:
+            continue
         for on, o in items[i + 1:]:  # the other writes after this one (each pair once), then the inputs
             if o is None or o.numel() == 0:
                 continue
