@@ -104,6 +104,20 @@ def test_prequantized_every_layout_same_bits(path, M, poisoned, fresh_cache):
             assert torch.equal(out, base), (a_kind, b_kind)
 
 
+@pytest.mark.parametrize("policy", ["inkernel", "clamp"])
+def test_native_mn_policies_measured_by_the_sweep_are_right(policy, poisoned, fresh_cache, monkeypatch):
+    # benchmarks/scripts/sweep_fp8.py times the MN-major operands read in the kernel (masked, or clamped as
+    # before the fix) against the K-major copy; all three must compute the same bits
+    M, N, K = 80, 72, 160
+    qa, sa, qb, sb, _ = _fp8_operands(M, N, K)
+    base = fp8_gemm(qa, qb, a_scale=sa, b_scale=sb, out_dtype=torch.float32)
+    monkeypatch.setattr(fg, "NATIVE_MN_POLICY", policy)
+    fg._gemm_plans.clear()
+    out = fp8_gemm(_layout(qa, "col"), _layout(qb, "row"), a_scale=sa, b_scale=sb, out_dtype=torch.float32)
+    fg._gemm_plans.clear()
+    assert torch.equal(out, base) and len(fresh_cache) == 0  # nothing copied
+
+
 def test_kmajor_copy_and_its_reuse(poisoned, fresh_cache):
     M, N, K = 80, 72, 160
     qa, sa, qb, sb, _ = _fp8_operands(M, N, K)

@@ -17,7 +17,7 @@ weight, a contiguous ``[K, N]``, a column-major ``a``, slices). Two facts decide
   to a valid one (unmasked loads keep the pipeline's loads vectorised) -- but only along a dimension that
   is not the contiguous one: a clamped index (``where(n < N, n, 0)``) has no provable contiguity, so when
   N (or M) *is* the contiguous dimension Triton falls back to one-byte, uncoalesced loads (a warp touching
-  32 rows for 32 bytes), cannot pipeline them with cp.async and spills (sm_90, 128x256 tile: 11.6 KB of
+  32 rows for 32 bytes), cannot pipeline them with cp.async and spills (sm_90, 128x256 tile: 11.7 KB of
   spills, ptxas). That was the 50-290x cliff of a contiguous ``[K, N]`` FP8 ``b``. ``A_MN`` / ``B_MN``
   select masked, unclamped indices along a contiguous M / N: 16-byte vector loads, cp.async pipelining.
 * FP8 MMA reads both operands K-major from shared memory (wgmma takes MN-major B only for 16-bit
@@ -340,6 +340,11 @@ TRANSPOSE_BLOCK = (128, 128, 8)
 #: True copies it K-major once per unchanged weight (the operand cache; a second copy of the weight's
 #: bytes while it lives). Not measured yet: benchmarks/scripts/sweep_fp8.py times both.
 WEIGHT_ONLY_KMAJOR_COPY = False
+#: Native FP8 path, an operand that is not K-major: "copy" (the default: one K-major copy, see the module
+#: doc), "inkernel" (masked MN-major tiles, transposed by Triton through registers) or "clamp" (the kernel
+#: as it was before A_MN / B_MN: clamped indices along the contiguous dimension, one-byte uncoalesced loads).
+#: The last two exist to be measured against the first (benchmarks/scripts/sweep_fp8.py).
+NATIVE_MN_POLICY = "copy"
 
 
 def config_names(arch: int, *, weight_only: bool = False, block_scaled: bool = False,
@@ -476,13 +481,14 @@ _E4M3 = torch.float8_e4m3fn
 
 def _gemm_step(M: int, N: int, K: int, a_st, b_st, c_st, sa_st, sb_st, a_mode: int, b_mode: int,
                has_bias: bool, *, a_decode: bool, b_decode: bool, a_e5: bool, b_e5: bool, hw_cvt: bool, dot_ty,
-               factor: float, cfg: dict, device: torch.device):
-    """The GEMM launch (and split-K reduction) of a plan: ``run(a, b, out, sa, sb, bias)``."""
+               factor: float, cfg: dict, device: torch.device, clamp: bool = False):
+    """The GEMM launch (and split-K reduction) of a plan: ``run(a, b, out, sa, sb, bias)``. ``clamp``:
+    never mask along a contiguous M / N (the old kernel, for measurements only)."""
     if 2 in (a_mode, b_mode) and cfg["BLOCK_K"] != 128:
         raise InvalidArgumentError(f"config {cfg['name']!r} has BLOCK_K={cfg['BLOCK_K']}; block-scaled operands "
                                    "need BLOCK_K == 128")
-    a_mn = a_st[0] == 1 and a_st[1] != 1 and M > 1
-    b_mn = b_st[1] == 1 and b_st[0] != 1 and N > 1
+    a_mn = a_st[0] == 1 and a_st[1] != 1 and M > 1 and not clamp
+    b_mn = b_st[1] == 1 and b_st[0] != 1 and N > 1 and not clamp
     split = cfg["SPLIT_K"]
     gemm = KernelLaunch(_fp8_gemm_kernel, (cfg["NUM_PROGS"],), dict(
         A_SCALE=a_mode, B_SCALE=b_mode, HAS_BIAS=has_bias, A_DECODE=a_decode, B_DECODE=b_decode, A_E5M2=a_e5,
@@ -614,7 +620,8 @@ def _plan_gemm(a: torch.Tensor, b: torch.Tensor, a_scale, b_scale, bias, out_dty
     else:
         conv_sb, sb_st = _scale_arg(b_scale, b_mode, False)
         native = arch >= 89 and path != "decode" and not weight_only
-        b_copy = not b_kmajor and (native or (weight_only and WEIGHT_ONLY_KMAJOR_COPY))
+        b_copy = not b_kmajor and ((native and NATIVE_MN_POLICY == "copy") or
+                                   (weight_only and WEIGHT_ONLY_KMAJOR_COPY))
         if b_copy:
             make_kmajor = _copy_step(K, N, b_st, (1, K), (N, K), b.dtype, dev)
         b_kst = (1, K) if b_copy else b_st
@@ -663,7 +670,7 @@ def _plan_gemm(a: torch.Tensor, b: torch.Tensor, a_scale, b_scale, bias, out_dty
             else None
     else:
         conv_sa, sa_st = _scale_arg(a_scale, a_mode, True)
-        a_copy = not decode and not a_kmajor
+        a_copy = not decode and not a_kmajor and NATIVE_MN_POLICY == "copy"
         if a_copy:
             make_a = _copy_step(M, K, a_st, (K, 1), (M, K), a.dtype, dev)
         a_kst = (K, 1) if a_copy else a_st
@@ -678,7 +685,7 @@ def _plan_gemm(a: torch.Tensor, b: torch.Tensor, a_scale, b_scale, bias, out_dty
                                  out_fp32=out_fp32)
     core = _gemm_step(M, N, K, a_kst, b_kst, out_st, sa_st, sb_st, a_mode, b_mode, has_bias, a_decode=decode,
                       b_decode=decode, a_e5=a_e5, b_e5=b_e5, hw_cvt=False, dot_ty=tl.float16, factor=factor,
-                      cfg=cfg, device=dev)
+                      cfg=cfg, device=dev, clamp=NATIVE_MN_POLICY == "clamp" and not decode)
 
     def run(a, b, a_scale, b_scale, bias):
         qb = sb = None

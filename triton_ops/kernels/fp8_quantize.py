@@ -906,7 +906,8 @@ def check_scale_values(scale: torch.Tensor, name: str) -> None:
         return
     base = scale._base
     if base is not None and valid_scales.get(base, True) is not None:
-        return  # a view (e.g. ``sw.t()``) of a scale tensor known valid as a whole
+        valid_scales.put(scale, True, True)  # a view (e.g. ``sw.t()``) of a scale known valid as a whole
+        return
     s = scale.detach().float()
     bad = ~(torch.isfinite(s) & (s > 0))
     if bool(bad.any()):

@@ -1,0 +1,430 @@
+"""FP8 measurements in one GPU run: operand layouts, the README call, FP8Linear, decode, GEMM config
+variants, quantization and host cost, each timed three ways next to its baselines.
+
+    python benchmarks/scripts/sweep_fp8.py OUTDIR [--sections layouts auto ...] [--quick]
+
+Writes OUTDIR/sweep_fp8.json ({"env", "rows"}) and prints a short table last. Every row is one system on
+one problem:
+
+* ``events_ms``: ``triton.testing.do_bench`` median (CUDA events around each call after an L2 flush; the
+  flush hides up to ~65 us of host work per call);
+* ``wall_ms``: wall time per call of back-to-back eager calls, synchronised once per sample: what a
+  user's eager loop sees, host cost included when the call is host-bound;
+* ``graph_ms``: CUDA-graph replays (GPU time only; not taken for "fresh" systems, whose point is host
+  work, nor for systems that cannot be captured);
+* ``host_us``: Python-side cost per call with the launches themselves skipped (``launch.host_only``).
+
+Sections (default: all): check (GPU correctness of every layout, bit for bit), layouts (pre-quantized
+e4m3 GEMM, every layout of a and b, plus the in-kernel and pre-fix ways of reading an MN-major b), auto
+(``fp8_gemm(a, b)`` from fp16), linear (FP8Linear, buffer and Parameter weights), decode (weight-only,
+both weight layouts and both MN-major policies), configs (GEMM tile/stage/grouping variants at 4096^3 and
+8192^3 against ``torch._scaled_mm``), quant (per-token / per-tensor quantize of (16384, 4096)), host
+(host us per eager call at decode sizes beside an empty Triton kernel). Predictions: docs/perf-notes.md.
+With no GPU (``--quick`` on the interpreter) it only checks that every section runs.
+"""
+
+# ruff: noqa: B023 -- each closure over a loop variable is timed by measure() before the loop moves on
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+import traceback
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
+
+from triton_ops.benchmark.timing import compiled, do_bench_median  # noqa: E402
+from triton_ops.kernels import fp8_cache  # noqa: E402
+from triton_ops.kernels import fp8_gemm as fg  # noqa: E402
+from triton_ops.kernels.fp8_linear import FP8Linear  # noqa: E402
+from triton_ops.kernels.fp8_quantize import dequantize_fp8, quantize_fp8  # noqa: E402
+from triton_ops.launch import clear_plans, host_only  # noqa: E402
+
+GPU = torch.cuda.is_available()
+DEV = "cuda" if GPU else "cpu"
+ROWS: list[dict] = []
+
+
+# ---- timing ------------------------------------------------------------------------------------------
+
+
+def _sync():
+    if GPU:
+        torch.cuda.synchronize()
+
+
+def wall_ms(fn, budget_ms: float = 40.0, samples: int = 5) -> float:
+    fn()
+    _sync()
+    t0 = time.perf_counter()
+    fn()
+    _sync()
+    est = max((time.perf_counter() - t0) * 1e3, 1e-3)
+    calls = int(max(5, min(400, budget_ms / est)))
+    out = []
+    for _ in range(samples):
+        _sync()
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        _sync()
+        out.append((time.perf_counter() - t0) / calls * 1e3)
+    return statistics.median(out)
+
+
+def host_us(fn, calls: int = 300) -> float:
+    fn()
+    _sync()
+    with host_only():
+        for _ in range(10):
+            fn()
+        out = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            out.append((time.perf_counter() - t0) / calls * 1e6)
+    return statistics.median(out)
+
+
+def measure(section: str, shape: str, system: str, fn, *, flops: float | None = None, graph: bool = True,
+            host: bool = False, events: bool = True, baseline: str | None = None, note: str = "") -> dict:
+    row = {"section": section, "shape": shape, "system": system, "note": note}
+    try:
+        fn()
+        _sync()
+        if events:
+            row["events_ms"] = do_bench_median(fn) if GPU else None
+        row["wall_ms"] = wall_ms(fn) if GPU else wall_ms(fn, budget_ms=1.0, samples=1)
+        if graph and GPU:
+            try:
+                row["graph_ms"] = do_bench_median(fn, cuda_graph=True)
+            except Exception as exc:  # e.g. a baseline that syncs
+                row["graph_error"] = f"{type(exc).__name__}: {str(exc)[:120]}"
+        if host:
+            row["host_us"] = host_us(fn)
+        if flops:
+            best = row.get("graph_ms") or row.get("events_ms") or row["wall_ms"]
+            row["tflops"] = flops / (best * 1e-3) / 1e12 if GPU else None
+        row["baseline"] = baseline
+    except Exception as exc:
+        row["error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
+        traceback.print_exc()
+    ROWS.append(row)
+    ms = {k: row.get(k) for k in ("events_ms", "wall_ms", "graph_ms")}
+    print(f"  {section:8s} {shape:28s} {system:34s} " + " ".join(
+        f"{k[:-3]}={v * 1e3:9.1f}us" if isinstance(v, float) else f"{k[:-3]}=      n/a" for k, v in ms.items())
+        + (f" host={row['host_us']:.1f}us" if "host_us" in row else "") + (f" ERROR {row['error']}" if "error"
+                                                                             in row else ""), flush=True)
+    return row
+
+
+def _policy(**kw):
+    """Set fp8_gemm's measurement knobs and drop the plans that baked in the old ones."""
+    for k, v in kw.items():
+        setattr(fg, k, v)
+    clear_plans()
+
+
+def _col(x):
+    return x.t().contiguous().t()
+
+
+# ---- sections ----------------------------------------------------------------------------------------
+
+
+def sec_check(quick: bool):
+    """Bit-for-bit equality of every layout on the GPU (the CPU tests check the same on the interpreter)."""
+    M, N, K = (80, 72, 160) if quick else (1024, 4096, 4096)
+    a = torch.randn(M, K, device=DEV)
+    w = torch.randn(N, K, device=DEV)
+    qa, sa = quantize_fp8(a, granularity="row")
+    qw, sw = quantize_fp8(w, granularity="row")
+    base = fg.fp8_gemm(qa, qw.t(), a_scale=sa, b_scale=sw.t())
+    ok = {}
+    for name, (x, y) in {"b_kn": (qa, qw.t().contiguous()), "a_col": (_col(qa), qw.t()),
+                         "both": (_col(qa), qw.t().contiguous())}.items():
+        ok[name] = bool(torch.equal(fg.fp8_gemm(x, y, a_scale=sa, b_scale=sw.t()), base))
+    a16, b16 = a.half(), w.half().t().contiguous()
+    out = fg.fp8_gemm(a16, b16)
+    want = a16.double() @ b16.double()
+    sqnr = 10 * torch.log10((want ** 2).sum() / ((out.double() - want) ** 2).sum()).item()
+    ROWS.append({"section": "check", "shape": f"{M}x{N}x{K}", "system": "layouts_equal", "result": ok,
+                 "auto_sqnr_db": sqnr})
+    print(f"  check    layouts bit-equal: {ok}; fp8_gemm(a, b) fp16 SQNR {sqnr:.2f} dB (>= 28 expected)")
+
+
+def sec_layouts(quick: bool):
+    shapes = [(80, 96, 128)] if quick else [(1024, 4096, 4096), (4096, 4096, 4096), (8192, 8192, 8192),
+                                            (16384, 11264, 4096)]
+    for M, N, K in shapes:
+        label = f"{M}x{N}x{K} row"
+        qa, sa = quantize_fp8(torch.randn(M, K, device=DEV, dtype=torch.bfloat16), granularity="row")
+        qw, sw = quantize_fp8(torch.randn(N, K, device=DEV, dtype=torch.bfloat16), granularity="row")
+        qb, sb, qb_kn, qa_col = qw.t(), sw.t(), qw.t().contiguous(), _col(qa)
+        fl = 2.0 * M * N * K
+
+        def ours(x, y):
+            return lambda: fg.fp8_gemm(x, y, a_scale=sa, b_scale=sb, out_dtype=torch.bfloat16, check_scales=False)
+
+        measure("layouts", label, "triton_ops b=w.t()", ours(qa, qb), flops=fl, host=quick or M == 1024)
+        measure("layouts", label, "triton_ops b=[K,N] (copy reused)", ours(qa, qb_kn), flops=fl)
+        fresh = ours(qa, qb_kn)
+        measure("layouts", label, "triton_ops b=[K,N] fresh copy", lambda: (fp8_cache.clear(), fresh())[1],
+                flops=fl, graph=False)
+        measure("layouts", label, "triton_ops a col-major", ours(qa_col, qb), flops=fl)
+        if M in (4096, 80):  # the two ways of not copying (slow by design: they are why the copy exists)
+            for policy in ("inkernel", "clamp"):
+                _policy(NATIVE_MN_POLICY=policy)
+                measure("layouts", label, f"triton_ops b=[K,N] {policy}", ours(qa, qb_kn), flops=fl, graph=False)
+            _policy(NATIVE_MN_POLICY="copy")
+        measure("layouts", label, "kmajor_copy alone", lambda: fg.kmajor_copy(qb_kn), graph=True,
+                note=f"{2 * K * N / 1e6:.1f} MB moved")
+        if GPU:
+            measure("layouts", label, "torch_scaled_mm", lambda: torch._scaled_mm(
+                qa, qb, scale_a=sa, scale_b=sb, out_dtype=torch.bfloat16), flops=fl, baseline="ceiling")
+            a16 = torch.randn(M, K, device=DEV, dtype=torch.float16)
+            b16 = torch.randn(K, N, device=DEV, dtype=torch.float16)
+            measure("layouts", label, "cublas_fp16", lambda: a16 @ b16, flops=fl)
+        fp8_cache.clear()
+        if GPU:
+            torch.cuda.empty_cache()
+
+
+def sec_auto(quick: bool):
+    shapes = [(48, 80, 160), (80, 96, 128)] if quick else [(16, 4096, 4096), (1024, 4096, 4096),
+                                                           (4096, 4096, 4096), (8192, 8192, 8192)]
+    for M, N, K in shapes:
+        label = f"{M}x{N}x{K} fp16"
+        a = torch.randn(M, K, device=DEV, dtype=torch.float16)
+        b = torch.randn(K, N, device=DEV, dtype=torch.float16)
+        b_t, a_col = _col(b), _col(a)
+        fl = 2.0 * M * N * K
+        measure("auto", label, "triton_ops fp8_gemm(a, b) (README)", lambda: fg.fp8_gemm(a, b), flops=fl,
+                host=True)
+        measure("auto", label, "triton_ops fresh b", lambda: (fp8_cache.clear(), fg.fp8_gemm(a, b))[1], flops=fl,
+                graph=False)
+        measure("auto", label, "triton_ops b=w.t()", lambda: fg.fp8_gemm(a, b_t), flops=fl)
+        measure("auto", label, "triton_ops a col-major", lambda: fg.fp8_gemm(a_col, b), flops=fl)
+        measure("auto", label, "cublas_fp16 a @ b", lambda: a @ b, flops=fl, baseline="ceiling", host=False)
+        if GPU and not quick and M >= 1024:
+            from triton_ops.benchmark.cases_fp8 import torch_quant_scaled_mm
+
+            f = compiled(torch_quant_scaled_mm)
+            measure("auto", label, "torch_compile quant+scaled_mm", lambda: f(a, b), flops=fl)
+        fp8_cache.clear()
+
+
+def sec_linear(quick: bool):
+    from torch import nn
+
+    shapes = [(8, 64, 96), (80, 64, 96)] if quick else [(1, 4096, 4096), (16, 4096, 4096), (1024, 4096, 4096),
+                                                        (4096, 4096, 4096)]
+    for M, N, K in shapes:
+        label = f"M={M} {K}->{N} bf16"
+        lin = nn.Linear(K, N, device=DEV, dtype=torch.bfloat16)
+        f = FP8Linear.from_linear(lin)
+        fp = FP8Linear.from_linear(lin)
+        w = fp.weight
+        del fp.weight
+        fp.weight = nn.Parameter(w, requires_grad=False)
+        x = torch.randn(M, K, device=DEV, dtype=torch.bfloat16)
+        fl = 2.0 * M * N * K
+        with torch.no_grad():
+            measure("linear", label, "FP8Linear (buffer weight)", lambda: f(x), flops=fl, host=True)
+            measure("linear", label, "FP8Linear (Parameter weight)", lambda: fp(x), flops=fl, host=True)
+            measure("linear", label, "nn.Linear bf16", lambda: lin(x), flops=fl, baseline="ceiling", host=True)
+        measure("linear", label, "FP8Linear grad mode on", lambda: f(x), flops=fl, graph=False, host=True)
+
+
+def sec_decode(quick: bool):
+    M, N, K = (4, 96, 128) if quick else (16, 14336, 4096)
+    label = f"{M}x{N}x{K}"
+    w = torch.randn(N, K, device=DEV, dtype=torch.float16)
+    qw, sw = quantize_fp8(w, granularity="row")
+    x = torch.randn(M, K, device=DEV, dtype=torch.float16)
+    kn = qw.t().contiguous()
+    measure("decode", label, "weight-only b=w.t()", lambda: fg.fp8_weight_only_gemm(x, qw.t(), sw.t()), host=True)
+    measure("decode", label, "weight-only b=[K,N] in kernel", lambda: fg.fp8_weight_only_gemm(x, kn, sw.t()))
+    _policy(WEIGHT_ONLY_KMAJOR_COPY=True)
+    measure("decode", label, "weight-only b=[K,N] copy reused", lambda: fg.fp8_weight_only_gemm(x, kn, sw.t()))
+    _policy(WEIGHT_ONLY_KMAJOR_COPY=False)
+    if GPU:
+        w16 = w.t()
+        measure("decode", label, "cublas_fp16", lambda: x @ w16, baseline="ceiling")
+        src = torch.empty(N * K, dtype=torch.uint8, device=DEV)
+        dst = torch.empty_like(src)
+        measure("decode", label, "copy of the weight bytes", lambda: dst.copy_(src))
+    fp8_cache.clear()
+
+
+def _cfg(name, M, N, K, **over):
+    cfg = fg._finish_config(name, M, N, K, fg._arch(torch.device(DEV)), fg.num_sms(torch.device(DEV)),
+                            group_m=over.pop("GROUP_M", 8))
+    cfg.update(over)
+    if over.get("persistent") is False:
+        cfg.pop("persistent")
+        tiles = fg.cdiv(M, cfg["BLOCK_M"]) * fg.cdiv(N, cfg["BLOCK_N"])
+        cfg.update(NUM_PROGS=tiles, FLATTEN=False)
+    return cfg
+
+
+def sec_configs(quick: bool):
+    """GEMM config variants for the pre-quantized e4m3 -> bf16 GEMM (stretch target: >= 1.1x
+    torch._scaled_mm at 4096^3 and 8192^3). Timed as graph replays (GPU time)."""
+    shapes = [(80, 96, 128)] if quick else [(4096, 4096, 4096), (8192, 8192, 8192)]
+    variants = {
+        "h_256 (default) g8": ("h_256", {}),
+        "h_256 g16": ("h_256", {"GROUP_M": 16}),
+        "h_256 g4": ("h_256", {"GROUP_M": 4}),
+        "h_256 s3": ("h_256", {"num_stages": 3}),
+        "h_256 no flatten": ("h_256", {"FLATTEN": False}),
+        "h_256 not persistent": ("h_256", {"persistent": False}),
+        "h_128 s4": ("h_128", {}),
+        "h_128 s5": ("h_128", {"num_stages": 5}),
+        "128x256x64 s6": ("h_256", {"BLOCK_K": 64, "num_stages": 6}),
+        "256x128x128 s3": ("h_256", {"BLOCK_M": 256, "BLOCK_N": 128, "num_stages": 3}),
+    }
+    for M, N, K in shapes:
+        for gran in ("row", "tensor"):
+            label = f"{M}x{N}x{K} {gran}"
+            qa, sa = quantize_fp8(torch.randn(M, K, device=DEV, dtype=torch.bfloat16), granularity=gran)
+            qw, sw = quantize_fp8(torch.randn(N, K, device=DEV, dtype=torch.bfloat16), granularity=gran)
+            sa = sa.reshape(1) if gran == "tensor" else sa
+            sb = sw.reshape(1) if gran == "tensor" else sw.t()
+            qb = qw.t()
+            fl = 2.0 * M * N * K
+            for vname, (name, over) in variants.items():
+                if quick and vname not in ("h_256 (default) g8", "h_128 s4"):
+                    continue
+                cfg = _cfg(name, M, N, K, **dict(over))
+                try:
+                    plan = fg._plan_gemm(qa, qb, sa, sb, None, torch.bfloat16, "auto", cfg)
+                except Exception as exc:
+                    print(f"  configs  {label} {vname}: {type(exc).__name__}: {exc}")
+                    continue
+                measure("configs", label, vname, lambda p=plan: p(qa, qb, sa, sb, None), flops=fl, events=False)
+            if GPU:
+                measure("configs", label, "torch_scaled_mm", lambda: torch._scaled_mm(
+                    qa, qb, scale_a=sa.reshape(()) if gran == "tensor" else sa,
+                    scale_b=sb.reshape(()) if gran == "tensor" else sb, out_dtype=torch.bfloat16), flops=fl,
+                    events=False, baseline="ceiling")
+
+
+def sec_quant(quick: bool):
+    from triton_ops.benchmark.cases_fp8 import torch_quantize
+
+    M, K = (64, 256) if quick else (16384, 4096)
+    x = torch.randn(M, K, device=DEV, dtype=torch.bfloat16) * 4
+    for gran in ("row", "tensor"):
+        label = f"{M}x{K} {gran}"
+        measure("quant", label, "quantize_fp8", lambda g=gran: quantize_fp8(x, granularity=g), graph=True,
+                host=True, note=f"{M * K * 3 / 1e6:.0f} MB moved")
+        if GPU:
+            f = compiled(torch_quantize)
+            measure("quant", label, "torch_compile", lambda g=gran: f(x, g), baseline="ceiling")
+            src = torch.empty(M * K * 3 // 2, dtype=torch.uint8, device=DEV)
+            dst = torch.empty_like(src)
+            measure("quant", label, "copy of the same bytes", lambda: dst.copy_(src))
+
+
+def sec_host(quick: bool):
+    """Host us per eager call at decode sizes (plans warm), beside an empty Triton kernel."""
+    H = 256 if quick else 4096
+    x = torch.randn(16, H, device=DEV, dtype=torch.bfloat16)
+    w = torch.randn(H, H, device=DEV, dtype=torch.bfloat16)
+    qx, sx = quantize_fp8(x, granularity="row")
+    qw, sw = quantize_fp8(w, granularity="row")
+    lin = FP8Linear(H, H, dtype=torch.bfloat16, device=DEV)
+    calls = {
+        "quantize_fp8 row": lambda: quantize_fp8(x, granularity="row"),
+        "quantize_fp8 tensor": lambda: quantize_fp8(x),
+        "dequantize_fp8": lambda: dequantize_fp8(qx, sx),
+        "fp8_gemm e4m3 (check_scales=True)": lambda: fg.fp8_gemm(qx, qw.t(), a_scale=sx, b_scale=sw.t()),
+        "fp8_gemm e4m3 (check_scales=False)": lambda: fg.fp8_gemm(qx, qw.t(), a_scale=sx, b_scale=sw.t(),
+                                                                  check_scales=False),
+        "fp8_gemm bf16 (b cached)": lambda: fg.fp8_gemm(x, w),
+        "fp8_weight_only_gemm": lambda: fg.fp8_weight_only_gemm(x, qw.t(), sw.t()),
+        "FP8Linear M=16": lambda: lin(x),
+        "FP8Linear M=1": lambda: lin(x[:1]),
+    }
+    if GPU:
+        from triton_ops.benchmark._empty_kernel import empty_kernel
+
+        e = torch.empty(16, device=DEV)
+        calls["empty Triton kernel (floor)"] = lambda: empty_kernel[(1,)](e, 16, BLOCK=16)
+        y = torch.empty_like(x)
+        calls["torch.add"] = lambda: torch.add(x, x, out=y)
+    with torch.no_grad():
+        for name, fn in calls.items():
+            row = {"section": "host", "shape": f"16x{H}", "system": name}
+            try:
+                fn()
+                _sync()
+                # with launches: the real per-call cost of a back-to-back loop (GPU queue absorbs kernels)
+                row["wall_us"] = wall_ms(fn, budget_ms=20.0) * 1e3
+                row["host_us"] = host_us(fn) if "empty" not in name and "torch.add" not in name else None
+            except Exception as exc:
+                row["error"] = f"{type(exc).__name__}: {str(exc)[:200]}"
+            ROWS.append(row)
+            print(f"  host     {name:40s} wall/call={row.get('wall_us', float('nan')):7.1f}us "
+                  f"python-only={row.get('host_us') or float('nan'):7.1f}us {row.get('error', '')}", flush=True)
+
+
+SECTIONS = {"check": sec_check, "layouts": sec_layouts, "auto": sec_auto, "linear": sec_linear,
+            "decode": sec_decode, "configs": sec_configs, "quant": sec_quant, "host": sec_host}
+
+
+def _summary() -> list[str]:
+    """The short table: per problem, ours against its baseline (graph time where taken, else events)."""
+    lines = ["", "| section | shape | system | events us | wall us | graph us | TFLOPS | host us |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in ROWS:
+        if r["section"] in ("check",):
+            continue
+        f = lambda k: f"{r[k] * 1e3:.1f}" if isinstance(r.get(k), float) else ""  # noqa: E731
+        tf = f"{r['tflops']:.0f}" if isinstance(r.get("tflops"), float) else ""
+        hu = f"{r['host_us']:.1f}" if isinstance(r.get("host_us"), float) else ""
+        if r["section"] == "host":
+            lines.append(f"| host | {r['shape']} | {r['system']} |  | {r.get('wall_us', 0):.1f} |  |  | {hu} |")
+            continue
+        lines.append(f"| {r['section']} | {r['shape']} | {r['system']} | {f('events_ms')} | {f('wall_ms')} | "
+                     f"{f('graph_ms')} | {tf} | {hu} |" + (f" ERROR {r['error'][:60]}" if "error" in r else ""))
+    return lines
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("out", nargs="?", default=os.environ.get("OUT", "."))
+    ap.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=list(SECTIONS))
+    ap.add_argument("--quick", action="store_true", help="tiny shapes (interpreter smoke run)")
+    args = ap.parse_args(argv)
+    os.makedirs(args.out, exist_ok=True)
+    quick = args.quick or not GPU
+    t0 = time.time()
+    for name in args.sections:
+        print(f"== {name}", flush=True)
+        try:
+            SECTIONS[name](quick)
+        except Exception as exc:  # one broken section must not lose the others' rows
+            traceback.print_exc()
+            ROWS.append({"section": name, "error": f"{type(exc).__name__}: {exc}"})
+        _policy(NATIVE_MN_POLICY="copy", WEIGHT_ONLY_KMAJOR_COPY=False)
+    env = {"gpu": torch.cuda.get_device_name() if GPU else "cpu (interpreter)", "torch": torch.__version__,
+           "triton": __import__("triton").__version__, "seconds": round(time.time() - t0, 1)}
+    path = os.path.join(args.out, "sweep_fp8.json")
+    with open(path, "w") as fh:
+        json.dump({"env": env, "rows": ROWS}, fh, indent=1, default=str)
+    print("\n".join(_summary()))
+    print(f"\nwrote {path} ({len(ROWS)} rows, {env['seconds']} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
