@@ -157,3 +157,18 @@ def test_plans_hold_no_tensors(device):
     plan = next(iter(rr._plans._plans.values()))
     held = [getattr(plan, s) for s in plan.__slots__] + list(plan.ints)
     assert not any(isinstance(v, torch.Tensor) for v in held)
+
+
+def test_inputs_copied_for_the_launch_are_never_planned(device):
+    # leading dims that cannot be flattened: the op copies x, so a plan made for the copy's strides must
+    # not be reused with the caller's tensor
+    hd = 64
+    xt = torch.randn(4, 2, 3, 128, device=device).transpose(0, 1)
+    w = 1 + 0.1 * torch.randn(128, device=device)
+    cos, sin = tables(3, hd, device=device)
+    a = T.fused_rmsnorm_rope(xt, w, cos, sin)
+    b = T.fused_rmsnorm_rope(xt, w, cos, sin)
+    ref = rmsnorm_rope_reference(xt, w, cos, sin)
+    torch.testing.assert_close(a, ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(b, ref, rtol=1e-5, atol=1e-5)
+    assert launch.plan_counts()["rmsnorm_rope"] == 0

@@ -579,6 +579,7 @@ def fused_rmsnorm_rope(x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor,
     V.check_dtype(weight, "weight", (x.dtype, torch.float32))
     V.check_dtype(cos, "cos", (x.dtype, torch.float32))
     V.check_same_dtype({"cos": cos, "sin": sin})
+    cos_given, sin_given = cos, sin
     cos, sin, per_token = _normalize_tables(x, cos, sin, position_ids)
 
     hidden = x.shape[-1]
@@ -631,7 +632,14 @@ def fused_rmsnorm_rope(x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor,
             pos = pos.reshape(-1, x3.shape[1])
         plan = _make_plan(x3, weight, cos, sin, pos, r3, out, head_dim, gptj, per_token)
         plan.shape = tuple(x.shape)
-        if plan.cacheable:
+        # A plan is reused with the caller's own tensors: only when none of them had to be copied into
+        # the layout the plan was made for (non-collapsible leading dims, strided per-token tables).
+        same = [(x3, x), (cos, cos_given), (sin, sin_given)]
+        if r3 is not None:
+            same.append((r3, residual))
+        if pos is not None:
+            same.append((pos, position_ids))
+        if plan.cacheable and all(a.data_ptr() == b.data_ptr() for a, b in same):
             _plans.put(key, plan)
         return plan(x3, weight, cos, sin, pos, r3, out, None, eps, weight_offset)
     if out is not None:
