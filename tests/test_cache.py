@@ -369,6 +369,20 @@ def test_rebuild_by_another_instance_does_not_make_this_one_forget(tmp_path):
     assert a.get("k", (1,), "cpu") is None and a.get("k", (2,), "cpu") is None
 
 
+def test_damage_after_a_clear_does_not_bring_cleared_entries_back(tmp_path):
+    """An instance that has not seen a clear keeps its entries through damage only when the damaged file
+    could be one it knew; a file whose surviving header shows it was created afresh means a clear."""
+    a, b = ConfigCache(tmp_path), ConfigCache(tmp_path)
+    a.set("k", (1,), "cpu", {"A": 1})
+    b.clear()
+    b.set("k", (2,), "cpu", {"A": 2})
+    text = _file(tmp_path).read_text()
+    _file(tmp_path).write_text(text[:text.index('"entries"') + 20])  # header kept, entries cut
+    with pytest.warns(RuntimeWarning, match="corrupt"):
+        assert a.get("k", (1,), "cpu") is None
+    assert ConfigCache(tmp_path).get("k", (1,), "cpu") is None  # and not written back either
+
+
 @pytest.mark.parametrize("content", ["[" * 100_000, b"\x80\x81", '{"format": 1, "entries": {"x": ' + "[" * 50_000])
 def test_pathological_files_are_corrupt_not_crashes(tmp_path, content):
     c = ConfigCache(tmp_path)

@@ -367,7 +367,9 @@ def _damaged(text: str, error: str) -> _Doc:
     entries = top.get("entries") if isinstance(top.get("entries"), dict) else {}
     if "format" in top and top["format"] != FORMAT_VERSION:
         entries = {}
-    return _Doc(entries, None, True, corrupt=True, error=error)
+    # the header comes first in the file, so it usually survives a truncation
+    epoch = top.get("epoch") if isinstance(top.get("epoch"), str) else None
+    return _Doc(entries, epoch, bool(top.get("recovered")), corrupt=True, error=error)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -587,7 +589,8 @@ class ConfigCache:
                 break
             self._report_damage(path, doc)
             # a damaged file says nothing about which entries were removed: keep all, add what it still has
-            self._merge(path, doc.entries, prune=False)
+            # (unless its header shows the file was cleared and created afresh since this instance read it)
+            self._merge(path, doc.entries, prune=self._recreated(path, doc))
             if not self._repair(path):
                 self._seen[str(path)] = _FileState(stamp, True, state.epoch if state else None)
                 return
@@ -666,6 +669,14 @@ class ConfigCache:
             if present is None or skey not in present:
                 out[skey] = self._to_raw(k, e)
         return out
+
+    def _recreated(self, path: Path, doc: _Doc) -> bool:
+        """Whether a damaged file's surviving header shows a file created afresh (after a clear) since this
+        instance last read it, not one rebuilt after damage: the entries this instance had from before
+        were removed, not lost, and must not come back."""
+        state = self._seen.get(str(path))
+        return (state is not None and state.epoch is not None and doc.epoch is not None
+                and doc.epoch != state.epoch and not doc.recovered)
 
     def _report_damage(self, path: Path, doc: _Doc) -> None:
         n = sum(self._parse_entry(raw) is not None for raw in doc.entries.values())
@@ -764,6 +775,7 @@ class ConfigCache:
                 base: Mapping[str, Any] = doc.entries
                 if doc.corrupt:
                     self._report_damage(path, doc)
+                    self._merge(path, doc.entries, prune=self._recreated(path, doc))
                     # keep the bad file for inspection; rebuild from what it still has and what we know
                     with contextlib.suppress(OSError):
                         os.replace(path, str(path) + ".corrupt")
