@@ -89,6 +89,14 @@ def test_cuda_without_a_gpu(nothing_runs, capsys, cmd):
                            "(kernels then run in Triton's interpreter)")
 
 
+def test_unwritable_out_directory(nothing_runs, capsys, monkeypatch):
+    """Permissions cannot be taken away from root, so the access check itself is what is replaced."""
+    monkeypatch.setattr(cli.os, "access", lambda path, mode: False)
+    rc, out, err = _run(["bench", "--out", str(nothing_runs / "new")], capsys)
+    assert rc == 2 and out == ""
+    assert err.strip() == f"triton-ops: error: --out {nothing_runs / 'new'}: {nothing_runs} is not writable"
+
+
 def test_cpu_with_the_interpreter_off(nothing_runs, capsys, monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")  # the user's own setting is kept by the command
     rc, out, err = _run(["bench", "--device", "cpu"], capsys)
