@@ -11,7 +11,8 @@ sdpa attention, in inference mode. Each is run as
 
 Work: prefill of ``B x 2048`` tokens (B = 1, 8) from an empty cache, and one decode step at batch
 1 / 8 / 64 with a static KV cache already holding 2048 tokens (the same step repeated: it rewrites the
-same cache slot, so every repetition does identical work).
+same cache slot, so every repetition does identical work). A decode step ends with a synchronisation, as
+in a generate loop that needs the token before the next step.
 
 Per row: wall time per forward (``ms``: back-to-back forwards, one synchronisation at the end of each
 sample, median of samples: what an eager user waits for) and GPU kernel time per forward
@@ -111,7 +112,17 @@ def _make_step(model, batch: int, new: int, cached: int, device: str, compiled: 
     model(input_ids=prompt, past_key_values=cache, use_cache=True)  # fill the cache (eager, once)
     ids = torch.randint(0, vocab, (batch, 1), device=device)
     pos = torch.tensor([cached], device=device)
-    return lambda: fwd(input_ids=ids, past_key_values=cache, cache_position=pos, use_cache=True).logits
+
+    def decode_step():
+        # A decode loop waits for each step's token before the next step (sampling reads the logits), so
+        # a step is timed with its synchronisation: wall time = host time + GPU time, as a generate loop
+        # pays it. (Back-to-back static-cache steps without it also tripped a device-side index assert in
+        # the cache update on the GPU machine, for the unpatched model too.)
+        logits = fwd(input_ids=ids, past_key_values=cache, cache_position=pos, use_cache=True).logits
+        torch.cuda.synchronize()
+        return logits
+
+    return decode_step
 
 
 def run_model_bench(device: str | None = None, select: list[str] | None = None, quick: bool = False,
