@@ -118,6 +118,20 @@ def test_native_mn_policies_measured_by_the_sweep_are_right(policy, poisoned, fr
     assert torch.equal(out, base) and len(fresh_cache) == 0  # nothing copied
 
 
+def test_tma_variant_same_bits(poisoned, monkeypatch):
+    # NATIVE_TMA (sweep variant, sm_90): the same tiles read through TMA descriptors; K = 160 is a multiple of
+    # 16 but not of BLOCK_K, and M, N are ragged, so the zero-filled out-of-bounds boxes are exercised
+    M, N, K = 80, 72, 160
+    qa, sa, qb, sb, bias = _fp8_operands(M, N, K)
+    base = fp8_gemm(qa, qb, a_scale=sa, b_scale=sb, bias=bias, out_dtype=torch.float32)
+    monkeypatch.setattr(fg, "NATIVE_TMA", True)
+    fg._gemm_plans.clear()
+    try:
+        assert torch.equal(fp8_gemm(qa, qb, a_scale=sa, b_scale=sb, bias=bias, out_dtype=torch.float32), base)
+    finally:
+        fg._gemm_plans.clear()
+
+
 def test_kmajor_copy_and_its_reuse(poisoned, fresh_cache):
     M, N, K = 80, 72, 160
     qa, sa, qb, sb, _ = _fp8_operands(M, N, K)

@@ -290,6 +290,9 @@ def sec_configs(quick: bool):
         "h_128 s5": ("h_128", {"num_stages": 5}),
         "128x256x64 s6": ("h_256", {"BLOCK_K": 64, "num_stages": 6}),
         "256x128x128 s3": ("h_256", {"BLOCK_M": 256, "BLOCK_N": 128, "num_stages": 3}),
+        "h_256 TMA": ("h_256", {"tma": True}),
+        "h_256 TMA g16": ("h_256", {"tma": True, "GROUP_M": 16}),
+        "h_128 TMA": ("h_128", {"tma": True}),
     }
     for M, N, K in shapes:
         for gran in ("row", "tensor"):
@@ -301,15 +304,26 @@ def sec_configs(quick: bool):
             qb = qw.t()
             fl = 2.0 * M * N * K
             for vname, (name, over) in variants.items():
-                if quick and vname not in ("h_256 (default) g8", "h_128 s4"):
+                if quick and vname not in ("h_256 (default) g8", "h_128 s4", "h_128 TMA"):
                     continue
-                cfg = _cfg(name, M, N, K, **dict(over))
+                over = dict(over)
+                tma = over.pop("tma", False)
+                cfg = _cfg(name, M, N, K, **over)
+                fg.NATIVE_TMA = tma  # read when the plan is made; the plan keeps its choice
                 try:
                     plan = fg._plan_gemm(qa, qb, sa, sb, None, torch.bfloat16, "auto", cfg)
                 except Exception as exc:
                     print(f"  configs  {label} {vname}: {type(exc).__name__}: {exc}")
                     continue
-                measure("configs", label, vname, lambda p=plan: p(qa, qb, sa, sb, None), flops=fl, events=False)
+                finally:
+                    fg.NATIVE_TMA = False
+                got = plan(qa, qb, sa, sb, None).float()
+                ref = fg.fp8_gemm(qa, qb, a_scale=sa, b_scale=sb, out_dtype=torch.bfloat16).float()
+                err = ((got - ref).norm() / ref.norm()).item()
+                # same operands, another tiling: only the accumulation order and bf16 rounding differ (<~4e-3)
+                row = measure("configs", label, vname, lambda p=plan: p(qa, qb, sa, sb, None), flops=fl,
+                              events=False, note=f"rel err vs default {err:.1e}" + (" WRONG" if err > 1e-2 else ""))
+                row["rel_err_vs_default"] = err
             if GPU:
                 measure("configs", label, "torch_scaled_mm", lambda: torch._scaled_mm(
                     qa, qb, scale_a=sa.reshape(()) if gran == "tensor" else sa,
@@ -415,7 +429,7 @@ def main(argv=None) -> int:
         except Exception as exc:  # one broken section must not lose the others' rows
             traceback.print_exc()
             ROWS.append({"section": name, "error": f"{type(exc).__name__}: {exc}"})
-        _policy(NATIVE_MN_POLICY="copy", WEIGHT_ONLY_KMAJOR_COPY=False)
+        _policy(NATIVE_MN_POLICY="copy", WEIGHT_ONLY_KMAJOR_COPY=False, NATIVE_TMA=False)
     env = {"gpu": torch.cuda.get_device_name() if GPU else "cpu (interpreter)", "torch": torch.__version__,
            "triton": __import__("triton").__version__, "seconds": round(time.time() - t0, 1)}
     path = os.path.join(args.out, "sweep_fp8.json")

@@ -70,7 +70,7 @@ import triton.language as tl
 from ..autotuner import runtime as _rt
 from ..compile_check import CompileSpec
 from ..exceptions import InvalidArgumentError, ShapeError
-from ..launch import KernelLaunch, PlanCache, plan_key
+from ..launch import KernelLaunch, PlanCache, plan_key, tensor_descriptor
 from ..utils import cdiv, device_arch, interpreter_enabled, num_sms
 from ..validation import (
     FLOAT_DTYPES,
@@ -163,7 +163,7 @@ def _fp8_gemm_kernel(a_ptr, b_ptr, c_ptr, as_ptr, bs_ptr, bias_ptr, ws_ptr, M, N
                      B_E5M2: tl.constexpr, DOT_TY: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                      GROUP_M: tl.constexpr, FLATTEN: tl.constexpr, SPLIT_K: tl.constexpr,
-                     HW_CVT: tl.constexpr, A_MN: tl.constexpr, B_MN: tl.constexpr):
+                     HW_CVT: tl.constexpr, A_MN: tl.constexpr, B_MN: tl.constexpr, USE_TMA: tl.constexpr):
     """Persistent tiled GEMM. Scale modes (A_SCALE / B_SCALE): 0 one scale, 1 per row of a / per column
     of b, 2 per (1, BLOCK_K) block of a / per (BLOCK_K, 128) block of b (BLOCK_K == 128), 3 (a only) none.
     *_DECODE: the operand holds FP8 bits (uint8) decoded to DOT_TY in registers; otherwise it feeds
@@ -175,7 +175,9 @@ def _fp8_gemm_kernel(a_ptr, b_ptr, c_ptr, as_ptr, bs_ptr, bias_ptr, ws_ptr, M, N
     A_MN / B_MN: a is M-contiguous / b is N-contiguous; rows / columns are then masked instead of clamped
     (see the module doc: a clamped contiguous index costs vectorisation and coalescing).
     SPLIT_K > 1: work item = (tile, K slice of ``k_tiles_per_split`` K steps); the raw fp32 partial goes
-    to ``ws[split, M, N]`` and ``_splitk_reduce_kernel`` sums the slices and runs the epilogue."""
+    to ``ws[split, M, N]`` and ``_splitk_reduce_kernel`` sums the slices and runs the epilogue.
+    USE_TMA (native FP8, K-major operands, SPLIT_K == 1): a_ptr / b_ptr are TMA descriptors of a [M, K] and
+    of b's K-major storage [N, K]; out-of-bounds boxes read as zero."""
     pid = tl.program_id(0)
     num_pid_m = tl.cdiv(M, BLOCK_M)
     num_pid_n = tl.cdiv(N, BLOCK_N)
@@ -202,17 +204,18 @@ def _fp8_gemm_kernel(a_ptr, b_ptr, c_ptr, as_ptr, bs_ptr, bias_ptr, ws_ptr, M, N
         # a contiguous M / N (A_MN / B_MN): there the clamp would hide the contiguity.
         rm_c = tl.where(mmask, rm, 0)
         rn_c = tl.where(nmask, rn, 0)
-        if A_MN:
-            a_ptrs = a_ptr + rm[:, None] * stride_am + offs_k[None, :] * stride_ak
-        else:
-            a_ptrs = a_ptr + rm_c[:, None] * stride_am + offs_k[None, :] * stride_ak
-        if B_MN:
-            b_ptrs = b_ptr + offs_k[:, None] * stride_bk + rn[None, :] * stride_bn
-        else:
-            b_ptrs = b_ptr + offs_k[:, None] * stride_bk + rn_c[None, :] * stride_bn
-        if SPLIT_K > 1:
-            a_ptrs += kt0 * BLOCK_K * stride_ak
-            b_ptrs += kt0 * BLOCK_K * stride_bk
+        if not USE_TMA:
+            if A_MN:
+                a_ptrs = a_ptr + rm[:, None] * stride_am + offs_k[None, :] * stride_ak
+            else:
+                a_ptrs = a_ptr + rm_c[:, None] * stride_am + offs_k[None, :] * stride_ak
+            if B_MN:
+                b_ptrs = b_ptr + offs_k[:, None] * stride_bk + rn[None, :] * stride_bn
+            else:
+                b_ptrs = b_ptr + offs_k[:, None] * stride_bk + rn_c[None, :] * stride_bn
+            if SPLIT_K > 1:
+                a_ptrs += kt0 * BLOCK_K * stride_ak
+                b_ptrs += kt0 * BLOCK_K * stride_bk
         acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
         for kt in range(kt0, kt1):
             kmask = offs_k < K - kt * BLOCK_K
@@ -224,7 +227,10 @@ def _fp8_gemm_kernel(a_ptr, b_ptr, c_ptr, as_ptr, bs_ptr, bias_ptr, ws_ptr, M, N
                 bmask = kmask[:, None] & nmask[None, :]
             else:
                 bmask = kmask[:, None]
-            if A_DECODE:
+            if USE_TMA:
+                a = a_ptr.load([pid_m * BLOCK_M, kt * BLOCK_K])
+                b = b_ptr.load([pid_n * BLOCK_N, kt * BLOCK_K]).T
+            elif A_DECODE:
                 if HW_CVT:
                     a = tl.load(a_ptrs, mask=amask, other=0.0).to(DOT_TY)
                 else:
@@ -233,7 +239,9 @@ def _fp8_gemm_kernel(a_ptr, b_ptr, c_ptr, as_ptr, bs_ptr, bias_ptr, ws_ptr, M, N
                 a = tl.load(a_ptrs, mask=amask, other=0.0).to(DOT_TY)
             else:
                 a = tl.load(a_ptrs, mask=amask, other=0.0)
-            if B_DECODE:
+            if USE_TMA:
+                pass
+            elif B_DECODE:
                 if HW_CVT:
                     b = tl.load(b_ptrs, mask=bmask, other=0.0).to(DOT_TY)
                 else:
@@ -251,8 +259,9 @@ def _fp8_gemm_kernel(a_ptr, b_ptr, c_ptr, as_ptr, bs_ptr, bias_ptr, ws_ptr, M, N
                 acc += part
             else:
                 acc = tl.dot(a, b, acc)
-            a_ptrs += BLOCK_K * stride_ak
-            b_ptrs += BLOCK_K * stride_bk
+            if not USE_TMA:
+                a_ptrs += BLOCK_K * stride_ak
+                b_ptrs += BLOCK_K * stride_bk
         if SPLIT_K > 1:
             w_ptrs = ws_ptr + (split.to(tl.int64) * M + rm[:, None]) * N + rn[None, :]
             tl.store(w_ptrs, acc, mask=mmask[:, None] & nmask[None, :])
@@ -345,6 +354,9 @@ WEIGHT_ONLY_KMAJOR_COPY = False
 #: as it was before A_MN / B_MN: clamped indices along the contiguous dimension, one-byte uncoalesced loads).
 #: The last two exist to be measured against the first (benchmarks/scripts/sweep_fp8.py).
 NATIVE_MN_POLICY = "copy"
+#: Native FP8 path on sm_90: read the K-major operands through TMA descriptors instead of pointer loads
+#: (fewer address registers, no per-thread cp.async issue). Off until measured (sweep_fp8.py, configs).
+NATIVE_TMA = False
 
 
 def config_names(arch: int, *, weight_only: bool = False, block_scaled: bool = False,
@@ -481,9 +493,10 @@ _E4M3 = torch.float8_e4m3fn
 
 def _gemm_step(M: int, N: int, K: int, a_st, b_st, c_st, sa_st, sb_st, a_mode: int, b_mode: int,
                has_bias: bool, *, a_decode: bool, b_decode: bool, a_e5: bool, b_e5: bool, hw_cvt: bool, dot_ty,
-               factor: float, cfg: dict, device: torch.device, clamp: bool = False):
+               factor: float, cfg: dict, device: torch.device, clamp: bool = False, use_tma: bool = False):
     """The GEMM launch (and split-K reduction) of a plan: ``run(a, b, out, sa, sb, bias)``. ``clamp``:
-    never mask along a contiguous M / N (the old kernel, for measurements only)."""
+    never mask along a contiguous M / N (the old kernel, for measurements only). ``use_tma``: read a and
+    b (K-major, 16-byte aligned rows) through TMA descriptors (``NATIVE_TMA``)."""
     if 2 in (a_mode, b_mode) and cfg["BLOCK_K"] != 128:
         raise InvalidArgumentError(f"config {cfg['name']!r} has BLOCK_K={cfg['BLOCK_K']}; block-scaled operands "
                                    "need BLOCK_K == 128")
@@ -493,10 +506,18 @@ def _gemm_step(M: int, N: int, K: int, a_st, b_st, c_st, sa_st, sb_st, a_mode: i
     gemm = KernelLaunch(_fp8_gemm_kernel, (cfg["NUM_PROGS"],), dict(
         A_SCALE=a_mode, B_SCALE=b_mode, HAS_BIAS=has_bias, A_DECODE=a_decode, B_DECODE=b_decode, A_E5M2=a_e5,
         B_E5M2=b_e5, DOT_TY=dot_ty, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"],
-        GROUP_M=cfg["GROUP_M"], FLATTEN=cfg["FLATTEN"], SPLIT_K=split, HW_CVT=hw_cvt, A_MN=a_mn, B_MN=b_mn),
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+        GROUP_M=cfg["GROUP_M"], FLATTEN=cfg["FLATTEN"], SPLIT_K=split, HW_CVT=hw_cvt, A_MN=a_mn, B_MN=b_mn,
+        USE_TMA=use_tma), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     ints = (M, N, K, a_st[0], a_st[1], b_st[0], b_st[1], c_st[0], c_st[1], sa_st[0], sa_st[1], sb_st[0],
             sb_st[1], float(factor), cfg["NUM_PROGS"], cfg["K_TILES_PER_SPLIT"])
+    if use_tma:
+        a_desc = ([M, K], [a_st[0], 1], [cfg["BLOCK_M"], cfg["BLOCK_K"]])
+        b_desc = ([N, K], [b_st[1], 1], [cfg["BLOCK_N"], cfg["BLOCK_K"]])
+
+        def run_tma(a, b, out, sa, sb, bias):
+            gemm(tensor_descriptor(a, *a_desc), tensor_descriptor(b, *b_desc), out, sa, sb,
+                 sa if bias is None else bias, out, *ints)
+        return run_tma
     if split == 1:
         def run(a, b, out, sa, sb, bias):
             gemm(a, b, out, sa, sb, sa if bias is None else bias, out, *ints)
@@ -683,9 +704,12 @@ def _plan_gemm(a: torch.Tensor, b: torch.Tensor, a_scale, b_scale, bias, out_dty
     block_scaled = 2 in (a_mode, b_mode)
     cfg = config or tuned_config(M, N, K, arch, dev, weight_only=decode, block_scaled=block_scaled, sms=sms,
                                  out_fp32=out_fp32)
+    # TMA: K-major operands with 16-byte rows (fp8: K % 16 == 0); the plan key fixes the bases' alignment.
+    tma = (NATIVE_TMA and not decode and arch >= 90 and cfg["SPLIT_K"] == 1 and a_kst[1] == 1 and b_kst[0] == 1
+           and a_kst[0] % 16 == 0 and b_kst[1] % 16 == 0 and K % 16 == 0)
     core = _gemm_step(M, N, K, a_kst, b_kst, out_st, sa_st, sb_st, a_mode, b_mode, has_bias, a_decode=decode,
                       b_decode=decode, a_e5=a_e5, b_e5=b_e5, hw_cvt=False, dot_ty=tl.float16, factor=factor,
-                      cfg=cfg, device=dev, clamp=NATIVE_MN_POLICY == "clamp" and not decode)
+                      cfg=cfg, device=dev, clamp=NATIVE_MN_POLICY == "clamp" and not decode, use_tma=tma)
 
     def run(a, b, a_scale, b_scale, bias):
         qb = sb = None
@@ -941,6 +965,9 @@ def _device_arch_sms(device) -> tuple[int, int]:
     return _arch(dev), num_sms(dev)
 
 
+_tuning_plans = PlanCache("fp8_gemm_tuning")
+
+
 def tuning_entry():
     """The GEMM kernel's tuning entry: config name (tile shape, warps, stages), GROUP_M and SPLIT_K per
     (M, N, K), timed on pre-quantized e4m3 operands (a per row, b = w.t() per column, bf16 out): the
@@ -962,12 +989,21 @@ def tuning_entry():
         qw, sw = quantize_fp8(w, granularity="row")
         return (qa, qw.t(), sa, sw.t()), {}
 
+    plans = _tuning_plans
+
     def run(qa, qb, sa, sb, *, name, GROUP_M, SPLIT_K):
-        M, K = qa.shape
-        N = qb.shape[1]
-        arch, sms = _device_arch_sms(qa.device)
-        cfg = _finish_config(name, M, N, K, arch, sms, group_m=GROUP_M, split_k=SPLIT_K)
-        return _gemm_impl(qa, qb, sa, sb, None, torch.bfloat16, "auto", config=cfg)
+        # one plan per (signature, candidate): the timed call is the launch, as in a user's repeated call
+        key = (plan_key(qa, qb, sa, sb), name, GROUP_M, SPLIT_K)
+        plan = plans.get(key)
+        if plan is None:
+            M, K = qa.shape
+            N = qb.shape[1]
+            arch, sms = _device_arch_sms(qa.device)
+            cfg = _finish_config(name, M, N, K, arch, sms, group_m=GROUP_M, split_k=SPLIT_K)
+            plan = _plan_gemm(qa, qb, sa, sb, None, torch.bfloat16, "auto", cfg)
+            if key[0] is not None:
+                plans.put(key, plan)
+        return plan(qa, qb, sa, sb, None)
 
     def default_config(shape):
         M, N, K = shape
@@ -1017,13 +1053,14 @@ _SIG_BASE = {
     "k_tiles_per_split": "i32",
 }
 _CONSTEXPR_NAMES = ("A_SCALE", "B_SCALE", "HAS_BIAS", "A_DECODE", "B_DECODE", "A_E5M2", "B_E5M2", "DOT_TY",
-                    "BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "FLATTEN", "SPLIT_K", "HW_CVT", "A_MN", "B_MN")
+                    "BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "FLATTEN", "SPLIT_K", "HW_CVT", "A_MN", "B_MN",
+                    "USE_TMA")
 
 
 def _spec(name: str, arch: int, *, a_ty: str, b_ty: str, a_decode: bool, b_decode: bool, a_mode: int, b_mode: int,
           bias: bool, dot_ty=tl.float16, flatten: bool = False, out_ty: str = "bf16",
           must: list[str] | None = None, split_k: int = 1, hw_cvt: bool = False, a_mn: bool = False,
-          b_mn: bool = False) -> CompileSpec:
+          b_mn: bool = False, tma: bool = False) -> CompileSpec:
     bm, bn, bk, warps, stages = CONFIGS[name]
     sig = dict(_SIG_BASE)
     sig["a_ptr"], sig["b_ptr"], sig["c_ptr"] = f"*{a_ty}", f"*{b_ty}", f"*{out_ty}"
@@ -1038,10 +1075,12 @@ def _spec(name: str, arch: int, *, a_ty: str, b_ty: str, a_decode: bool, b_decod
     const.update({"A_SCALE": a_mode, "B_SCALE": b_mode, "HAS_BIAS": bias, "A_DECODE": a_decode,
                   "B_DECODE": b_decode, "A_E5M2": False, "B_E5M2": False, "DOT_TY": dot_ty, "BLOCK_M": bm,
                   "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "FLATTEN": flatten, "SPLIT_K": split_k,
-                  "HW_CVT": hw_cvt, "A_MN": a_mn, "B_MN": b_mn})
-    layout = ("a:M-major " if a_mn else "") + ("b:N-major " if b_mn else "")
+                  "HW_CVT": hw_cvt, "A_MN": a_mn, "B_MN": b_mn, "USE_TMA": tma})
+    if tma:
+        sig["a_ptr"], sig["b_ptr"] = f"tensordesc<{a_ty}[{bm}, {bk}]>", f"tensordesc<{b_ty}[{bn}, {bk}]>"
+    layout = ("a:M-major " if a_mn else "") + ("b:N-major " if b_mn else "") + ("TMA " if tma else "")
     aligned = tuple(n for n in _ALIGNED_ARGS + ("stride_ak", "stride_bk", "stride_am", "stride_bn")
-                    if n not in unit)
+                    if n not in unit and not (tma and n in ("a_ptr", "b_ptr")))
     return CompileSpec(_fp8_gemm_kernel, sig, const, num_warps=warps, num_stages=stages,
                        label=f"fp8_gemm {name} {layout}a{a_ty}{'(dec)' if a_decode else ''} b{b_ty}"
                              f"{'(dec)' if b_decode else ''} s{a_mode}{b_mode} bias{int(bias)} ->{out_ty}"
@@ -1065,6 +1104,10 @@ def compile_specs(arch: int) -> list[CompileSpec]:
                                    must=must))
         specs.append(_spec(blk, arch, a_ty="fp8e4nv", b_ty="fp8e4nv", a_decode=False, b_decode=False, a_mode=2,
                            b_mode=2, bias=False, flatten=arch >= 90, must=must))
+        if arch >= 90:  # the TMA variant of the large tiles (NATIVE_TMA, measured by the sweep)
+            for name in big:
+                specs.append(_spec(name, arch, a_ty="fp8e4nv", b_ty="fp8e4nv", a_decode=False, b_decode=False,
+                                   a_mode=1, b_mode=1, bias=True, flatten=True, must=must, tma=True))
         for name in ("small_16", "small_16_n32", "small_32", "small_64"):
             for split in (1, 2):  # the small configs split K when N alone gives too few programs
                 specs.append(_spec(name, arch, a_ty="fp8e4nv", b_ty="fp8e4nv", a_decode=False, b_decode=False,

@@ -31,6 +31,12 @@ Kernels and bytes (B = input element size; the output is 1 byte per element):
 
 On sm_80 (no FP8 conversion instructions, Triton rejects the fp8e4nv type) quantization runs through
 PyTorch ops with the same semantics; the FP8 weights then feed the weight-only GEMM of fp8_gemm.py.
+
+Host cost: ``quantize_fp8`` / ``dequantize_fp8`` eager calls go through launch plans (``triton_ops.launch``):
+validation, the 2-D view, config and grid once per input signature; a repeated call allocates q and the
+scale and launches (``KernelLaunch``). The launchers here are step factories that fp8_gemm's plans reuse.
+Dynamic scales are marked valid on the returned tensor (``_mark_valid``), so fp8_gemm's ``check_scales``
+needs no device sync for them.
 """
 
 from __future__ import annotations
@@ -633,8 +639,27 @@ def scale_shape(shape: tuple[int, ...], granularity: str, block_size: tuple[int,
     return (cdiv(M, bm), cdiv(K, bk))
 
 
+#: Attribute set on the scale tensors dynamic quantization returns: ``(data_ptr, version)`` at creation.
+#: Cheaper than a cache entry (no weak reference per call) and it dies with the tensor; a later in-place
+#: write (version bump) or a swapped storage (``.data = ...``, new data_ptr) invalidates it.
+_VALID_ATTR = "_triton_ops_valid_scale"
+
+
 def _mark_valid(s: torch.Tensor) -> None:
-    valid_scales.put(s, True, True)
+    try:
+        setattr(s, _VALID_ATTR, (s.data_ptr(), s._version))
+    except RuntimeError:  # inference tensor: no version counter, nothing can be remembered safely
+        pass
+
+
+def _marked_valid(t: torch.Tensor) -> bool:
+    mark = getattr(t, _VALID_ATTR, None)
+    if mark is None:
+        return False
+    try:
+        return mark == (t.data_ptr(), t._version)
+    except RuntimeError:
+        return False
 
 
 def _plan_quantize(x: torch.Tensor, fmt: str, granularity: str, bm: int, bk: int, has_scale: bool,
@@ -902,11 +927,10 @@ def check_scale_values(scale: torch.Tensor, name: str) -> None:
     costs the sync once, not per call. Skipped while tracing or capturing a CUDA graph; the FP8 GEMM
     kernels check every scale they read as well and write NaN where one is invalid, so a bad scale never
     yields a finite wrong result on any path."""
-    if scale.numel() == 0 or valid_scales.get(scale, True) is not None or _skip_value_checks():
-        return
     base = scale._base
-    if base is not None and valid_scales.get(base, True) is not None:
-        valid_scales.put(scale, True, True)  # a view (e.g. ``sw.t()``) of a scale known valid as a whole
+    if _marked_valid(scale) or (base is not None and _marked_valid(base)):  # ours, or a view of ours (sw.t())
+        return
+    if scale.numel() == 0 or valid_scales.get(scale, True) is not None or _skip_value_checks():
         return
     s = scale.detach().float()
     bad = ~(torch.isfinite(s) & (s > 0))
