@@ -383,6 +383,22 @@ def test_damage_after_a_clear_does_not_bring_cleared_entries_back(tmp_path):
     assert ConfigCache(tmp_path).get("k", (1,), "cpu") is None  # and not written back either
 
 
+def test_damage_to_a_rebuilt_file_keeps_what_an_instance_holds(tmp_path):
+    """A file rebuilt by another instance after its header was lost has an unknown lineage; damage to
+    that file (even cutting its header short) must not be taken for a clear by an instance holding
+    entries from before."""
+    a, b = ConfigCache(tmp_path), ConfigCache(tmp_path)
+    a.set("k", (1,), "cpu", {"A": 1})
+    _file(tmp_path).write_bytes(b"")
+    with pytest.warns(RuntimeWarning, match="corrupt"):
+        assert b.get("k", (1,), "cpu") is None  # rebuilt, knowing nothing of the entry
+    text = _file(tmp_path).read_text()
+    for cut in range(text.index('"epoch"'), len(text), 7):
+        _file(tmp_path).write_text(text[:cut])
+        assert a.get("k", (1,), "cpu") == {"A": 1}, cut
+    assert ConfigCache(tmp_path).get("k", (1,), "cpu") == {"A": 1}
+
+
 @pytest.mark.parametrize("content", ["[" * 100_000, b"\x80\x81", '{"format": 1, "entries": {"x": ' + "[" * 50_000])
 def test_pathological_files_are_corrupt_not_crashes(tmp_path, content):
     c = ConfigCache(tmp_path)

@@ -322,18 +322,28 @@ def _partial_object(text: str, pos: int, dec: json.JSONDecoder, nested: frozense
 
 @dataclass
 class _Doc:
-    """One cache file as read: raw entries plus its lineage."""
+    """One cache file as read: raw entries plus its header (the file's lineage)."""
 
     entries: dict[str, Any] = field(default_factory=dict)
-    #: random id given to a file when it is created (first write, or rebuilt after damage); kept by
-    #: ordinary rewrites. An instance that sees another epoch knows the file was replaced wholesale.
+    #: random id given to a file when it is created (no file existed: first write, or after a clear); kept
+    #: by rewrites and repairs. Another epoch than the one an instance read means the file was cleared
+    #: and created afresh since.
     epoch: str | None = None
-    #: the file descends from a damaged one: entries missing from it may have been lost, not removed
-    recovered: bool = False
+    #: random id of the file's last repair after damage (None: never repaired). Another one than the one an
+    #: instance read means entries may have been lost since, not removed.
+    repaired: str | None = None
+    #: a repair could not read the damaged file's header: its epoch says nothing about earlier files
+    unknown_lineage: bool = False
     corrupt: bool = False
     #: the file exists but could not be read (permissions ...): nothing is known about its entries
     unreadable: bool = False
     error: str = ""
+
+
+def _header(top: Mapping[str, Any]) -> dict[str, Any]:
+    text = lambda k: top.get(k) if isinstance(top.get(k), str) else None  # noqa: E731
+    return {"epoch": text("epoch"), "repaired": text("repaired"),
+            "unknown_lineage": top.get("unknown_lineage") is True}
 
 
 def _read_doc(path: Path) -> _Doc:
@@ -353,12 +363,11 @@ def _read_doc(path: Path) -> _Doc:
     except (ValueError, RecursionError) as exc:
         return _damaged(text, str(exc) or type(exc).__name__)
     if not isinstance(doc, dict) or not isinstance(doc.get("entries"), dict):
-        return _Doc(corrupt=True, recovered=True, error="not a triton_ops config cache file")
+        return _Doc(corrupt=True, error="not a triton_ops config cache file")
     if doc.get("format") != FORMAT_VERSION:
         # another layout (older or newer library): its entries are not ours to interpret
         return _Doc()
-    epoch = doc.get("epoch") if isinstance(doc.get("epoch"), str) else None
-    return _Doc(doc["entries"], epoch, bool(doc.get("recovered")))
+    return _Doc(doc["entries"], **_header(doc))
 
 
 def _damaged(text: str, error: str) -> _Doc:
@@ -368,8 +377,7 @@ def _damaged(text: str, error: str) -> _Doc:
     if "format" in top and top["format"] != FORMAT_VERSION:
         entries = {}
     # the header comes first in the file, so it usually survives a truncation
-    epoch = top.get("epoch") if isinstance(top.get("epoch"), str) else None
-    return _Doc(entries, epoch, bool(top.get("recovered")), corrupt=True, error=error)
+    return _Doc(entries, **_header(top), corrupt=True, error=error)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -426,6 +434,7 @@ class _FileState(NamedTuple):
     stamp: tuple[int, int, int] | None  # (inode, size, mtime_ns); None: the file did not exist
     trusted: bool  # the stamp identifies the content (the file was old enough when read)
     epoch: str | None
+    repaired: str | None
 
 
 class ConfigCache:
@@ -583,31 +592,51 @@ class ConfigCache:
             stamp = self._stat(path)  # taken before reading: a change after it shows at the next refresh
             doc = _read_doc(path)
             if doc.unreadable:
-                self._seen[str(path)] = _FileState(stamp, True, state.epoch if state else None)
+                self._seen[str(path)] = _FileState(stamp, True, *self._known(state))
                 return
             if not doc.corrupt:
                 break
             self._report_damage(path, doc)
             # a damaged file says nothing about which entries were removed: keep all, add what it still has
             # (unless its header shows the file was cleared and created afresh since this instance read it)
-            self._merge(path, doc.entries, prune=self._recreated(path, doc))
+            self._merge(path, doc.entries, prune=self._lineage(doc, state) == "cleared")
             if not self._repair(path):
-                self._seen[str(path)] = _FileState(stamp, True, state.epoch if state else None)
+                self._seen[str(path)] = _FileState(stamp, True, *self._known(state))
                 return
         else:
             return
-        prev_epoch = state.epoch if state is not None else None
-        if doc.recovered and doc.epoch != prev_epoch:
-            # rebuilt by another instance after damage: it may lack entries this instance holds; keep
-            # them and write them back
+        if self._lineage(doc, state) == "lost":
+            # repaired since this instance read it: entries it holds may have been lost with the damage;
+            # keep them and write them back
             self._merge(path, doc.entries, prune=False)
             missing = self._mine(path, doc.entries)
-            self._seen[str(path)] = _FileState(stamp, self._trusted(stamp), doc.epoch)
+            self._seen[str(path)] = _FileState(stamp, self._trusted(stamp), doc.epoch, doc.repaired)
             if missing:
                 self._persist(path, missing)
             return
         self._merge(path, doc.entries, prune=True)
-        self._seen[str(path)] = _FileState(stamp, self._trusted(stamp), doc.epoch)
+        self._seen[str(path)] = _FileState(stamp, self._trusted(stamp), doc.epoch, doc.repaired)
+
+    @staticmethod
+    def _known(state: _FileState | None) -> tuple[str | None, str | None]:
+        return (state.epoch, state.repaired) if state is not None else (None, None)
+
+    @staticmethod
+    def _lineage(doc: _Doc, state: _FileState | None) -> str:
+        """How ``doc`` relates to the file this instance last read (``state``):
+
+        * "same": the same file, rewritten since (or nothing to compare): the file is authoritative;
+        * "cleared": created afresh since (a clear): entries from before were removed;
+        * "lost": repaired after damage since, or descended from a file whose header was lost: entries this
+          instance holds may have been lost, not removed.
+        """
+        if state is None or state.epoch is None:
+            return "same"
+        if doc.epoch is None:  # a header that did not survive damage, or a file of an older library
+            return "lost" if doc.corrupt else "same"
+        if doc.epoch == state.epoch:
+            return "same" if doc.repaired == state.repaired else "lost"
+        return "lost" if doc.unknown_lineage else "cleared"
 
     def _merge(self, path: Path, entries: Mapping[str, Any], prune: bool) -> None:
         """Take a file's entries into memory. ``prune``: the file is complete, so entries this instance
@@ -670,14 +699,6 @@ class ConfigCache:
                 out[skey] = self._to_raw(k, e)
         return out
 
-    def _recreated(self, path: Path, doc: _Doc) -> bool:
-        """Whether a damaged file's surviving header shows a file created afresh (after a clear) since this
-        instance last read it, not one rebuilt after damage: the entries this instance had from before
-        were removed, not lost, and must not come back."""
-        state = self._seen.get(str(path))
-        return (state is not None and state.epoch is not None and doc.epoch is not None
-                and doc.epoch != state.epoch and not doc.recovered)
-
     def _report_damage(self, path: Path, doc: _Doc) -> None:
         n = sum(self._parse_entry(raw) is not None for raw in doc.entries.values())
         _report_once(f"corrupt:{path}",
@@ -694,11 +715,13 @@ class ConfigCache:
                 "config": {k: _encode(v) for k, v in entry["config"].items()}, "metrics": entry.get("metrics"),
                 "env": entry["env"], "time": entry.get("time")}
 
-    def _atomic_write(self, path: Path, entries: Mapping[str, Any], epoch: str, recovered: bool) -> None:
-        # "format" and "epoch" first, so that a truncated file still says what it is
-        data: dict[str, Any] = {"format": FORMAT_VERSION, "epoch": epoch}
-        if recovered:
-            data["recovered"] = True
+    def _atomic_write(self, path: Path, entries: Mapping[str, Any], header: Mapping[str, Any]) -> None:
+        # the header first, so that a truncated file still says what it is and where it comes from; the
+        # lineage flag before the epoch, so that an epoch that survived damage is never misread without it
+        data: dict[str, Any] = {"format": FORMAT_VERSION, "unknown_lineage": bool(header.get("unknown_lineage")),
+                                "epoch": header["epoch"]}
+        if header.get("repaired"):
+            data["repaired"] = header["repaired"]
         data["entries"] = dict(sorted(entries.items()))
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:100]}.", suffix=".tmp", dir=str(path.parent))
         try:
@@ -751,8 +774,7 @@ class ConfigCache:
                     os.replace(path, str(path) + ".corrupt")
                 merged = self._merged(doc.entries, keep_newer_of=self._mine(path))
                 self._atomic_write(path, {k: v for k, v in merged.items()
-                                          if _file_name(v["kernel_type"]) == path.name},
-                                   uuid.uuid4().hex, recovered=True)
+                                          if _file_name(v["kernel_type"]) == path.name}, _repaired_header(doc))
             return True
         except (OSError, TimeoutError, ValueError) as exc:
             _report_once(f"rebuild:{path}", f"triton_ops config cache: could not rebuild {path}: {exc}; "
@@ -771,33 +793,42 @@ class ConfigCache:
                 if doc.unreadable:
                     raise OSError(f"cannot read {path}")
                 state = self._seen.get(str(path))
-                epoch, recovered = doc.epoch or uuid.uuid4().hex, doc.recovered
+                header = {"epoch": doc.epoch or uuid.uuid4().hex, "repaired": doc.repaired,
+                          "unknown_lineage": doc.unknown_lineage}
                 base: Mapping[str, Any] = doc.entries
                 if doc.corrupt:
                     self._report_damage(path, doc)
-                    self._merge(path, doc.entries, prune=self._recreated(path, doc))
+                    self._merge(path, doc.entries, prune=self._lineage(doc, state) == "cleared")
                     # keep the bad file for inspection; rebuild from what it still has and what we know
                     with contextlib.suppress(OSError):
                         os.replace(path, str(path) + ".corrupt")
                     base = self._merged(doc.entries, keep_newer_of=self._mine(path))
-                    epoch, recovered = uuid.uuid4().hex, True
-                elif doc.recovered and (state is None or doc.epoch != state.epoch):
-                    # rebuilt by someone else after damage: add back what this instance holds
-                    base = self._merged(doc.entries, keep_newer_of=self._mine(path))
+                    header = _repaired_header(doc)
                 elif stamp is None:
-                    epoch = uuid.uuid4().hex  # a new file: a new lineage
+                    header = {"epoch": uuid.uuid4().hex, "repaired": None, "unknown_lineage": False}  # new file
+                elif self._lineage(doc, state) == "lost":
+                    # repaired by someone else after damage: add back what this instance holds
+                    base = self._merged(doc.entries, keep_newer_of=self._mine(path))
                 merged = self._merged(base)
                 merged = {k: v for k, v in merged.items() if _file_name(v["kernel_type"]) == path.name}
                 merged.update(new)
-                self._atomic_write(path, merged, epoch, recovered)
+                self._atomic_write(path, merged, header)
                 stamp = self._stat(path)
                 self._merge(path, merged, prune=True)
-                self._seen[str(path)] = _FileState(stamp, self._trusted(stamp), epoch)
+                self._seen[str(path)] = _FileState(stamp, self._trusted(stamp), header["epoch"], header["repaired"])
             return True
         except (OSError, TimeoutError, ValueError) as exc:
             _report_once(f"write:{path}", f"triton_ops config cache: could not write {path}: {exc}; "
                                           "keeping tuned configs in memory only")
             return False
+
+
+def _repaired_header(doc: _Doc) -> dict[str, Any]:
+    """Header of the file rebuilt from damaged ``doc``: its lineage when its header survived, else an
+    unknown one."""
+    if doc.epoch is not None:
+        return {"epoch": doc.epoch, "repaired": uuid.uuid4().hex, "unknown_lineage": doc.unknown_lineage}
+    return {"epoch": uuid.uuid4().hex, "repaired": uuid.uuid4().hex, "unknown_lineage": True}
 
 
 def _public(entry: Mapping[str, Any]) -> dict[str, Any]:
