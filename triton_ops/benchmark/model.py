@@ -10,8 +10,8 @@ sdpa attention, in inference mode. Each is run as
 * ``patched fp8 eager``: ``patch_model(fp8=True)`` (FP8 gate/up and down projections).
 
 Work: prefill of ``B x 2048`` tokens (B = 1, 8) from an empty cache, and one decode step at batch
-1 / 8 / 64 with a static KV cache already holding 2048 tokens (the same step repeated: it rewrites the
-same cache slot, so every repetition does identical work). A decode step ends with a synchronisation, as
+1 / 8 / 64 with a (dynamic) KV cache already holding 2048 tokens (the same step repeated, the cache
+cropped back after each, so every repetition does identical work). A decode step ends with a synchronisation, as
 in a generate loop that needs the token before the next step.
 
 Per row: wall time per forward (``ms``: back-to-back forwards, one synchronisation at the end of each
@@ -107,18 +107,20 @@ def _make_step(model, batch: int, new: int, cached: int, device: str, compiled: 
     if cached == 0:
         ids = torch.randint(0, vocab, (batch, new), device=device)
         return lambda: fwd(input_ids=ids, use_cache=False).logits
-    cache = transformers.StaticCache(config=model.config, max_cache_len=cached + 16)
+    cache = transformers.DynamicCache(config=model.config)
     prompt = torch.randint(0, vocab, (batch, cached), device=device)
     model(input_ids=prompt, past_key_values=cache, use_cache=True)  # fill the cache (eager, once)
     ids = torch.randint(0, vocab, (batch, 1), device=device)
-    pos = torch.tensor([cached], device=device)
 
     def decode_step():
-        # A decode loop waits for each step's token before the next step (sampling reads the logits), so
-        # a step is timed with its synchronisation: wall time = host time + GPU time, as a generate loop
-        # pays it. (Back-to-back static-cache steps without it also tripped a device-side index assert in
-        # the cache update on the GPU machine, for the unpatched model too.)
-        logits = fwd(input_ids=ids, past_key_values=cache, cache_position=pos, use_cache=True).logits
+        # One step on a cache of `cached` tokens, then crop it back, so every repetition does the same
+        # work. A decode loop waits for each step's token before the next step (sampling reads the
+        # logits), so a step is timed with its synchronisation: wall time = host time + GPU time, as a
+        # generate loop pays it. (A static cache reused this way tripped a device-side index assert in
+        # its update on the GPU machine, for the unpatched model too; the dynamic cache is what eager
+        # Hugging Face decoding uses by default.)
+        logits = fwd(input_ids=ids, past_key_values=cache, use_cache=True).logits
+        cache.crop(-1)  # drop the token this step appended
         torch.cuda.synchronize()
         return logits
 
