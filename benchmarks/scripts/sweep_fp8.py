@@ -1,7 +1,7 @@
 """FP8 measurements in one GPU run: operand layouts, the README call, FP8Linear, decode, GEMM config
 variants, quantization and host cost, each timed three ways next to its baselines.
 
-    python benchmarks/scripts/sweep_fp8.py OUTDIR [--sections layouts auto ...] [--quick]
+    python benchmarks/scripts/sweep_fp8.py OUTDIR [--sections layouts auto ...] [--quick] [--compile]
 
 Writes OUTDIR/sweep_fp8.json ({"env", "rows"}) and prints a short table last. Every row is one system on
 one problem:
@@ -49,6 +49,9 @@ from triton_ops.launch import clear_plans, host_only  # noqa: E402
 GPU = torch.cuda.is_available()
 DEV = "cuda" if GPU else "cpu"
 ROWS: list[dict] = []
+#: --compile: also time torch.compile baselines here (each build takes 20-60 s; `triton-ops bench fp8` times
+#: them anyway, next to the same systems).
+args_compile = False
 
 
 # ---- timing ------------------------------------------------------------------------------------------
@@ -213,7 +216,7 @@ def sec_auto(quick: bool):
         measure("auto", label, "triton_ops b=w.t()", lambda: fg.fp8_gemm(a, b_t), flops=fl)
         measure("auto", label, "triton_ops a col-major", lambda: fg.fp8_gemm(a_col, b), flops=fl)
         measure("auto", label, "cublas_fp16 a @ b", lambda: a @ b, flops=fl, baseline="ceiling", host=False)
-        if GPU and not quick and M >= 1024:
+        if GPU and args_compile and M >= 1024:
             from triton_ops.benchmark.cases_fp8 import torch_quant_scaled_mm
 
             f = compiled(torch_quant_scaled_mm)
@@ -306,6 +309,8 @@ def sec_configs(quick: bool):
             for vname, (name, over) in variants.items():
                 if quick and vname not in ("h_256 (default) g8", "h_128 s4", "h_128 TMA"):
                     continue
+                if gran == "tensor" and vname not in ("h_256 (default) g8", "h_256 g16", "h_256 TMA", "h_256 TMA g16"):
+                    continue  # tensor scales: the default and the two likeliest winners only
                 over = dict(over)
                 tma = over.pop("tma", False)
                 cfg = _cfg(name, M, N, K, **over)
@@ -340,9 +345,10 @@ def sec_quant(quick: bool):
         label = f"{M}x{K} {gran}"
         measure("quant", label, "quantize_fp8", lambda g=gran: quantize_fp8(x, granularity=g), graph=True,
                 host=True, note=f"{M * K * 3 / 1e6:.0f} MB moved")
-        if GPU:
+        if GPU and args_compile:
             f = compiled(torch_quantize)
             measure("quant", label, "torch_compile", lambda g=gran: f(x, g), baseline="ceiling")
+        if GPU:
             src = torch.empty(M * K * 3 // 2, dtype=torch.uint8, device=DEV)
             dst = torch.empty_like(src)
             measure("quant", label, "copy of the same bytes", lambda: dst.copy_(src))
@@ -395,21 +401,37 @@ SECTIONS = {"check": sec_check, "layouts": sec_layouts, "auto": sec_auto, "linea
             "decode": sec_decode, "configs": sec_configs, "quant": sec_quant, "host": sec_host}
 
 
+def _best(r: dict):
+    return r.get("graph_ms") or r.get("events_ms") or r.get("wall_ms")
+
+
 def _summary() -> list[str]:
-    """The short table: per problem, ours against its baseline (graph time where taken, else events)."""
-    lines = ["", "| section | shape | system | events us | wall us | graph us | TFLOPS | host us |",
-             "|---|---|---|---|---|---|---|---|"]
+    """The short table: per row the best GPU time (graph, else events), the eager wall time per call, and
+    both as ratios against the problem's baseline (its "ceiling" row: above 1.00 = faster than it)."""
+    lines = ["", "| section | shape | system | GPU us | eager wall us | vs base (GPU) | vs base (wall) | TFLOPS "
+             "| host us |", "|---|---|---|---|---|---|---|---|---|"]
+    bases = {(r["section"], r.get("shape")): r for r in ROWS if r.get("baseline") == "ceiling" and "error" not in r}
     for r in ROWS:
-        if r["section"] in ("check",):
+        if r["section"] == "check":
+            lines.append(f"| check | {r.get('shape', '')} | layouts bit-equal {r.get('result')} |  |  |  |  | "
+                         f"SQNR {r.get('auto_sqnr_db', 0):.1f} dB |  |")
             continue
-        f = lambda k: f"{r[k] * 1e3:.1f}" if isinstance(r.get(k), float) else ""  # noqa: E731
-        tf = f"{r['tflops']:.0f}" if isinstance(r.get("tflops"), float) else ""
+        if "error" in r and "system" not in r:
+            lines.append(f"| {r['section']} | | ERROR {r['error'][:80]} | | | | | | |")
+            continue
         hu = f"{r['host_us']:.1f}" if isinstance(r.get("host_us"), float) else ""
         if r["section"] == "host":
-            lines.append(f"| host | {r['shape']} | {r['system']} |  | {r.get('wall_us', 0):.1f} |  |  | {hu} |")
+            lines.append(f"| host | {r['shape']} | {r['system']} |  | {r.get('wall_us', 0):.1f} |  |  |  | {hu} |")
             continue
-        lines.append(f"| {r['section']} | {r['shape']} | {r['system']} | {f('events_ms')} | {f('wall_ms')} | "
-                     f"{f('graph_ms')} | {tf} | {hu} |" + (f" ERROR {r['error'][:60]}" if "error" in r else ""))
+        b = bases.get((r["section"], r.get("shape")))
+        best, wall = _best(r), r.get("wall_ms")
+        gpu_ratio = f"{_best(b) / best:.2f}x" if b and best and b is not r else ""
+        wall_ratio = f"{b['wall_ms'] / wall:.2f}x" if b and wall and b is not r and b.get("wall_ms") else ""
+        tf = f"{r['tflops']:.0f}" if isinstance(r.get("tflops"), float) else ""
+        err = f" ERROR {r['error'][:60]}" if "error" in r else (f" {r['note']}" if r.get("note") else "")
+        lines.append(f"| {r['section']} | {r.get('shape')} | {r['system']}{err} | "
+                     f"{best * 1e3:.1f} | {wall * 1e3:.1f} | {gpu_ratio} | {wall_ratio} | {tf} | {hu} |"
+                     if best and wall else f"| {r['section']} | {r.get('shape')} | {r['system']}{err} | | | | | | |")
     return lines
 
 
@@ -418,7 +440,10 @@ def main(argv=None) -> int:
     ap.add_argument("out", nargs="?", default=os.environ.get("OUT", "."))
     ap.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=list(SECTIONS))
     ap.add_argument("--quick", action="store_true", help="tiny shapes (interpreter smoke run)")
+    ap.add_argument("--compile", action="store_true", help="also time torch.compile baselines (slow to build)")
     args = ap.parse_args(argv)
+    global args_compile
+    args_compile = args.compile
     os.makedirs(args.out, exist_ok=True)
     quick = args.quick or not GPU
     t0 = time.time()

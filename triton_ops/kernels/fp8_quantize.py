@@ -639,15 +639,16 @@ def scale_shape(shape: tuple[int, ...], granularity: str, block_size: tuple[int,
     return (cdiv(M, bm), cdiv(K, bk))
 
 
-#: Attribute set on the scale tensors dynamic quantization returns: ``(data_ptr, version)`` at creation.
+#: Attribute set on the scale tensors dynamic quantization returns: ``(id, data_ptr, version)`` at creation.
 #: Cheaper than a cache entry (no weak reference per call) and it dies with the tensor; a later in-place
-#: write (version bump) or a swapped storage (``.data = ...``, new data_ptr) invalidates it.
+#: write (version bump), a swapped storage (``.data = ...``, new data_ptr) or a copy that carries the
+#: attribute along (``deepcopy``, ``torch.save``/``load``: another object) invalidates it.
 _VALID_ATTR = "_triton_ops_valid_scale"
 
 
 def _mark_valid(s: torch.Tensor) -> None:
     try:
-        setattr(s, _VALID_ATTR, (s.data_ptr(), s._version))
+        setattr(s, _VALID_ATTR, (id(s), s.data_ptr(), s._version))
     except RuntimeError:  # inference tensor: no version counter, nothing can be remembered safely
         pass
 
@@ -657,7 +658,7 @@ def _marked_valid(t: torch.Tensor) -> bool:
     if mark is None:
         return False
     try:
-        return mark == (t.data_ptr(), t._version)
+        return mark == (id(t), t.data_ptr(), t._version)
     except RuntimeError:
         return False
 
