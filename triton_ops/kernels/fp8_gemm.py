@@ -68,7 +68,6 @@ import triton
 import triton.language as tl
 
 from ..autotuner import runtime as _rt
-from ..compile_check import CompileSpec
 from ..exceptions import InvalidArgumentError, ShapeError
 from ..launch import KernelLaunch, PlanCache, plan_key, tensor_descriptor
 from ..utils import cdiv, device_arch, interpreter_enabled, num_sms
@@ -956,229 +955,22 @@ def fp8_weight_only_gemm(x: torch.Tensor, w_t: torch.Tensor, w_scale: torch.Tens
 
 
 # ---------------------------------------------------------------------------------------------------
-# Autotuner integration (``triton-ops tune fp8_gemm``)
+# Compile specs and tuning entry (in fp8_build.py: this file passed ~1,000 lines)
 # ---------------------------------------------------------------------------------------------------
 
 
-def _device_arch_sms(device) -> tuple[int, int]:
-    dev = torch.device(device)
-    return _arch(dev), num_sms(dev)
+def compile_specs(arch: int) -> list:
+    """Every config the launchers can pick on ``arch`` (see fp8_build.gemm_compile_specs)."""
+    from .fp8_build import gemm_compile_specs
 
-
-_tuning_plans = PlanCache("fp8_gemm_tuning")
+    return gemm_compile_specs(arch)
 
 
 def tuning_entry():
-    """The GEMM kernel's tuning entry: config name (tile shape, warps, stages), GROUP_M and SPLIT_K per
-    (M, N, K), timed on pre-quantized e4m3 operands (a per row, b = w.t() per column, bf16 out): the
-    quantization passes do not depend on the config. The stored winner is used by every fp8_gemm /
-    fp8_weight_only_gemm launch of that (M, N, K) when tuned configs are switched on, if it is valid
-    for that launch (e.g. no fp32-output 128x256 tile, no FP8 tile on the weight-only path)."""
-    from ..autotuner.entry import TuningEntry
-    from ..performance import PerformanceProfile
+    """The GEMM kernel's tuning entry for ``triton-ops tune fp8_gemm`` (see fp8_build.gemm_tuning_entry)."""
+    from .fp8_build import gemm_tuning_entry
 
-    names = [n for n in CONFIGS if n not in ("h_blk", "blk_ada", "amp_blk")]
-
-    def make_args(shape, device, dtype):
-        from .fp8_quantize import quantize_fp8
-
-        M, N, K = shape
-        a = torch.randn(M, K, device=device, dtype=torch.float32)
-        w = torch.randn(N, K, device=device, dtype=torch.float32)
-        qa, sa = quantize_fp8(a, granularity="row")
-        qw, sw = quantize_fp8(w, granularity="row")
-        return (qa, qw.t(), sa, sw.t()), {}
-
-    plans = _tuning_plans
-
-    def run(qa, qb, sa, sb, *, name, GROUP_M, SPLIT_K):
-        # one plan per (signature, candidate): the timed call is the launch, as in a user's repeated call
-        key = (plan_key(qa, qb, sa, sb), name, GROUP_M, SPLIT_K)
-        plan = plans.get(key)
-        if plan is None:
-            M, K = qa.shape
-            N = qb.shape[1]
-            arch, sms = _device_arch_sms(qa.device)
-            cfg = _finish_config(name, M, N, K, arch, sms, group_m=GROUP_M, split_k=SPLIT_K)
-            plan = _plan_gemm(qa, qb, sa, sb, None, torch.bfloat16, "auto", cfg)
-            if key[0] is not None:
-                plans.put(key, plan)
-        return plan(qa, qb, sa, sb, None)
-
-    def default_config(shape):
-        M, N, K = shape
-        arch, sms = _device_arch_sms("cuda" if torch.cuda.is_available() else "cpu")
-        cfg = gemm_config(M, N, K, arch, sms=sms)
-        return {"name": cfg["name"], "GROUP_M": cfg["GROUP_M"], "SPLIT_K": cfg["SPLIT_K"]}
-
-    def valid_configs(shape, configs):
-        M, N, K = shape
-        arch, _ = _device_arch_sms("cuda" if torch.cuda.is_available() else "cpu")
-        ok = set(config_names(arch))
-        out = []
-        for c in configs:
-            small = c["name"].startswith("small")
-            if c["name"] not in ok or (small and M > CONFIGS[c["name"]][0] * 4):
-                continue  # a 16-row tile for thousands of rows re-reads b hundreds of times
-            if small and c["GROUP_M"] != 8:
-                continue  # one M tile: grouping changes nothing
-            if c["SPLIT_K"] > max(1, cdiv(K, CONFIGS[c["name"]][2]) // 2):
-                continue
-            out.append(c)
-        return out
-
-    return TuningEntry(
-        kernel_type=KERNEL_TYPE,
-        config_space={"name": names, "GROUP_M": [8, 16], "SPLIT_K": [1, 2, 4, 8]},
-        make_args=make_args, run=run, default_config=default_config,
-        # the seed's benchmark shape first, then the issue's other GEMM and decode shapes
-        default_shapes=[(4096, 4096, 4096), (1024, 4096, 4096), (8192, 8192, 8192), (16, 14336, 4096)],
-        cpu_shapes=[(32, 64, 128), (8, 96, 512)],
-        shape_doc="M x N x K (a [M, K] @ b [K, N])", dtype=torch.float8_e4m3fn, valid_configs=valid_configs,
-        profile=lambda shape, dtype: PerformanceProfile.gemm(*shape, dtype=torch.float8_e4m3fn,
-                                                             out_dtype=torch.bfloat16),
-        # bf16 output rounding (2^-9) and the FP8 accumulator's order: candidates agree to ~1e-3
-        rtol=1e-2)
-
-
-# ---------------------------------------------------------------------------------------------------
-# Compile specs: every config gemm_config can pick, per architecture
-# ---------------------------------------------------------------------------------------------------
-
-_SIG_BASE = {
-    "a_ptr": None, "b_ptr": None, "c_ptr": "*bf16", "as_ptr": "*fp32", "bs_ptr": "*fp32", "bias_ptr": "*bf16",
-    "ws_ptr": "*fp32", "M": "i32", "N": "i32", "K": "i32", "stride_am": "i64", "stride_ak": "i64",
-    "stride_bk": "i64", "stride_bn": "i64", "stride_cm": "i64", "stride_cn": "constexpr", "stride_asm": "i64",
-    "stride_ask": "i64", "stride_bsk": "i64", "stride_bsn": "i64", "out_factor": "fp32", "NUM_PROGS": "i32",
-    "k_tiles_per_split": "i32",
-}
-_CONSTEXPR_NAMES = ("A_SCALE", "B_SCALE", "HAS_BIAS", "A_DECODE", "B_DECODE", "A_E5M2", "B_E5M2", "DOT_TY",
-                    "BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "FLATTEN", "SPLIT_K", "HW_CVT", "A_MN", "B_MN",
-                    "USE_TMA")
-
-
-def _spec(name: str, arch: int, *, a_ty: str, b_ty: str, a_decode: bool, b_decode: bool, a_mode: int, b_mode: int,
-          bias: bool, dot_ty=tl.float16, flatten: bool = False, out_ty: str = "bf16",
-          must: list[str] | None = None, split_k: int = 1, hw_cvt: bool = False, a_mn: bool = False,
-          b_mn: bool = False, tma: bool = False) -> CompileSpec:
-    bm, bn, bk, warps, stages = CONFIGS[name]
-    sig = dict(_SIG_BASE)
-    sig["a_ptr"], sig["b_ptr"], sig["c_ptr"] = f"*{a_ty}", f"*{b_ty}", f"*{out_ty}"
-    for n in _CONSTEXPR_NAMES:
-        sig[n] = "constexpr"
-    # Unit strides are what the JIT specialises at run time: K-contiguous a and K-major b, or M-contiguous a
-    # (A_MN) / N-contiguous b (B_MN); row-major out.
-    unit = ["stride_am" if a_mn else "stride_ak", "stride_bn" if b_mn else "stride_bk", "stride_cn"]
-    for n in unit:
-        sig[n] = "constexpr"
-    const = {n: 1 for n in unit}
-    const.update({"A_SCALE": a_mode, "B_SCALE": b_mode, "HAS_BIAS": bias, "A_DECODE": a_decode,
-                  "B_DECODE": b_decode, "A_E5M2": False, "B_E5M2": False, "DOT_TY": dot_ty, "BLOCK_M": bm,
-                  "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "FLATTEN": flatten, "SPLIT_K": split_k,
-                  "HW_CVT": hw_cvt, "A_MN": a_mn, "B_MN": b_mn, "USE_TMA": tma})
-    if tma:
-        sig["a_ptr"], sig["b_ptr"] = f"tensordesc<{a_ty}[{bm}, {bk}]>", f"tensordesc<{b_ty}[{bn}, {bk}]>"
-    layout = ("a:M-major " if a_mn else "") + ("b:N-major " if b_mn else "") + ("TMA " if tma else "")
-    aligned = tuple(n for n in _ALIGNED_ARGS + ("stride_ak", "stride_bk", "stride_am", "stride_bn")
-                    if n not in unit and not (tma and n in ("a_ptr", "b_ptr")))
-    return CompileSpec(_fp8_gemm_kernel, sig, const, num_warps=warps, num_stages=stages,
-                       label=f"fp8_gemm {name} {layout}a{a_ty}{'(dec)' if a_decode else ''} b{b_ty}"
-                             f"{'(dec)' if b_decode else ''} s{a_mode}{b_mode} bias{int(bias)} ->{out_ty}"
-                             f" split{split_k}{' cvt' if hw_cvt else ''}",
-                       ptx_must_contain=must or [], aligned=aligned)
-
-
-def compile_specs(arch: int) -> list[CompileSpec]:
-    specs: list[CompileSpec] = []
-    wgmma = [r"wgmma\.mma_async\S*\.e4m3\.e4m3"]
-    if arch >= 89:
-        big = ["h_256", "h_128"] if arch >= 90 else ["ada_128"]
-        blk = "h_blk" if arch >= 90 else "blk_ada"
-        must = wgmma if arch >= 90 else [r"mma\S*e4m3"]
-        for name in big:
-            for a_mode, b_mode, bias, out in ((0, 0, False, "bf16"), (1, 1, True, "fp16"), (1, 1, False, "fp32")):
-                if name == "h_256" and out == "fp32":
-                    continue  # gemm_config never pairs them (shared memory)
-                specs.append(_spec(name, arch, a_ty="fp8e4nv", b_ty="fp8e4nv", a_decode=False, b_decode=False,
-                                   a_mode=a_mode, b_mode=b_mode, bias=bias, flatten=arch >= 90, out_ty=out,
-                                   must=must))
-        specs.append(_spec(blk, arch, a_ty="fp8e4nv", b_ty="fp8e4nv", a_decode=False, b_decode=False, a_mode=2,
-                           b_mode=2, bias=False, flatten=arch >= 90, must=must))
-        if arch >= 90:  # the TMA variant of the large tiles (NATIVE_TMA, measured by the sweep)
-            for name in big:
-                specs.append(_spec(name, arch, a_ty="fp8e4nv", b_ty="fp8e4nv", a_decode=False, b_decode=False,
-                                   a_mode=1, b_mode=1, bias=True, flatten=True, must=must, tma=True))
-        for name in ("small_16", "small_16_n32", "small_32", "small_64"):
-            for split in (1, 2):  # the small configs split K when N alone gives too few programs
-                specs.append(_spec(name, arch, a_ty="fp8e4nv", b_ty="fp8e4nv", a_decode=False, b_decode=False,
-                                   a_mode=1, b_mode=1, bias=True, split_k=split))
-    # Weight-only (small M on every arch; every M on sm_80) and the sm_80 all-decoded path. sm_89+ converts
-    # the fp8 weights with the hardware instruction (HW_CVT), sm_80 decodes the bits.
-    hw = arch >= 89
-    for name in ("small_16", "small_16_n32", "small_32", "small_64"):
-        for a_ty, dot in (("fp16", tl.float16), ("bf16", tl.bfloat16)):
-            for split in (1, 2):
-                specs.append(_spec(name, arch, a_ty=a_ty, b_ty="fp8e4nv" if hw else "u8", a_decode=False,
-                                   b_decode=True, a_mode=_NO_SCALE, b_mode=1, bias=True, dot_ty=dot, out_ty=a_ty,
-                                   split_k=split, hw_cvt=hw))
-    if arch < 89:
-        for a_ty, dot in (("fp16", tl.float16), ("bf16", tl.bfloat16)):
-            specs.append(_spec("amp_128", arch, a_ty=a_ty, b_ty="u8", a_decode=False, b_decode=True,
-                               a_mode=_NO_SCALE, b_mode=1, bias=True, dot_ty=dot, out_ty=a_ty))
-        for a_mode, b_mode, name in ((1, 1, "amp_128"), (2, 2, "amp_blk")):
-            specs.append(_spec(name, arch, a_ty="u8", b_ty="u8", a_decode=True, b_decode=True, a_mode=a_mode,
-                               b_mode=b_mode, bias=False))
-    # Other operand layouts, read in the kernel (16-bit dots take MN-major operands): a contiguous [K, N]
-    # FP8 weight (B_MN) and a column-major activation (A_MN) on the weight-only path, both on sm_80's
-    # all-decoded path. (The native FP8 path copies MN-major operands K-major first: _transpose_kernel.)
-    wo_b = "fp8e4nv" if hw else "u8"
-    for name, a_ty, dot, split in (("small_16", "fp16", tl.float16, 1), ("small_32", "fp16", tl.float16, 1),
-                                   ("small_64", "fp16", tl.float16, 1), ("small_16", "bf16", tl.bfloat16, 2),
-                                   ("small_16_n32", "fp16", tl.float16, 1)):
-        specs.append(_spec(name, arch, a_ty=a_ty, b_ty=wo_b, a_decode=False, b_decode=True, a_mode=_NO_SCALE,
-                           b_mode=1, bias=True, dot_ty=dot, out_ty=a_ty, split_k=split, hw_cvt=hw, b_mn=True))
-    specs.append(_spec("small_16", arch, a_ty="fp16", b_ty=wo_b, a_decode=False, b_decode=True, a_mode=_NO_SCALE,
-                       b_mode=1, bias=False, out_ty="fp16", hw_cvt=hw, a_mn=True))
-    if arch < 89:
-        specs.append(_spec("amp_128", arch, a_ty="fp16", b_ty="u8", a_decode=False, b_decode=True,
-                           a_mode=_NO_SCALE, b_mode=1, bias=True, out_ty="fp16", b_mn=True))
-        for a_mn, b_mn in ((False, True), (True, False)):
-            specs.append(_spec("amp_128", arch, a_ty="u8", b_ty="u8", a_decode=True, b_decode=True, a_mode=1,
-                               b_mode=1, bias=False, a_mn=a_mn, b_mn=b_mn))
-    else:
-        br, bc, warps = TRANSPOSE_BLOCK
-        for ty in ("fp8e4nv", "fp8e5"):
-            # [K, N] row-major -> K-major (b), and [M, K] column-major -> row-major (a)
-            for src_unit, dst_unit in (("stride_xc", "stride_yr"), ("stride_xr", "stride_yc")):
-                sig = {"x_ptr": f"*{ty}", "y_ptr": f"*{ty}", "R": "i32", "C": "i32", "stride_xr": "i64",
-                       "stride_xc": "i64", "stride_yr": "i64", "stride_yc": "i64", "BLOCK_R": "constexpr",
-                       "BLOCK_C": "constexpr"}
-                sig[src_unit] = sig[dst_unit] = "constexpr"
-                specs.append(CompileSpec(
-                    _transpose_kernel, sig, {src_unit: 1, dst_unit: 1, "BLOCK_R": br, "BLOCK_C": bc},
-                    num_warps=warps, label=f"fp8_gemm kmajor_copy {ty} {src_unit}=1 -> {dst_unit}=1",
-                    aligned=tuple(n for n in ("x_ptr", "y_ptr", "R", "C", "stride_xr", "stride_xc", "stride_yr",
-                                              "stride_yc") if n not in (src_unit, dst_unit))))
-    # The split-K reduction + epilogue, for each scale mode pair the split small configs meet.
-    rbm, rbn = REDUCE_BLOCK
-    for a_mode, b_mode, out in ((1, 1, "bf16"), (0, 0, "bf16"), (_NO_SCALE, 1, "fp16"), (_NO_SCALE, 0, "bf16")):
-        specs.append(CompileSpec(
-            _splitk_reduce_kernel,
-            {"ws_ptr": "*fp32", "c_ptr": f"*{out}", "as_ptr": "*fp32", "bs_ptr": "*fp32", "bias_ptr": f"*{out}",
-             "M": "i32", "N": "i32", "stride_cm": "i64", "stride_cn": "constexpr", "stride_asm": "i64",
-             "stride_bsn": "i64", "out_factor": "fp32", "SPLIT": "constexpr", "A_SCALE": "constexpr",
-             "B_SCALE": "constexpr", "HAS_BIAS": "constexpr", "BLOCK_M": "constexpr", "BLOCK_N": "constexpr"},
-            {"stride_cn": 1, "SPLIT": 4, "A_SCALE": a_mode, "B_SCALE": b_mode, "HAS_BIAS": True, "BLOCK_M": rbm,
-             "BLOCK_N": rbn}, num_warps=4, label=f"fp8_gemm splitk_reduce s{a_mode}{b_mode} ->{out}",
-            aligned=("ws_ptr", "c_ptr", "N", "stride_cm")))
-    return specs
-
-
-#: Arguments Triton's JIT marks 16-divisible at run time for aligned torch tensors (pointers, sizes; the
-#: non-unit strides are added per spec). Without them in the ahead-of-time build the loads are not vectorised,
-#: the software pipeline collapses to one stage and the 128x256 tile spills (30 of 39 specs did), which never
-#: happens at run time.
-_ALIGNED_ARGS = ("a_ptr", "b_ptr", "c_ptr", "stride_cm", "M", "N", "K")
+    return gemm_tuning_entry()
 
 
 __all__ = ["fp8_gemm", "fp8_weight_only_gemm", "gemm_config", "tuned_config", "config_names", "CONFIGS",

@@ -45,7 +45,6 @@ import torch
 import triton
 import triton.language as tl
 
-from ..compile_check import CompileSpec
 from ..exceptions import InvalidArgumentError, NumericalError, ShapeError
 from ..launch import KernelLaunch, PlanCache, plan_key
 from ..utils import cdiv, device_capability, interpreter_enabled, next_power_of_2, num_sms
@@ -1070,134 +1069,15 @@ class FP8Quantizer(torch.nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------------
-# Compile specs: every config the launchers above can pick (sm_89 / sm_90; sm_80 uses PyTorch ops)
+# Compile specs (in fp8_build.py: this file passed ~1,000 lines)
 # ---------------------------------------------------------------------------------------------------
 
-_TT = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32",
-       torch.float8_e4m3fn: "fp8e4nv", torch.float8_e5m2: "fp8e5"}
 
+def compile_specs(arch: int) -> list:
+    """Every config the launchers above can pick on ``arch`` (see fp8_build.quantize_compile_specs)."""
+    from .fp8_build import quantize_compile_specs
 
-#: Arguments Triton's JIT marks 16-divisible at run time for aligned tensors with sizes that are multiples of
-#: 16 (the shapes that matter: hidden sizes, weight dims). Without them the ahead-of-time build assumes
-#: unaligned pointers and strides: no vectorised loads, one 64-bit address per element, and the 8-warp
-#: tiles spill (8 B in scale_tile, 100 B in amax_rows on sm_90) where the run-time build does not.
-_ALIGNED = {
-    "rows": ("x_ptr", "q_ptr", "s_ptr", "K", "stride_xm", "stride_qm"),
-    "block": ("x_ptr", "q_ptr", "s_ptr", "K", "stride_xm", "stride_qm"),
-    "amax_rows": ("x_ptr", "part_ptr", "C", "stride_r"),
-    "scale_tile": ("x_ptr", "y_ptr", "s_ptr", "C", "stride_xr", "stride_yr", "stride_yc"),
-    "amax_cols": ("x_ptr", "part_ptr", "C", "stride_r"),
-    "finalize": ("part_ptr", "s_ptr", "C"),
-    "prep": ("a_ptr", "qa_ptr", "sa_ptr", "K", "stride_am", "stride_qam", "b_ptr", "part_ptr", "N", "stride_bk"),
-    "quant_cols": ("x_ptr", "q_ptr", "part_ptr", "s_ptr", "C", "stride_xr", "stride_xc", "stride_qr", "stride_qc"),
-}
-
-
-def compile_specs(arch: int) -> list[CompileSpec]:
-    if arch < 89:
-        return []
-    specs: list[CompileSpec] = []
-    # Every block config with bf16 -> e4m3 (the hot path), plus each other in/out dtype once.
-    dtype_pairs = [(torch.bfloat16, torch.float8_e4m3fn), (torch.float16, torch.float8_e4m3fn),
-                   (torch.float32, torch.float8_e5m2)]
-    for bi, (din, dout) in enumerate(dtype_pairs):
-        ti, to = _TT[din], _TT[dout]
-        fmax = FP8_MAX[dout]
-        blocks = ROW_BLOCKS if bi == 0 else (4096,)
-        for block_k in blocks:
-            for group in (None, 128):
-                cfg = row_config(block_k, group)
-                for single in ({cfg["SINGLE"], False} if group is None else {True}):
-                    specs.append(CompileSpec(
-                        _quant_rows_kernel,
-                        {"x_ptr": f"*{ti}", "q_ptr": f"*{to}", "s_ptr": "*fp32", "M": "i32", "K": "i32",
-                         "stride_xm": "i64", "stride_qm": "i64", "stride_sm": "i64", "FMAX": "constexpr",
-                         "GROUP": "constexpr", "ROWS": "constexpr", "BLOCK_K": "constexpr", "SINGLE": "constexpr"},
-                        {"FMAX": fmax, "GROUP": group or cfg["BLOCK_K"], "ROWS": cfg["ROWS"],
-                         "BLOCK_K": cfg["BLOCK_K"], "SINGLE": single},
-                        num_warps=cfg["num_warps"], label=f"quant_rows {ti}->{to} K{block_k} g{group} s{single}",
-                        aligned=_ALIGNED["rows"]))
-        for bm, bk in ((128, 128),) if bi else ((128, 128), (16, 128), (64, 256)):
-            specs.append(CompileSpec(
-                _quant_block_kernel,
-                {"x_ptr": f"*{ti}", "q_ptr": f"*{to}", "s_ptr": "*fp32", "M": "i32", "K": "i32", "stride_xm": "i64",
-                 "stride_qm": "i64", "stride_sm": "i64", "FMAX": "constexpr", "BM": "constexpr", "BK": "constexpr"},
-                {"FMAX": fmax, "BM": bm, "BK": bk}, num_warps=_block_warps(bm, bk),
-                label=f"quant_block {ti}->{to} {bm}x{bk}", aligned=_ALIGNED["block"]))
-        for name, (br, bc, warps) in TILE_CONFIGS.items():
-            if name == "square":
-                continue  # transposed outputs go through _quant_cols_kernel; no launcher picks "square"
-            specs.append(CompileSpec(
-                _amax_rows_kernel,
-                {"x_ptr": f"*{ti}", "part_ptr": "*fp32", "R": "i32", "C": "i32", "stride_r": "i64",
-                 "rows_per_prog": "i32", "BLOCK_R": "constexpr", "BLOCK_C": "constexpr"},
-                {"BLOCK_R": br, "BLOCK_C": bc}, num_warps=warps, label=f"amax_rows {ti} {name}",
-                aligned=_ALIGNED["amax_rows"]))
-            for mode in range(5):
-                for dq in (False, True):
-                    src, dst = (to, ti) if dq else (ti, to)
-                    const_strides = {"stride_xc": 1, "stride_yc": 1}
-                    sig = {"x_ptr": f"*{src}", "y_ptr": f"*{dst}", "s_ptr": "*fp32", "R": "i32", "C": "i32",
-                           "stride_xr": "i64", "stride_xc": "i64", "stride_yr": "i64", "stride_yc": "i64",
-                           "stride_sr": "i64", "stride_sc": "i64", "n_part": "i32", "FMAX": "constexpr",
-                           "MODE": "constexpr", "DEQUANT": "constexpr", "REVERSE": "constexpr", "BM": "constexpr",
-                           "BK": "constexpr", "BLOCK_R": "constexpr", "BLOCK_C": "constexpr",
-                           "BLOCK_P": "constexpr"}
-                    for k in const_strides:
-                        sig[k] = "constexpr"
-                    specs.append(CompileSpec(
-                        _scale_tile_kernel, sig,
-                        {**const_strides, "FMAX": fmax, "MODE": mode, "DEQUANT": dq, "REVERSE": mode == 1, "BM": 128,
-                         "BK": 128, "BLOCK_R": br, "BLOCK_C": bc, "BLOCK_P": MAX_PARTIALS},
-                        num_warps=warps, label=f"scale_tile {src}->{dst} m{mode} {name}",
-                        aligned=tuple(a for a in _ALIGNED["scale_tile"] if a not in const_strides)))
-        for bc in (128, 64):
-            specs.append(CompileSpec(
-                _amax_cols_kernel,
-                {"x_ptr": f"*{ti}", "part_ptr": "*fp32", "R": "i32", "C": "i32", "stride_r": "i64",
-                 "stride_c": "i64", "rows_per_split": "i32", "BLOCK_R": "constexpr", "BLOCK_C": "constexpr"},
-                {"BLOCK_R": 32, "BLOCK_C": bc}, num_warps=4, label=f"amax_cols {ti} {bc}",
-                aligned=_ALIGNED["amax_cols"]))
-        br, bc, warps, _ = COL_QUANT
-        # column quantization: row-major x -> row-major q, column-major x (w.t()) -> row-major q, and
-        # (-> e4m3, for fp8_gemm's b) row-major x -> K-major q
-        layouts = [({"stride_xc": 1, "stride_qc": 1}, to, fmax), ({"stride_xr": 1, "stride_qc": 1}, to, fmax),
-                   ({"stride_xc": 1, "stride_qr": 1}, "fp8e4nv", 448.0)]
-        for const_strides, qo, qmax in layouts:
-            sig = {"x_ptr": f"*{ti}", "q_ptr": f"*{qo}", "part_ptr": "*fp32", "s_ptr": "*fp32", "R": "i32",
-                   "C": "i32", "stride_xr": "i64", "stride_xc": "i64", "stride_qr": "i64", "stride_qc": "i64",
-                   "n_split": "i32", "rows_per_prog": "i32", "FMAX": "constexpr", "BLOCK_R": "constexpr",
-                   "BLOCK_C": "constexpr", "BLOCK_P": "constexpr", "REVERSE": "constexpr"}
-            for k in const_strides:
-                sig[k] = "constexpr"
-            specs.append(CompileSpec(
-                _quant_cols_kernel, sig,
-                {**const_strides, "FMAX": qmax, "BLOCK_R": br, "BLOCK_C": bc, "BLOCK_P": COL_MAX_SPLITS,
-                 "REVERSE": True},
-                num_warps=warps, label=f"quant_cols {ti}->{qo} {'/'.join(const_strides)}=1",
-                aligned=tuple(a for a in _ALIGNED["quant_cols"] if a not in const_strides)))
-        # fp8_gemm(a, b) from float inputs: a's rows + b's column amax, every row config for bf16
-        for block_k in ROW_BLOCKS if bi == 0 else (4096,):
-            cfg = row_config(block_k)
-            for single in {cfg["SINGLE"], False}:
-                specs.append(CompileSpec(
-                    _gemm_prep_kernel,
-                    {"a_ptr": f"*{ti}", "qa_ptr": "*fp8e4nv", "sa_ptr": "*fp32", "M": "i32", "K": "i32",
-                     "stride_am": "i64", "stride_qam": "i64", "n_a": "i32", "b_ptr": f"*{ti}",
-                     "part_ptr": "*fp32", "N": "i32", "stride_bk": "i64", "stride_bn": "constexpr",
-                     "rows_per_split": "i32", "n_cb": "i32", "FMAX": "constexpr", "ROWS": "constexpr",
-                     "BLOCK_K": "constexpr", "SINGLE": "constexpr", "CB_R": "constexpr", "CB_C": "constexpr"},
-                    {"stride_bn": 1, "FMAX": 448.0, "ROWS": cfg["ROWS"], "BLOCK_K": cfg["BLOCK_K"],
-                     "SINGLE": single, "CB_R": COL_AMAX[0], "CB_C": COL_AMAX[1]},
-                    num_warps=cfg["num_warps"], label=f"gemm_prep {ti} K{block_k} s{single}",
-                    aligned=_ALIGNED["prep"]))
-    specs.append(CompileSpec(
-        _finalize_cols_kernel,
-        {"part_ptr": "*fp32", "s_ptr": "*fp32", "SPLIT": "i32", "C": "i32", "FMAX": "constexpr",
-         "BLOCK_S": "constexpr", "BLOCK_C": "constexpr"},
-        {"FMAX": 448.0, "BLOCK_S": 64, "BLOCK_C": 128}, num_warps=4, label="finalize_cols",
-        aligned=_ALIGNED["finalize"]))
-    return specs
+    return quantize_compile_specs(arch)
 
 
 __all__ = ["quantize_fp8", "dequantize_fp8", "FP8Quantizer", "FP8_MAX", "MIN_SCALE", "GRANULARITIES",
