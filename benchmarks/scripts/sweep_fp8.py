@@ -14,12 +14,13 @@ one problem:
   work, nor for systems that cannot be captured);
 * ``host_us``: Python-side cost per call with the launches themselves skipped (``launch.host_only``).
 
-Sections (default: all): check (GPU correctness of every layout, bit for bit), layouts (pre-quantized
-e4m3 GEMM, every layout of a and b, plus the in-kernel and pre-fix ways of reading an MN-major b), auto
-(``fp8_gemm(a, b)`` from fp16), linear (FP8Linear, buffer and Parameter weights), decode (weight-only,
-both weight layouts and both MN-major policies), configs (GEMM tile/stage/grouping variants at 4096^3 and
-8192^3 against ``torch._scaled_mm``), quant (per-token / per-tensor quantize of (16384, 4096)), host
-(host us per eager call at decode sizes beside an empty Triton kernel). Predictions: docs/perf-notes.md.
+Sections (default: all but tests): tests (the FP8 ``pytest -m gpu`` tests), check (GPU correctness of
+every layout, bit for bit), layouts (pre-quantized e4m3 GEMM, every layout of a and b, plus the in-kernel
+and pre-fix ways of reading an MN-major b), auto (``fp8_gemm(a, b)`` from fp16), linear (FP8Linear, buffer
+and Parameter weights), decode (weight-only, both weight layouts and both MN-major policies), configs (GEMM
+tile/stage/grouping/TMA variants at 4096^3 and 8192^3 against ``torch._scaled_mm``), quant (per-token /
+per-tensor quantize of (16384, 4096)), host (host us per eager call at decode sizes beside an empty Triton
+kernel). Predictions: docs/perf-notes.md.
 With no GPU (``--quick`` on the interpreter) it only checks that every section runs.
 """
 
@@ -397,7 +398,27 @@ def sec_host(quick: bool):
                   f"python-only={row.get('host_us') or float('nan'):7.1f}us {row.get('error', '')}", flush=True)
 
 
-SECTIONS = {"check": sec_check, "layouts": sec_layouts, "auto": sec_auto, "linear": sec_linear,
+def sec_tests(quick: bool):
+    """The FP8 GPU tests (``pytest -m gpu``), in a subprocess; their summary line becomes a row."""
+    import subprocess
+
+    files = ["tests/test_fp8_gemm.py", "tests/test_fp8_linear.py", "tests/test_fp8_quantize.py",
+             "tests/test_fp8_layouts.py"]
+    root = os.path.join(os.path.dirname(__file__), "..", "..")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, "-m", "pytest", *files, "-q", "-p", "no:cacheprovider",
+                           *([] if quick else ["-m", "gpu"]), "-W", "ignore::DeprecationWarning"],
+                          cwd=root, env=env, capture_output=True, text=True, timeout=420)
+    lines = (proc.stdout + proc.stderr).strip().splitlines()
+    failed = [ln[:160] for ln in lines if ln.startswith(("FAILED", "ERROR"))]
+    ROWS.append({"section": "tests", "system": "pytest -m gpu (FP8)", "result": lines[-1] if lines else "",
+                 "failed": failed, "rc": proc.returncode})
+    print(f"  tests    {lines[-1] if lines else 'no output'}")
+    for ln in failed[:20]:
+        print(f"           {ln}")
+
+
+SECTIONS = {"tests": sec_tests, "check": sec_check, "layouts": sec_layouts, "auto": sec_auto, "linear": sec_linear,
             "decode": sec_decode, "configs": sec_configs, "quant": sec_quant, "host": sec_host}
 
 
@@ -412,6 +433,10 @@ def _summary() -> list[str]:
              "| host us |", "|---|---|---|---|---|---|---|---|---|"]
     bases = {(r["section"], r.get("shape")): r for r in ROWS if r.get("baseline") == "ceiling" and "error" not in r}
     for r in ROWS:
+        if r["section"] == "tests":
+            lines.append(f"| tests | | {r.get('result', '')} | | | | | | |")
+            lines += [f"| tests | | {f} | | | | | | |" for f in r.get("failed", [])[:20]]
+            continue
         if r["section"] == "check":
             lines.append(f"| check | {r.get('shape', '')} | layouts bit-equal {r.get('result')} |  |  |  |  | "
                          f"SQNR {r.get('auto_sqnr_db', 0):.1f} dB |  |")
@@ -438,7 +463,8 @@ def _summary() -> list[str]:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("out", nargs="?", default=os.environ.get("OUT", "."))
-    ap.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=list(SECTIONS))
+    ap.add_argument("--sections", nargs="+", default=[k for k in SECTIONS if k != "tests"], choices=list(SECTIONS),
+                    help="default: every section but tests")
     ap.add_argument("--quick", action="store_true", help="tiny shapes (interpreter smoke run)")
     ap.add_argument("--compile", action="store_true", help="also time torch.compile baselines (slow to build)")
     args = ap.parse_args(argv)
