@@ -11,9 +11,12 @@ one anchor, so a fresh ``w.t()`` view per call still hits) and on what identifie
 ``data_ptr``, the storage version counter ``_version`` (bumped by every in-place write through the tensor
 or any of its views), shape, strides, dtype and device. The anchor is held by a weak reference: while it
 is alive its storage cannot be freed and handed to another tensor, and when it dies its entries go with it.
-Not seen (documented): writes that bypass the version counter -- through ``t.data`` (a separate counter),
-DLPack or raw pointers. Inference tensors (created under ``torch.inference_mode``) have no version counter
-and are never cached. :func:`clear` drops everything.
+Not seen: writes that bypass the version counter -- through ``t.data`` (a separate counter), DLPack, or a
+kernel that writes through a raw pointer without bumping it (a custom Triton/CUDA kernel given ``b`` as an
+output buffer; ``torch.autograd.graph.increment_version(b)`` after such a write makes it visible). Where
+that can happen, switch the cache off (``TRITON_OPS_FP8_CACHE_MB=0`` or ``set_operand_cache_limit(0)``) or
+call :func:`clear`. Inference tensors (created under ``torch.inference_mode``) have no version counter and
+are never cached.
 
 Not used while a CUDA graph is being captured: a hit would freeze the copy into the graph, and replays
 after an in-place update of ``b`` (invisible to the graph) would use stale bytes; captured calls recompute.
