@@ -302,9 +302,16 @@ def _spec(name: str, arch: int, *, a_ty: str, b_ty: str, a_decode: bool, b_decod
                   "HW_CVT": hw_cvt, "A_MN": a_mn, "B_MN": b_mn, "USE_TMA": tma})
     if tma:
         sig["a_ptr"], sig["b_ptr"] = f"tensordesc<{a_ty}[{bm}, {bk}]>", f"tensordesc<{b_ty}[{bn}, {bk}]>"
+    # The pointers a launch never reads arrive as None (fp8_gemm._gemm_step), which the JIT specialises to a
+    # constexpr None: the same here.
+    unused = (["bias_ptr"] if not bias else []) + (["ws_ptr"] if split_k == 1 else ["c_ptr"]) + \
+        (["as_ptr"] if a_mode == _NO_SCALE else [])
+    for n in unused:
+        sig[n] = "constexpr"
+        const[n] = None
     layout = ("a:M-major " if a_mn else "") + ("b:N-major " if b_mn else "") + ("TMA " if tma else "")
     aligned = tuple(n for n in _ALIGNED_ARGS + ("stride_ak", "stride_bk", "stride_am", "stride_bn")
-                    if n not in unit and not (tma and n in ("a_ptr", "b_ptr")))
+                    if n not in unit and n not in unused and not (tma and n in ("a_ptr", "b_ptr")))
     return CompileSpec(_fp8_gemm_kernel, sig, const, num_warps=warps, num_stages=stages,
                        label=f"fp8_gemm {name} {layout}a{a_ty}{'(dec)' if a_decode else ''} b{b_ty}"
                              f"{'(dec)' if b_decode else ''} s{a_mode}{b_mode} bias{int(bias)} ->{out_ty}"
@@ -388,12 +395,14 @@ def gemm_compile_specs(arch: int) -> list[CompileSpec]:
     for a_mode, b_mode, out in ((1, 1, "bf16"), (0, 0, "bf16"), (_NO_SCALE, 1, "fp16"), (_NO_SCALE, 0, "bf16")):
         specs.append(CompileSpec(
             _splitk_reduce_kernel,
-            {"ws_ptr": "*fp32", "c_ptr": f"*{out}", "as_ptr": "*fp32", "bs_ptr": "*fp32", "bias_ptr": f"*{out}",
+            {"ws_ptr": "*fp32", "c_ptr": f"*{out}", "as_ptr": "constexpr" if a_mode == _NO_SCALE else "*fp32",
+             "bs_ptr": "*fp32", "bias_ptr": f"*{out}",
              "M": "i32", "N": "i32", "stride_cm": "i64", "stride_cn": "constexpr", "stride_asm": "i64",
              "stride_bsn": "i64", "out_factor": "fp32", "SPLIT": "constexpr", "A_SCALE": "constexpr",
              "B_SCALE": "constexpr", "HAS_BIAS": "constexpr", "BLOCK_M": "constexpr", "BLOCK_N": "constexpr"},
             {"stride_cn": 1, "SPLIT": 4, "A_SCALE": a_mode, "B_SCALE": b_mode, "HAS_BIAS": True, "BLOCK_M": rbm,
-             "BLOCK_N": rbn}, num_warps=4, label=f"fp8_gemm splitk_reduce s{a_mode}{b_mode} ->{out}",
+             "BLOCK_N": rbn, **({"as_ptr": None} if a_mode == _NO_SCALE else {})}, num_warps=4,
+            label=f"fp8_gemm splitk_reduce s{a_mode}{b_mode} ->{out}",
             aligned=("ws_ptr", "c_ptr", "N", "stride_cm")))
     return specs
 

@@ -509,17 +509,21 @@ def _gemm_step(M: int, N: int, K: int, a_st, b_st, c_st, sa_st, sb_st, a_mode: i
         USE_TMA=use_tma), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     ints = (M, N, K, a_st[0], a_st[1], b_st[0], b_st[1], c_st[0], c_st[1], sa_st[0], sa_st[1], sb_st[0],
             sb_st[1], float(factor), cfg["NUM_PROGS"], cfg["K_TILES_PER_SPLIT"])
+    # Pointers a launch never reads are passed as None (a's scale on the weight-only path, the bias when
+    # there is none, the split-K workspace without split-K): Triton specialises None away, and Triton's C
+    # launcher spends a data_ptr() call and a cuPointerGetAttribute driver call on every tensor it is given.
+    no_sa = a_mode == _NO_SCALE
     if use_tma:
         a_desc = ([M, K], [a_st[0], 1], [cfg["BLOCK_M"], cfg["BLOCK_K"]])
         b_desc = ([N, K], [b_st[1], 1], [cfg["BLOCK_N"], cfg["BLOCK_K"]])
 
         def run_tma(a, b, out, sa, sb, bias):
-            gemm(tensor_descriptor(a, *a_desc), tensor_descriptor(b, *b_desc), out, sa, sb,
-                 sa if bias is None else bias, out, *ints)
+            gemm(tensor_descriptor(a, *a_desc), tensor_descriptor(b, *b_desc), out, None if no_sa else sa, sb,
+                 bias, None, *ints)
         return run_tma
     if split == 1:
         def run(a, b, out, sa, sb, bias):
-            gemm(a, b, out, sa, sb, sa if bias is None else bias, out, *ints)
+            gemm(a, b, out, None if no_sa else sa, sb, bias, None, *ints)
         return run
     rbm, rbn = REDUCE_BLOCK
     reduce = KernelLaunch(_splitk_reduce_kernel, (cdiv(M, rbm), cdiv(N, rbn)),
@@ -529,9 +533,9 @@ def _gemm_step(M: int, N: int, K: int, a_st, b_st, c_st, sa_st, sb_st, a_mode: i
 
     def run_split(a, b, out, sa, sb, bias):
         ws = torch.empty(split, M, N, dtype=torch.float32, device=device)
-        bias_arg = sa if bias is None else bias
-        gemm(a, b, out, sa, sb, bias_arg, ws, *ints)
-        reduce(ws, out, sa, sb, bias_arg, *rints)
+        sa_arg = None if no_sa else sa
+        gemm(a, b, None, sa_arg, sb, bias, ws, *ints)
+        reduce(ws, out, sa_arg, sb, bias, *rints)
     return run_split
 
 
