@@ -172,3 +172,34 @@ def test_inputs_copied_for_the_launch_are_never_planned(device):
     torch.testing.assert_close(a, ref, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(b, ref, rtol=1e-5, atol=1e-5)
     assert launch.plan_counts()["rmsnorm_rope"] == 0
+
+
+def test_direct_writes_bump_the_version_counter(device):
+    # a buffer written through a direct launch must look changed to anything keyed on its version (the
+    # FP8 operand cache reuses an FP8 copy of `b` while b._version is unchanged)
+    x, w, cos, sin = _rope_inputs(device)
+    out = torch.empty_like(x)
+    for _ in range(2):  # first call plans, second takes the plan
+        v = out._version
+        T.fused_rmsnorm_rope(x, w, cos, sin, out=out)
+        assert out._version > v
+    y = torch.empty(5, 96, device=device)
+    xg = torch.randn(5, 64, device=device)
+    wg, wu = torch.randn(96, 64, device=device), torch.randn(96, 64, device=device)
+    for _ in range(2):
+        v = y._version
+        T.fused_gated_mlp(xg, wg, wu, out=y)
+        assert y._version > v
+    xr, res, wr = torch.randn(4, 64, device=device), torch.randn(4, 64, device=device), torch.ones(64, device=device)
+    o, ro = torch.empty_like(xr), torch.empty_like(xr)
+    for _ in range(2):
+        v, vr = o._version, ro._version
+        T.fused_add_rmsnorm(xr, wr, residual=res, out=o, residual_out=ro)
+        assert o._version > v and ro._version > vr
+    q = torch.randn(1, 2, 3, 64, device=device)
+    k = torch.randn(1, 1, 3, 64, device=device)
+    c, s = tables(3, 64, device=device)
+    for _ in range(2):
+        vq, vk = q._version, k._version
+        T.apply_rope(q, k, c, s, inplace=True)
+        assert q._version > vq and k._version > vk

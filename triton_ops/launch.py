@@ -294,6 +294,22 @@ def tensor_descriptor(base: torch.Tensor, shape: list[int], strides: list[int], 
     return d
 
 
+_increment_version = torch.autograd.graph.increment_version
+
+
+def mark_written(*tensors: torch.Tensor | None) -> None:
+    """Bump the version counter of caller-owned buffers a direct launch wrote (``out=``, in place).
+
+    A kernel launched outside the dispatcher writes memory without PyTorch knowing, so a tensor's
+    ``_version`` would not move; anything keyed on it (the FP8 operand cache of ``fp8_gemm``, autograd's
+    saved-tensor checks) would then see stale data as unchanged. ~0.3 us per tensor, paid only when the
+    op writes a caller's buffer.
+    """
+    for t in tensors:
+        if t is not None:
+            _increment_version(t)
+
+
 def cached_call(cache: PlanCache, key: tuple | None, build: Callable[[], Any] | None):
     """The plan for ``key`` from ``cache``, building and storing it with ``build()`` on a miss; None when
     ``key`` is None (the call is not eligible for the fast path)."""
@@ -306,4 +322,4 @@ def cached_call(cache: PlanCache, key: tuple | None, build: Callable[[], Any] | 
 
 
 __all__ = ["plan_key", "PlanCache", "KernelLaunch", "clear_plans", "plan_counts", "host_only", "cached_call",
-           "tensor_descriptor"]
+           "tensor_descriptor", "mark_written"]

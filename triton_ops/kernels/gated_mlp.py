@@ -36,7 +36,7 @@ import triton.language as tl
 from ..autotuner import runtime
 from ..compile_check import CompileSpec
 from ..exceptions import InvalidArgumentError, ShapeError, UnsupportedError
-from ..launch import KernelLaunch, PlanCache, plan_key, tensor_descriptor
+from ..launch import KernelLaunch, PlanCache, mark_written, plan_key, tensor_descriptor
 from ..utils import (
     KeepBufferDtypes,
     cdiv,
@@ -487,6 +487,8 @@ class _Plan:
         self.launch(xa, wga, wua, oa, bg if self.has_bias else dummy, bu if self.has_bias else dummy,
                     xs if self.fp8 else dummy, wgs if self.fp8 else dummy, wus if self.fp8 else dummy,
                     *self.ints)
+        if out is not None:
+            mark_written(out)
         return y
 
 

@@ -27,7 +27,7 @@ import triton.language as tl
 
 from .. import validation as V
 from ..exceptions import InvalidArgumentError, LayoutError, ShapeError
-from ..launch import KernelLaunch, PlanCache, plan_key
+from ..launch import KernelLaunch, PlanCache, mark_written, plan_key
 from ..utils import cdiv, interpreter_enabled, next_power_of_2, num_sms
 
 #: Widest row normalised from one register tile (elements). Wider rows take the chunked two-pass loop.
@@ -356,6 +356,8 @@ class _Plan:
             residual, ro = x, y
         if self.launch is not None:
             self.launch(x, residual, weight, y, ro, *self.ints, eps, weight_offset)
+            if out is not None or residual_out is not None:
+                mark_written(out, residual_out)
         return (y, ro) if self.has_res else y
 
 

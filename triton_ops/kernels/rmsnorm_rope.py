@@ -27,7 +27,7 @@ import triton.language as tl
 from .. import validation as V
 from ..autotuner import runtime as _rt
 from ..exceptions import LayoutError, ShapeError
-from ..launch import KernelLaunch, PlanCache, plan_key
+from ..launch import KernelLaunch, PlanCache, mark_written, plan_key
 from ..utils import cdiv, next_power_of_2, num_sms
 
 LAYOUTS = ("neox", "gptj")
@@ -308,6 +308,8 @@ class _Plan:
         if self.launch is not None:
             self.launch(x, residual, weight, cos, sin, position_ids if self.pos_mode == _POS_IDS else x, y, ro,
                         *self.ints, eps, weight_offset)
+            if out is not None or residual_out is not None:
+                mark_written(out, residual_out)
         return (y, ro) if self.has_res else y
 
 

@@ -28,7 +28,7 @@ import triton.language as tl
 
 from .. import validation as V
 from ..exceptions import InvalidArgumentError, ShapeError
-from ..launch import KernelLaunch, PlanCache, plan_key
+from ..launch import KernelLaunch, PlanCache, mark_written, plan_key
 from ..utils import cdiv, interpreter_enabled, next_power_of_2, num_sms
 from .rmsnorm import _rounded, check_writes
 
@@ -287,6 +287,8 @@ class _Plan:
         if self.launch is not None:
             kk, kko = (k, ko) if self.has_k else (q, qo)
             self.launch(q, kk, cos, sin, position_ids if self.pos_mode == _POS_IDS else q, qo, kko, *self.ints)
+            if self.inplace or q_out is not None or k_out is not None:
+                mark_written(qo, ko)
         return qo, ko
 
 
