@@ -156,7 +156,7 @@ class KernelLaunch:
     """
 
     __slots__ = ("fn", "grid", "constexprs", "options", "_tail", "_compiled", "_device", "_g", "_raw",
-                 "_desc", "_desc_cache")
+                 "_desc", "_desc_cache", "_ptr_idx")
 
     #: TMA descriptors kept per launch (per argument and base address) before the cache starts over.
     MAX_DESCRIPTORS = 64
@@ -172,6 +172,7 @@ class KernelLaunch:
         self._tail = None
         self._raw = None
         self._desc = None
+        self._ptr_idx: tuple[int, ...] = ()
         self._desc_cache: dict[tuple[int, int], list] = {}
         if not interpreter_enabled():
             names = list(getattr(fn, "arg_names", ()))
@@ -196,6 +197,8 @@ class KernelLaunch:
                 g = self._g
                 raw = self._raw
                 if raw is not None:
+                    if self._ptr_idx:
+                        full = self._addresses(full)
                     if self._desc is not None:
                         full = self._expand_descriptors(full)
                     raw[0](g[0], g[1], g[2], stream, compiled.function, raw[1], raw[2], None, None,
@@ -232,8 +235,32 @@ class KernelLaunch:
             self._raw = (free["launcher"], launcher.launch_cooperative_grid, launcher.launch_pdl)
         except Exception:  # another Triton's launcher: CompiledKernel.run stays the path
             self._raw = self._desc = None
+        finally:
+            if self._raw is not None:
+                self._ptr_idx = self._pointer_positions()
 
-    def _expand_descriptors(self, full: tuple) -> list:
+    def _pointer_positions(self) -> tuple[int, ...]:
+        """Positions of pointer arguments. Passed as integers, the C launcher takes them as they are;
+        passed as tensors it calls ``data_ptr()`` and then the driver (``cuPointerGetAttribute``) to check
+        each address is device memory, ~0.5 us per pointer on the H200 machine. The plan key already fixed
+        every tensor's device, so the check is redundant on a plan's launches."""
+        try:
+            sig = self._compiled.src.signature
+            names = list(self.fn.arg_names)
+            return tuple(i for i, n in enumerate(names)
+                         if isinstance(sig.get(n), str) and sig[n].startswith("*"))
+        except Exception:
+            return ()
+
+    def _addresses(self, full: tuple) -> list:
+        out = list(full)
+        for i in self._ptr_idx:
+            a = out[i]
+            if a is not None and not isinstance(a, int):
+                out[i] = a.data_ptr()
+        return out
+
+    def _expand_descriptors(self, full) -> list:
         indices, metas, make = self._desc
         cache = self._desc_cache
         out: list = []
