@@ -64,6 +64,18 @@ def plan_key(*tensors: torch.Tensor | None) -> tuple | None:
     return tuple(key)
 
 
+def tensor_key(*tensors: torch.Tensor | None) -> tuple:
+    """The signature of real tensors, for plans made inside a registered custom op's implementation.
+
+    There the dispatcher has already dealt with tracing and autograd (the implementation runs below
+    them, on real tensors), so unlike :func:`plan_key` nothing is refused: under ``torch.compile`` and
+    in training every call of an op goes through its custom op, and without a plan each one would be
+    validated, configured and bound by Triton again (~50-100 us of host time per call).
+    """
+    return tuple(None if t is None else (t.shape, t.stride(), t.dtype, t.get_device(), t.data_ptr() % 16 == 0)
+                 for t in tensors)
+
+
 class PlanCache:
     """A bounded dict of plans for one op. Keys must be hashable; an unhashable key (a scalar argument
     of a strange type) is a miss, so the call takes the validated path and raises there if it is wrong."""
@@ -348,5 +360,5 @@ def cached_call(cache: PlanCache, key: tuple | None, build: Callable[[], Any] | 
     return plan
 
 
-__all__ = ["plan_key", "PlanCache", "KernelLaunch", "clear_plans", "plan_counts", "host_only", "cached_call",
-           "tensor_descriptor", "mark_written"]
+__all__ = ["plan_key", "tensor_key", "PlanCache", "KernelLaunch", "clear_plans", "plan_counts", "host_only",
+           "cached_call", "tensor_descriptor", "mark_written"]
