@@ -36,7 +36,7 @@ import triton.language as tl
 from ..autotuner import runtime
 from ..compile_check import CompileSpec
 from ..exceptions import InvalidArgumentError, ShapeError, UnsupportedError
-from ..launch import KernelLaunch, PlanCache, mark_written, plan_key, tensor_descriptor
+from ..launch import KernelLaunch, PlanCache, mark_written, plan_key, tensor_descriptor, tensor_key
 from ..utils import (
     KeepBufferDtypes,
     cdiv,
@@ -543,10 +543,21 @@ def _launch(x2: torch.Tensor, wg: torch.Tensor, wu: torch.Tensor, out2: torch.Te
             bg: torch.Tensor | None = None, bu: torch.Tensor | None = None,
             x_scale: torch.Tensor | None = None, wg_scale: torch.Tensor | None = None,
             wu_scale: torch.Tensor | None = None, config: GatedMLPConfig | None = None) -> None:
-    """Plan and launch once on validated 2-D operands: x2 [M, K], wg/wu [N, K], out2 [M, N]."""
-    plan = _make_plan(x2, wg, wu, out2, tuple(out2.shape), out2.dtype, act_id, bg is not None,
-                      x_scale is not None, config)
+    """Launch on validated 2-D operands: x2 [M, K], wg/wu [N, K], out2 [M, N], through a plan kept per
+    signature (the custom ops' path: torch.compile graphs and autograd call the op through it)."""
+    key = None
+    if config is None:  # explicit configs (tuning runs) are never cached
+        key = (tensor_key(x2, wg, wu, out2, bg, bu, x_scale, wg_scale, wu_scale), act_id, runtime.ENABLED)
+    plan = _op_plans.get(key) if key is not None else None
+    if plan is None:
+        plan = _make_plan(x2, wg, wu, out2, tuple(out2.shape), out2.dtype, act_id, bg is not None,
+                          x_scale is not None, config)
+        if key is not None:
+            _op_plans.put(key, plan)
     plan(x2, wg, wu, bg, bu, out2, x_scale, wg_scale, wu_scale)
+
+
+_op_plans = PlanCache("gated_mlp/op")
 
 
 def _zero_k_result(M: int, N: int, act: str, bg: torch.Tensor | None, bu: torch.Tensor | None,
