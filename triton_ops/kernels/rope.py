@@ -28,7 +28,7 @@ import triton.language as tl
 
 from .. import validation as V
 from ..exceptions import InvalidArgumentError, ShapeError
-from ..launch import KernelLaunch, PlanCache, mark_written, plan_key
+from ..launch import KernelLaunch, PlanCache, mark_written, plan_key, tensor_key
 from ..utils import cdiv, interpreter_enabled, next_power_of_2, num_sms
 from .rmsnorm import _rounded, check_writes
 
@@ -360,10 +360,18 @@ def _make_plan(q, k, cos, sin, position_ids, gptj, rotary_dim, inplace, half_wid
 
 def _launch(q, k, cos, sin, position_ids, gptj, rotary_dim, half_width_tables, bshd, backward, inplace,
             q_out=None, k_out=None) -> None:
-    """Plan and launch once on validated inputs."""
-    plan = _make_plan(q, k, cos, sin, position_ids, gptj, rotary_dim, inplace, half_width_tables, bshd, backward,
-                      q_out=q_out, k_out=k_out)
+    """Launch on validated inputs through a plan kept per signature (the custom ops' path: torch.compile
+    graphs and autograd call the op through it)."""
+    key = (tensor_key(q, k, cos, sin, position_ids, q_out, k_out), gptj, rotary_dim, half_width_tables, bshd,
+           backward, inplace)
+    plan = _op_plans.get(key)
+    if plan is None:
+        plan = _op_plans.put(key, _make_plan(q, k, cos, sin, position_ids, gptj, rotary_dim, inplace,
+                                             half_width_tables, bshd, backward, q_out=q_out, k_out=k_out))
     plan(q, k, cos, sin, position_ids, q_out, k_out)
+
+
+_op_plans = PlanCache("rope/op")
 
 
 # ----------------------------------------------------------------------------------------------------
