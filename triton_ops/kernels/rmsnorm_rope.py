@@ -28,7 +28,8 @@ from .. import validation as V
 from ..autotuner import runtime as _rt
 from ..exceptions import LayoutError, ShapeError
 from ..launch import KernelLaunch, PlanCache, mark_written, plan_key
-from ..utils import cdiv, next_power_of_2, num_sms
+from ..utils import cdiv, interpreter_enabled, next_power_of_2, num_sms
+from .rmsnorm import _rounded
 
 LAYOUTS = ("neox", "gptj")
 #: Largest head_dim accepted.
@@ -81,10 +82,22 @@ def _store_pairs(ptr, offs_a, offs_b, a, b, mask, GPTJ: tl.constexpr):
 
 
 @triton.jit
+def _add_in_dtype(a, r, DTYPE: tl.constexpr, EXACT_BF16: tl.constexpr):
+    """``a + r`` rounded to DTYPE, as an unfused add in that dtype is. EXACT_BF16 (bf16 under Triton's CPU
+    interpreter, whose bf16 adds are wrong by up to 1e38 and whose fp32 -> bf16 casts truncate): the sum in
+    fp32, rounded to nearest even with integer operations (an fp32 value on the bf16 grid)."""
+    if EXACT_BF16:
+        s = _rounded(a.to(tl.float32) + r.to(tl.float32), DTYPE, True)
+    else:
+        s = (a + r).to(DTYPE)
+    return s
+
+
+@triton.jit
 def _load_row_tiles(x_ptr, res_ptr, res_out_ptr, x_off, r_off, ro_off, h, i, k, n_heads,
                     HEAD_DIM: tl.constexpr, ROT_DIM: tl.constexpr, HALF_BLOCK: tl.constexpr,
                     PASS_BLOCK: tl.constexpr, GPTJ: tl.constexpr, HAS_RES: tl.constexpr,
-                    STORE_RES: tl.constexpr, row_ok):
+                    STORE_RES: tl.constexpr, row_ok, EXACT_BF16: tl.constexpr):
     """x (+ residual, rounded to x's dtype as an unfused add would) as pair halves a, b and the
     non-rotating tail p, in fp32. Optionally writes the residual sum."""
     HALF: tl.constexpr = ROT_DIM // 2
@@ -94,8 +107,8 @@ def _load_row_tiles(x_ptr, res_ptr, res_out_ptr, x_off, r_off, ro_off, h, i, k, 
     a, b = _load_pairs(x_ptr + x_off, oa, ob, m, GPTJ, "evict_first")
     if HAS_RES:
         ra, rb = _load_pairs(res_ptr + r_off, oa, ob, m, GPTJ, "evict_first")
-        a = (a + ra).to(x_ptr.dtype.element_ty)
-        b = (b + rb).to(x_ptr.dtype.element_ty)
+        a = _add_in_dtype(a, ra, x_ptr.dtype.element_ty, EXACT_BF16)
+        b = _add_in_dtype(b, rb, x_ptr.dtype.element_ty, EXACT_BF16)
         if STORE_RES:
             _store_pairs(res_out_ptr + ro_off, oa, ob, a, b, m, GPTJ)
     p = tl.zeros([1, 1], dtype=tl.float32)
@@ -104,10 +117,10 @@ def _load_row_tiles(x_ptr, res_ptr, res_out_ptr, x_off, r_off, ro_off, h, i, k, 
         mp = (h < n_heads) & (k < PASS) & row_ok
         p = tl.load(x_ptr + x_off + op, mask=mp, other=0.0, eviction_policy="evict_first")
         if HAS_RES:
-            p = (p + tl.load(res_ptr + r_off + op, mask=mp, other=0.0, eviction_policy="evict_first")
-                 ).to(x_ptr.dtype.element_ty)
+            p = _add_in_dtype(p, tl.load(res_ptr + r_off + op, mask=mp, other=0.0, eviction_policy="evict_first"),
+                              x_ptr.dtype.element_ty, EXACT_BF16)
             if STORE_RES:
-                tl.store(res_out_ptr + ro_off + op, p, mask=mp)
+                tl.store(res_out_ptr + ro_off + op, p.to(res_out_ptr.dtype.element_ty), mask=mp)
         p = p.to(tl.float32)
     return a.to(tl.float32), b.to(tl.float32), p
 
@@ -121,8 +134,11 @@ def _rmsnorm_rope_kernel(
     eps, weight_offset,
     HEAD_DIM: tl.constexpr, ROT_DIM: tl.constexpr, HALF_BLOCK: tl.constexpr, PASS_BLOCK: tl.constexpr,
     NH_BLOCK: tl.constexpr, N_CHUNKS: tl.constexpr, GPTJ: tl.constexpr, PER_HEAD: tl.constexpr,
-    HAS_RES: tl.constexpr, POS_MODE: tl.constexpr, ROWS_PER_PROG: tl.constexpr,
+    HAS_RES: tl.constexpr, POS_MODE: tl.constexpr, ROWS_PER_PROG: tl.constexpr, EXACT_BF16: tl.constexpr,
 ):
+    """EXACT_BF16: bf16 x under Triton's CPU interpreter, which gets bf16 adds and fp32 -> bf16 casts wrong:
+    the residual add runs in fp32 and every bf16 store is rounded to nearest even first (see
+    ``_add_in_dtype``), which is what the GPU computes. Off on the GPU."""
     HALF: tl.constexpr = ROT_DIM // 2
     PASS: tl.constexpr = HEAD_DIM - ROT_DIM
     pid = tl.program_id(0).to(tl.int64)
@@ -173,7 +189,8 @@ def _rmsnorm_rope_kernel(
             for c in range(N_CHUNKS):
                 h = c * NH_BLOCK + h_loc
                 a, b, p = _load_row_tiles(x_ptr, res_ptr, res_out_ptr, x_off, r_off, ro_off, h, i, k, n_heads,
-                                          HEAD_DIM, ROT_DIM, HALF_BLOCK, PASS_BLOCK, GPTJ, HAS_RES, False, row_ok)
+                                          HEAD_DIM, ROT_DIM, HALF_BLOCK, PASS_BLOCK, GPTJ, HAS_RES, False, row_ok,
+                                          EXACT_BF16)
                 acc += a * a + b * b
                 if PASS > 0:
                     acc_p += p * p
@@ -182,7 +199,8 @@ def _rmsnorm_rope_kernel(
         for c in range(N_CHUNKS):
             h = c * NH_BLOCK + h_loc
             a, b, p = _load_row_tiles(x_ptr, res_ptr, res_out_ptr, x_off, r_off, ro_off, h, i, k, n_heads,
-                                      HEAD_DIM, ROT_DIM, HALF_BLOCK, PASS_BLOCK, GPTJ, HAS_RES, True, row_ok)
+                                      HEAD_DIM, ROT_DIM, HALF_BLOCK, PASS_BLOCK, GPTJ, HAS_RES, True, row_ok,
+                                      EXACT_BF16)
             if PER_HEAD:
                 ss = tl.sum(a * a + b * b, axis=1)
                 if PASS > 0:
@@ -207,6 +225,9 @@ def _rmsnorm_rope_kernel(
             yb = nb * c2 + na * s2
             ya = tl.where(pos_ok, ya, float("nan"))
             yb = tl.where(pos_ok, yb, float("nan"))
+            if EXACT_BF16:
+                ya = _rounded(ya, out_ptr.dtype.element_ty, True)
+                yb = _rounded(yb, out_ptr.dtype.element_ty, True)
             _store_pairs(out_ptr + o_off, oa, ob, ya, yb, m, GPTJ)
             if PASS > 0:
                 op = h * HEAD_DIM + ROT_DIM + k
@@ -215,6 +236,8 @@ def _rmsnorm_rope_kernel(
                     wp = tl.load(w_ptr + op, mask=mp, other=0.0, eviction_policy="evict_last").to(tl.float32)
                     wp = wp + weight_offset
                 yp = tl.where(pos_ok, p * rs * wp, float("nan"))
+                if EXACT_BF16:
+                    yp = _rounded(yp, out_ptr.dtype.element_ty, True)
                 tl.store(out_ptr + o_off + op, yp.to(out_ptr.dtype.element_ty), mask=mp)
 
 
@@ -352,7 +375,8 @@ def _make_plan(x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor, sin: to
         _rmsnorm_rope_kernel, (cdiv(n_rows, cfg.ROWS_PER_PROG),),
         dict(HEAD_DIM=head_dim, ROT_DIM=rot, HALF_BLOCK=cfg.HALF_BLOCK, PASS_BLOCK=cfg.PASS_BLOCK,
              NH_BLOCK=cfg.NH_BLOCK, N_CHUNKS=cfg.N_CHUNKS, GPTJ=gptj, PER_HEAD=per_head, HAS_RES=has_res,
-             POS_MODE=pos_mode, ROWS_PER_PROG=cfg.ROWS_PER_PROG),
+             POS_MODE=pos_mode, ROWS_PER_PROG=cfg.ROWS_PER_PROG,
+             EXACT_BF16=interpreter_enabled() and x.dtype == torch.bfloat16),
         num_warps=cfg.num_warps)
     ints = (n_rows, seq, hidden // head_dim, cos.shape[0],
             x3.stride(0), x3.stride(1), r3.stride(0), r3.stride(1), o_st[0], o_st[1],
@@ -770,7 +794,7 @@ def compile_specs(arch: int):
         const = dict(HEAD_DIM=head_dim, ROT_DIM=rot, HALF_BLOCK=cfg.HALF_BLOCK, PASS_BLOCK=cfg.PASS_BLOCK,
                      NH_BLOCK=cfg.NH_BLOCK,
                      N_CHUNKS=cfg.N_CHUNKS, GPTJ=gptj, PER_HEAD=per_head, HAS_RES=has_res,
-                     POS_MODE=pos_mode, ROWS_PER_PROG=cfg.ROWS_PER_PROG)
+                     POS_MODE=pos_mode, ROWS_PER_PROG=cfg.ROWS_PER_PROG, EXACT_BF16=False)
         sig.update({k: "constexpr" for k in const})
         specs.append(CompileSpec(
             _rmsnorm_rope_kernel, sig, const, num_warps=cfg.num_warps, num_stages=1,
