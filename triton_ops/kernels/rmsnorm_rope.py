@@ -460,9 +460,10 @@ def _(x, weight, cos, sin, position_ids, residual, out, residual_out, eps, head_
     return None
 
 
-# Backward: recomputes the unfused reference in fp32 and differentiates it. Training through the op is
-# correct (gradients for x, residual and weight; cos/sin tables are treated as constants), not fused: the
-# forward kernel is the fast path this library is about.
+# Backward: one Triton kernel (rmsnorm_rope_backward.py) reading grad_y and the normalised input once, for
+# x, residual and weight (cos/sin tables are treated as constants). _reference_grads below recomputes the
+# unfused reference in fp32 and differentiates it: the reference the kernel is tested against
+# (rmsnorm_rope_backward.USE_REFERENCE = True routes the autograd formula through it).
 def _table_positions(x, position_ids, per_token_tables):
     if per_token_tables:
         return torch.arange(x[..., 0].numel(), device=x.device).view(x.shape[:-1])
@@ -505,20 +506,28 @@ def _setup_plain(ctx, inputs, output):
 
 
 def _backward_plain(ctx, grad_y):
+    from .rmsnorm_rope_backward import backward_grads
+
     x, _, weight, cos, sin = ctx.saved_tensors
-    gx, _, gw = _reference_grads(ctx, x, None, weight, cos, sin, grad_y, None)
+    gx, gw = backward_grads(ctx, x, weight, cos, sin, grad_y)
     return gx, gw, None, None, None, None, None, None, None, None
 
 
 def _setup_add(ctx, inputs, output):
     x, residual, weight, cos, sin, position_ids, eps, head_dim, gptj, weight_offset, per_token = inputs
     ctx.needs = (x.requires_grad, residual.requires_grad, weight.requires_grad)
-    _save(ctx, x, residual, weight, cos, sin, position_ids, eps, head_dim, gptj, weight_offset, per_token)
+    # The sum s = x + residual (the op's second output): the backward needs only s, one tensor instead
+    # of two, and d x = d residual = d s.
+    _save(ctx, output[1], None, weight, cos, sin, position_ids, eps, head_dim, gptj, weight_offset, per_token)
 
 
 def _backward_add(ctx, grad_y, grad_s):
-    x, residual, weight, cos, sin = ctx.saved_tensors
-    gx, gr, gw = _reference_grads(ctx, x, residual, weight, cos, sin, grad_y, grad_s)
+    from .rmsnorm_rope_backward import backward_grads
+
+    s, _, weight, cos, sin = ctx.saved_tensors
+    gs, gw = backward_grads(ctx, s, weight, cos, sin, grad_y, grad_s)
+    gx = gs if ctx.needs[0] else None
+    gr = gs if ctx.needs[1] else None
     return gx, gr, gw, None, None, None, None, None, None, None, None
 
 
