@@ -33,6 +33,8 @@ KERNEL_MODULES = (
     "triton_ops.kernels.fp8_quantize",
     "triton_ops.kernels.fp8_gemm",
     "triton_ops.kernels.gated_mlp",
+    "triton_ops.kernels.rmsnorm_rope_backward",
+    "triton_ops.kernels.rmsnorm_backward",
 )
 
 
