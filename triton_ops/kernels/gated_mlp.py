@@ -35,13 +35,14 @@ import triton.language as tl
 
 from ..autotuner import runtime
 from ..compile_check import CompileSpec
-from ..exceptions import InvalidArgumentError, ShapeError, UnsupportedError
+from ..exceptions import InvalidArgumentError, LayoutError, ShapeError, UnsupportedError
 from ..launch import KernelLaunch, PlanCache, mark_written, plan_key, tensor_descriptor, tensor_key
 from ..utils import (
     KeepBufferDtypes,
     cdiv,
     device_arch,
     device_capability,
+    interpreter_enabled,
     next_power_of_2,
     num_sms,
 )
@@ -60,6 +61,7 @@ from ..validation import (
 )
 from ._tiles import grouped_tile_coords
 from .fp8_linear import quantize_weight
+from .rmsnorm import _rounded
 
 #: Activation names and the constexpr id the kernel switches on.
 ACTIVATIONS = {"silu": 0, "gelu": 1, "gelu_tanh": 2}
@@ -102,11 +104,13 @@ def _activation(g, ACTIVATION: tl.constexpr):
 @triton.jit
 def _load_tiles(x, wg, wu, off_m, off_n, k0, M, N, K, stride_xm, stride_wgn, stride_wun,
                 USE_TMA: tl.constexpr, ALIGN_IN: tl.constexpr,
-                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, W_MN: tl.constexpr):
     """The x tile [BLOCK_M, BLOCK_K] and the gate/up weight tiles [BLOCK_N, BLOCK_K] at k0.
 
     TMA zero-fills out-of-bounds boxes; the pointer path masks rows, columns and the K tail to 0, so the
-    padded products add nothing to the accumulators.
+    padded products add nothing to the accumulators. W_MN: both weights are MN-major (a transposed view
+    ``w = G.T``, strides ``(1, s)``; ``stride_wgn`` / ``stride_wun`` are then the K strides), read in place
+    by the pointer path; the launcher gives them neither TMA nor ALIGN_IN (their K runs are not contiguous).
     """
     if USE_TMA:
         a = x.load([off_m, k0])
@@ -132,8 +136,12 @@ def _load_tiles(x, wg, wu, off_m, off_n, k0, M, N, K, stride_xm, stride_wgn, str
             row_u = tl.multiple_of(row_u, ALIGN_IN)
         cols = k0 + offs_k
         px = x + row_x[:, None] + cols[None, :]
-        pg = wg + row_g[:, None] + cols[None, :]
-        pu = wu + row_u[:, None] + cols[None, :]
+        if W_MN:
+            pg = wg + offs_n[:, None] + (cols.to(tl.int64) * stride_wgn)[None, :]
+            pu = wu + offs_n[:, None] + (cols.to(tl.int64) * stride_wun)[None, :]
+        else:
+            pg = wg + row_g[:, None] + cols[None, :]
+            pu = wu + row_u[:, None] + cols[None, :]
         if ALIGN_IN > 1:
             px = tl.max_contiguous(tl.multiple_of(px, [16, 16]), [1, BLOCK_K])
             pg = tl.max_contiguous(tl.multiple_of(pg, [16, 16]), [1, BLOCK_K])
@@ -149,8 +157,10 @@ def _load_tiles(x, wg, wu, off_m, off_n, k0, M, N, K, stride_xm, stride_wgn, str
 @triton.jit
 def _epilogue(acc_g, acc_u, out, bg_ptr, bu_ptr, xs_ptr, wgs_ptr, wus_ptr, off_m, off_n, M, N, stride_om,
               ACTIVATION: tl.constexpr, HAS_BIAS: tl.constexpr, FP8: tl.constexpr, USE_TMA: tl.constexpr,
-              ALIGN_OUT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """Scales (FP8), bias, act(gate) * up in fp32, one store of the gated tile."""
+              ALIGN_OUT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, EXACT_BF16: tl.constexpr):
+    """Scales (FP8), bias, act(gate) * up in fp32, one store of the gated tile. EXACT_BF16 (a bf16 output
+    under the CPU interpreter, which truncates fp32 -> bf16 casts): round to nearest even first, as the
+    GPU's conversion does."""
     offs_m = off_m + tl.arange(0, BLOCK_M)
     offs_n = off_n + tl.arange(0, BLOCK_N)
     m_ok = offs_m < M
@@ -165,6 +175,8 @@ def _epilogue(acc_g, acc_u, out, bg_ptr, bu_ptr, xs_ptr, wgs_ptr, wus_ptr, off_m
         acc_g += tl.load(bg_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
         acc_u += tl.load(bu_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
     h = _activation(acc_g, ACTIVATION) * acc_u
+    if EXACT_BF16:
+        h = _rounded(h, tl.bfloat16, True)
     if USE_TMA:
         out.store([off_m, off_n], h.to(out.dtype))
     else:
@@ -191,7 +203,12 @@ def _gated_mlp_kernel(
     ACTIVATION: tl.constexpr, HAS_BIAS: tl.constexpr, FP8: tl.constexpr, USE_TMA: tl.constexpr,
     DOT_PRECISION: tl.constexpr, FLATTEN: tl.constexpr, ALIGN_IN: tl.constexpr, ALIGN_OUT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    W_MN: tl.constexpr, EXACT_BF16: tl.constexpr,
 ):
+    """W_MN: MN-major weights (see ``_load_tiles``). EXACT_BF16: only under Triton's CPU interpreter, where
+    bf16 ``tl.dot`` is wrong (off by ~1e10) and fp32 -> bf16 casts truncate: bf16 operands are multiplied
+    as fp32 (exact products, fp32 sums as on the GPU's tensor cores) and a bf16 output is rounded to
+    nearest even. Off on the GPU, whose code is unchanged by it."""
     pid = tl.program_id(0)
     num_pid_m = tl.cdiv(M, BLOCK_M)
     num_pid_n = tl.cdiv(N, BLOCK_N)
@@ -208,11 +225,14 @@ def _gated_mlp_kernel(
         acc_u = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         for ki in range(k_tiles):
             a, bg, bu = _load_tiles(x, wg, wu, off_m, off_n, ki * BLOCK_K, M, N, K, stride_xm, stride_wgn,
-                                    stride_wun, USE_TMA, ALIGN_IN, BLOCK_M, BLOCK_N, BLOCK_K)
+                                    stride_wun, USE_TMA, ALIGN_IN, BLOCK_M, BLOCK_N, BLOCK_K, W_MN)
+            if EXACT_BF16:
+                if a.dtype == tl.bfloat16:
+                    a, bg, bu = a.to(tl.float32), bg.to(tl.float32), bu.to(tl.float32)
             acc_g = tl.dot(a, bg.T, acc_g, input_precision=DOT_PRECISION)
             acc_u = tl.dot(a, bu.T, acc_u, input_precision=DOT_PRECISION)
         _epilogue(acc_g, acc_u, out, bg_ptr, bu_ptr, xs_ptr, wgs_ptr, wus_ptr, off_m, off_n, M, N, stride_om,
-                  ACTIVATION, HAS_BIAS, FP8, USE_TMA, ALIGN_OUT, BLOCK_M, BLOCK_N)
+                  ACTIVATION, HAS_BIAS, FP8, USE_TMA, ALIGN_OUT, BLOCK_M, BLOCK_N, EXACT_BF16)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -500,7 +520,8 @@ def _make_plan(x2: torch.Tensor, wg: torch.Tensor, wu: torch.Tensor, out2: torch
     M, K = x2.shape
     N = wg.shape[0]
     arch, sms = device_arch(x2.device), num_sms(x2.device)
-    in_aligned = _aligned16(x2, wg, wu)
+    w_mn = _mn_major(wg)  # both weights share a layout (_same_layout)
+    in_aligned = _aligned16(x2, wg, wu)  # False for MN-major weights: no TMA, no 16-byte vector hints
     out_es = torch.empty((), dtype=out_dtype).element_size()
     o_stride = out2.stride(0) if out2 is not None else N
     out_aligned = _aligned_out(out2, N, out_es)
@@ -526,10 +547,27 @@ def _make_plan(x2: torch.Tensor, wg: torch.Tensor, wu: torch.Tensor, out2: torch
              FLATTEN=cfg.flatten and cfg.persistent,
              ALIGN_IN=16 // x2.element_size() if in_aligned else 1,
              ALIGN_OUT=16 // out_es if out_aligned else 1,
-             BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m),
+             BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m,
+             W_MN=w_mn, EXACT_BF16=interpreter_enabled() and out_dtype == torch.bfloat16),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages)
-    ints = (M, N, K, x2.stride(0), wg.stride(0), wu.stride(0), o_stride, grid_size)
+    # MN-major weights pass their K strides (the kernel reads element (n, k) at n + k * stride)
+    w_strides = (wg.stride(1), wu.stride(1)) if w_mn else (wg.stride(0), wu.stride(0))
+    ints = (M, N, K, x2.stride(0), *w_strides, o_stride, grid_size)
     return _Plan(launch, ints, descs, out_shape, out_dtype, fp8, has_bias)
+
+
+def _mn_major(w: torch.Tensor) -> bool:
+    """``w [N, K]`` is a transposed view (K not contiguous, N is): ``G.T`` of a contiguous ``[K, N]``."""
+    return w.shape[1] > 1 and w.stride(1) != 1 and (w.shape[0] == 1 or w.stride(0) == 1)
+
+
+def _same_layout(wg: torch.Tensor, wu: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The weights in one layout, as the kernel reads both alike: a K-major / MN-major mix gets a K-major
+    copy of the MN-major one (per call: pass both weights in one layout to avoid it)."""
+    g, u = _mn_major(wg), _mn_major(wu)
+    if g == u:
+        return wg, wu
+    return (wg.contiguous(), wu) if g else (wg, wu.contiguous())
 
 
 def _aligned_out(out2: torch.Tensor | None, N: int, es: int) -> bool:
@@ -586,6 +624,7 @@ def _run(x: torch.Tensor, wg: torch.Tensor, wu: torch.Tensor, out: torch.Tensor,
         out2 = out  # strided rows, contiguous last dim: written in place through stride_om
     target = out2 if out2 is not None else torch.empty((M, N), dtype=out.dtype, device=out.device)
     xs = x_scale.reshape(-1) if x_scale is not None else None
+    wg, wu = _same_layout(wg, wu)
     _launch(x2, wg, wu, target, ACTIVATIONS[activation], bg, bu, xs, wg_scale, wu_scale, config)
     if out2 is None:
         out.copy_(target.view(out.shape))
@@ -629,8 +668,14 @@ def _validate(x, gate_weight, up_weight, activation, gate_bias=None, up_bias=Non
     device = check_same_device({"x": x, "gate_weight": gate_weight, "up_weight": up_weight, **biases})
     check_runnable_device(device, "x")
     check_last_dim_contiguous(x, "x")
-    check_last_dim_contiguous(gate_weight, "gate_weight")
-    check_last_dim_contiguous(up_weight, "up_weight")
+    for name, w in (("gate_weight", gate_weight), ("up_weight", up_weight)):
+        if w.stride(-1) == 1 or w.shape[-1] <= 1 or (allowed == FLOAT_DTYPES and _mn_major(w)):
+            continue
+        either = (" or MN-major (a transposed view w = G.T of a contiguous [hidden, intermediate] G, strides "
+                  "(1, s))") if allowed == FLOAT_DTYPES else ""
+        raise LayoutError(f"{name} has shape {tuple(w.shape)} and strides {tuple(w.stride())}; expected a K-major "
+                          f"[intermediate, hidden] weight (strides (s, 1), nn.Linear's layout){either}; call "
+                          f"{name}.contiguous() first")
 
 
 def _out_shape(x: torch.Tensor, w: torch.Tensor) -> tuple[int, ...]:
@@ -740,7 +785,11 @@ def fused_gated_mlp(x: torch.Tensor, gate_weight: torch.Tensor, up_weight: torch
 
     Args:
         x: ``[..., hidden]`` fp16, bf16 or fp32, last dim contiguous (rows may be strided).
-        gate_weight, up_weight: ``[intermediate, hidden]`` (the ``nn.Linear`` layout), same dtype as x.
+        gate_weight, up_weight: ``[intermediate, hidden]`` (the ``nn.Linear`` layout), same dtype as x. A
+            transposed view (``w = G.T`` of a contiguous ``[hidden, intermediate]`` ``G``, strides ``(1, s)``)
+            is read in place, without a copy, through masked pointer loads (no TMA or 16-byte vector loads,
+            so slower than the K-major layout); a weight of each layout costs a K-major copy of the
+            transposed one per call.
         activation: ``"silu"`` (SwiGLU), ``"gelu"`` (exact erf, GeGLU) or ``"gelu_tanh"``; Hugging Face's
             names for the same functions (``"swish"``, ``"gelu_pytorch_tanh"``, ``"gelu_new"``) are accepted.
         gate_bias, up_bias: optional ``[intermediate]`` biases (both or neither).
@@ -789,7 +838,7 @@ def _plan_eager(x: torch.Tensor, wg: torch.Tensor, wu: torch.Tensor, out: torch.
     if M == 0 or N == 0 or K == 0:
         return None
     x2 = rows_view(x)
-    if x2.data_ptr() != x.data_ptr():
+    if x2.data_ptr() != x.data_ptr() or _mn_major(wg) != _mn_major(wu):  # a copy per call: never planned
         return None
     out2 = None
     if out is not None:
@@ -1063,7 +1112,7 @@ class FusedGatedMLP(KeepBufferDtypes, torch.nn.Module):
 
 
 def _spec(arch: int, dtype: torch.dtype, cfg: GatedMLPConfig, act: str = "silu", has_bias: bool = False,
-          out_dtype: torch.dtype | None = None, aligned: bool = True) -> CompileSpec:
+          out_dtype: torch.dtype | None = None, aligned: bool = True, w_mn: bool = False) -> CompileSpec:
     fp8 = dtype == torch.float8_e4m3fn
     t = _TORCH_TO_TL[dtype]
     to = _TORCH_TO_TL[out_dtype or dtype]
@@ -1085,15 +1134,16 @@ def _spec(arch: int, dtype: torch.dtype, cfg: GatedMLPConfig, act: str = "silu",
         "ALIGN_IN": 16 // dtype.itemsize if aligned else 1,
         "ALIGN_OUT": 16 // (out_dtype or dtype).itemsize if aligned else 1,
         "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": cfg.group_m,
+        "W_MN": w_mn, "EXACT_BF16": False,  # EXACT_BF16 is an interpreter-only switch
     }
     for name in ("ACTIVATION", "HAS_BIAS", "FP8", "USE_TMA", "DOT_PRECISION", "FLATTEN", "ALIGN_IN", "ALIGN_OUT",
-                 "BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M"):
+                 "BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "W_MN", "EXACT_BF16"):
         sig[name] = "constexpr"
     must = []
     # wgmma needs a 64-row warpgroup tile: every Hopper config with BLOCK_M >= 64 must use it.
     if arch == 90 and bm >= 64 and dtype != torch.float32:
         must.append(r"wgmma\.mma_async.*e4m3" if fp8 else r"wgmma\.mma_async")
-    align = "" if aligned or cfg.use_tma else " unaligned"
+    align = ("" if aligned or cfg.use_tma else " unaligned") + (" mn-major-w" if w_mn else "")
     label = (f"gated_mlp{align} {str(dtype).replace('torch.', '')}->{str(out_dtype or dtype).replace('torch.', '')} "
              f"{act}{' bias' if has_bias else ''} {cfg.label()}")
     return CompileSpec(_gated_mlp_kernel, sig, constexprs, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
@@ -1117,6 +1167,7 @@ def compile_specs(arch: int) -> list[CompileSpec]:
         un = _unaligned_config("fp16")
         specs.append(_spec(arch, dtype, un, aligned=False))
         specs.append(_spec(arch, dtype, un, aligned=True))
+        specs.append(_spec(arch, dtype, un, aligned=False, w_mn=True))  # transposed-view weights
     large = _large_configs(family, "fp16")[0]
     mid = _mid_config(family, "fp16")
     wide = _wide_mid_config(family, "fp16")
@@ -1126,6 +1177,7 @@ def compile_specs(arch: int) -> list[CompileSpec]:
         specs.append(_spec(arch, torch.bfloat16, cfg, has_bias=True))
     specs.append(_spec(arch, torch.float32, _FP32_CONFIG, has_bias=True))
     specs.append(_spec(arch, torch.float32, _FP32_CONFIG, has_bias=True, aligned=False))
+    specs.append(_spec(arch, torch.float32, _FP32_CONFIG, aligned=False, w_mn=True))
     for cfg in sweep_configs(arch, torch.float16):
         specs.append(_spec(arch, torch.float16, cfg))
     if arch >= 89:
