@@ -35,6 +35,7 @@ KERNEL_MODULES = (
     "triton_ops.kernels.gated_mlp",
     "triton_ops.kernels.rmsnorm_rope_backward",
     "triton_ops.kernels.rmsnorm_backward",
+    "triton_ops.kernels.gated_mlp_backward",
     "triton_ops.kernels.sharded_norm",
 )
 

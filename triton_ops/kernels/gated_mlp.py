@@ -716,32 +716,18 @@ def _activation_and_grad(g: torch.Tensor, activation: str) -> tuple[torch.Tensor
 
 
 def _setup_context(ctx, inputs, output):
-    x, gate_weight, up_weight, activation, gate_bias, up_bias = inputs
-    ctx.activation = activation
-    ctx.has_bias = gate_bias is not None
-    ctx.save_for_backward(x, gate_weight, up_weight, gate_bias, up_bias)
+    from .gated_mlp_backward import setup_recompute
+
+    setup_recompute(ctx, inputs, output)
 
 
 def _backward(ctx, grad_out):
-    """Recompute both projections in fp32 (no [M, I] activations were kept) and apply the chain rule:
-    dG = dH * up * act'(G), dU = dH * act(G); dx = dG Wg + dU Wu; dWg = dG^T x; dWu = dU^T x."""
-    x, wg, wu, bg, bu = ctx.saved_tensors
-    xf = x.reshape(-1, x.shape[-1]).float()
-    g = xf @ wg.float().t()
-    u = xf @ wu.float().t()
-    if ctx.has_bias:
-        g = g + bg.float()
-        u = u + bu.float()
-    a, da = _activation_and_grad(g, ctx.activation)
-    dh = grad_out.reshape(-1, wg.shape[0]).float()
-    dg = dh * u * da
-    du = dh * a
-    dx = (dg @ wg.float() + du @ wu.float()).to(x.dtype).reshape(x.shape)
-    dwg = (dg.t() @ xf).to(wg.dtype)
-    dwu = (du.t() @ xf).to(wu.dtype)
-    dbg = dg.sum(0).to(bg.dtype) if ctx.has_bias else None
-    dbu = du.sum(0).to(bu.dtype) if ctx.has_bias else None
-    return dx, dwg, dwu, None, dbg, dbu
+    """G and U recomputed with cuBLAS in the input dtype (the fused forward kept no [M, I] activations),
+    dG = dH * up * act'(G) and dU = dH * act(G) in one Triton kernel, then dx = dG Wg + dU Wu,
+    dWg = dG^T x, dWu = dU^T x on the tensor cores (gated_mlp_backward.py)."""
+    from .gated_mlp_backward import backward_recompute
+
+    return backward_recompute(ctx, grad_out)
 
 
 _fused_gated_mlp_op.register_autograd(_backward, setup_context=_setup_context)
@@ -780,7 +766,8 @@ def _(x_q, x_scale, gate_q, gate_scale, up_q, up_scale, activation, out_dtype):
 
 def fused_gated_mlp(x: torch.Tensor, gate_weight: torch.Tensor, up_weight: torch.Tensor,
                     activation: str = "silu", *, gate_bias: torch.Tensor | None = None,
-                    up_bias: torch.Tensor | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
+                    up_bias: torch.Tensor | None = None, out: torch.Tensor | None = None,
+                    recompute: bool | None = None) -> torch.Tensor:
     """``act(x @ gate_weight.T + gate_bias) * (x @ up_weight.T + up_bias)`` in one fused kernel.
 
     Args:
@@ -794,6 +781,10 @@ def fused_gated_mlp(x: torch.Tensor, gate_weight: torch.Tensor, up_weight: torch
             names for the same functions (``"swish"``, ``"gelu_pytorch_tanh"``, ``"gelu_new"``) are accepted.
         gate_bias, up_bias: optional ``[intermediate]`` biases (both or neither).
         out: optional ``[..., intermediate]`` output buffer of x's dtype.
+        recompute: training only (autograd recording through an input). True: the fused kernel, and the
+            backward recomputes both projections; False: the projections come from cuBLAS and are kept for
+            the backward (2 x [..., intermediate] more activation memory, two GEMMs fewer); None:
+            ``triton_ops.kernels.gated_mlp_backward.RECOMPUTE`` (True). See docs/perf-notes.md, training.
 
     Returns:
         ``[..., intermediate]`` in x's dtype. Accumulation and the activation are fp32.
@@ -821,6 +812,10 @@ def fused_gated_mlp(x: torch.Tensor, gate_weight: torch.Tensor, up_weight: torch
     if out is not None:
         torch.ops.triton_ops.fused_gated_mlp_out(x, gate_weight, up_weight, activation, gate_bias, up_bias, out)
         return out
+    from .gated_mlp_backward import gated_mlp_saving, wants_saving
+
+    if wants_saving(recompute, x, gate_weight, up_weight, gate_bias, up_bias):
+        return gated_mlp_saving(x, gate_weight, up_weight, activation, gate_bias, up_bias)
     return torch.ops.triton_ops.fused_gated_mlp(x, gate_weight, up_weight, activation, gate_bias, up_bias)
 
 
@@ -955,6 +950,9 @@ class FusedGatedMLP(KeepBufferDtypes, torch.nn.Module):
 
     # model.half() must not turn the FP8 weight or its fp32 scales into fp16 values.
     _keep_dtype_buffers = ("weight_fp8", "weight_scale")
+    #: Training: keep the gate/up projections for the backward (False) or recompute them there (True);
+    #: None follows gated_mlp_backward.RECOMPUTE (see fused_gated_mlp's ``recompute``).
+    recompute: bool | None = None
 
     def __init__(self, hidden_dim: int, intermediate_dim: int, activation: str = "silu", bias: bool = False,
                  *, fp8: bool = False, device=None, dtype=None) -> None:
@@ -1087,7 +1085,7 @@ class FusedGatedMLP(KeepBufferDtypes, torch.nn.Module):
             if self.bias is not None:
                 gb, ub = self.bias[:inter], self.bias[inter:]
             return fused_gated_mlp(x, self.weight[:inter], self.weight[inter:], self.activation,
-                                   gate_bias=gb, up_bias=ub)
+                                   gate_bias=gb, up_bias=ub, recompute=self.recompute)
         check_tensor(x, "x")
         check_dtype(x, "x", FLOAT_DTYPES)
         if x.shape[-1] != self.hidden_dim:
@@ -1098,8 +1096,11 @@ class FusedGatedMLP(KeepBufferDtypes, torch.nn.Module):
         check_last_dim_contiguous(x, "x")
         x_q, x_scale = quantize_rows_fp8(x)
         w, s = self.weight_fp8, self.weight_scale
-        return fused_gated_mlp_fp8(x_q, x_scale, w[:inter], s[:inter], w[inter:], s[inter:], self.activation,
-                                   out_dtype=x.dtype)
+        from .gated_mlp_backward import inference_only
+
+        # inference only: a backward through this output raises UnsupportedError (no FP8 gradients)
+        return inference_only(fused_gated_mlp_fp8(x_q, x_scale, w[:inter], s[:inter], w[inter:], s[inter:],
+                                                  self.activation, out_dtype=x.dtype), x)
 
     def extra_repr(self) -> str:
         return (f"hidden_dim={self.hidden_dim}, intermediate_dim={self.intermediate_dim}, "

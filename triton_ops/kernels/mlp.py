@@ -84,7 +84,13 @@ class FusedMLP(nn.Module):
 
     Inputs must have the weights' dtype (fp16, bf16 or fp32); the gate/up accumulation and the activation
     run in fp32 and the gated product is rounded once to that dtype before ``down_proj``.
+
+    Training: ``recompute`` (attribute, default None = ``gated_mlp_backward.RECOMPUTE``, True) recomputes
+    the gate/up projections in the backward; False keeps them from the forward (see
+    :func:`~triton_ops.fused_gated_mlp`). The FP8 module is inference only (its backward raises).
     """
+
+    recompute: bool | None = None
 
     def __init__(self, hidden_size: int, intermediate_size: int, activation: str = "silu", bias: bool = False,
                  *, packed: bool = False, device=None, dtype=None) -> None:
@@ -204,7 +210,8 @@ class FusedMLP(nn.Module):
         if self.is_fp8:
             return self.down_proj(self.gate_up(x))
         g, u, gb, ub = self._gate_up()
-        return self.down_proj(fused_gated_mlp(x, g, u, self.activation, gate_bias=gb, up_bias=ub))
+        return self.down_proj(fused_gated_mlp(x, g, u, self.activation, gate_bias=gb, up_bias=ub,
+                                              recompute=self.recompute))
 
     def extra_repr(self) -> str:
         return (f"hidden_size={self.hidden_size}, intermediate_size={self.intermediate_size}, "
