@@ -28,8 +28,8 @@ import torch
 from torch import nn
 
 from ..exceptions import InvalidArgumentError, UnsupportedError
-from ..kernels.mlp import FusedMLP, resolve_activation
-from . import hf_attention, hf_layers
+from ..kernels.mlp import resolve_activation
+from . import hf_layers, hf_tp
 from .hf_families import KNOWN_ROPE_TYPES, Family, lookup, rope_types, source_mismatch
 from .report import PatchReport
 
@@ -91,15 +91,15 @@ def patch_model(model: nn.Module, *, norm: bool = True, rope: bool = True, mlp: 
         if not rope:
             report.add_skipped(path, "attention", type(module).__name__, "not requested (rope=False)")
             continue
-        reason = _hooked(module) or _attention_blocker(hit[0], module)
+        reason = _hooked(module) or _attention_blocker(hit[0], module) or hf_tp.attention_blocker(hit[0], module)
         if reason is not None:
             report.add_skipped(path, "attention", type(module).__name__, reason)
             continue
-        module.forward = hf_attention.make_forward(hit[0], module)
+        module.forward = hf_tp.make_attention_forward(hit[0], module)  # sharded q/k norms: see hf_tp
         state.forwards.append(module)
         if hit[0].attention.qk_norm is not None:
             fused_qk_norms.update((id(module.q_norm), id(module.k_norm)))
-        report.add_replaced(path, "attention", type(module).__name__, hf_attention.describe(hit[0]))
+        report.add_replaced(path, "attention", type(module).__name__, hf_tp.describe_attention(hit[0], module))
 
     for path, module in modules:
         hit = lookup(type(module))
@@ -283,7 +283,7 @@ def _patch_mlp(model, path, module, family: Family, fp8: bool, report: PatchRepo
     act_module = getattr(module, family.mlp_act_attr, None)
     try:
         act = resolve_activation(act_module)
-        new = FusedMLP.from_hf(module, act)
+        new = hf_tp.fused_mlp_from_hf(module, act)  # FusedMLP.from_hf, sharded when the weights are DTensors
     except (UnsupportedError, InvalidArgumentError) as e:
         report.add_skipped(path, "mlp", cls, str(e))
         return
