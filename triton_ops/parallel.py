@@ -571,7 +571,7 @@ def adopt_sharded_mlp(mlp: FusedMLP, use_local_output: bool = True) -> FusedMLP:
     """Make a :class:`~triton_ops.FusedMLP` whose ``nn.Linear`` weights are already DTensors (it shares
     them with an MLP sharded by torch's or Hugging Face's column/row styles) run sharded, without moving
     any data. Raises :class:`UnsupportedError` when the layout is not the Megatron one on one 1-D mesh."""
-    meshes = set()
+    meshes = []
     for lin, name, placement in _linear_placements(mlp):
         t = getattr(lin, name)
         if t is None:
@@ -581,9 +581,10 @@ def adopt_sharded_mlp(mlp: FusedMLP, use_local_output: bool = True) -> FusedMLP:
         if len(t.placements) != 1 or not _same_placement(t.placements[0], placement, t.dim()):
             raise UnsupportedError(f"MLP weight sharded as {t.placements}; the fused MLP needs gate/up {Shard(0)} "
                                    f"(packed: {packed_placement()}) and down_proj {Shard(1)} (bias replicated)")
-        meshes.add(id(t.device_mesh))
+        meshes.append(t.device_mesh)
         mesh = t.device_mesh
-    if len(meshes) != 1:
+    # Equal meshes, not necessarily one object: torch's styles may hand a weight and a bias copies of it.
+    if not meshes or any(m != meshes[0] for m in meshes):
         raise UnsupportedError("the MLP's weights are sharded over different device meshes")
     style = FusedMLPParallel(use_local_output=use_local_output)
     return style._apply(mlp, mesh)
