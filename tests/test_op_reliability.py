@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from tests._rope_helpers import tables
+from triton_ops.exceptions import InvalidArgumentError, ShapeError
 from triton_ops.kernels.gated_mlp import fused_gated_mlp, gated_mlp_reference_torch
-from triton_ops.kernels.rmsnorm_rope import fused_rmsnorm_rope, rmsnorm_rope_reference
+from triton_ops.kernels.rmsnorm_rope import FusedRMSNormRoPE, fused_rmsnorm_rope, rmsnorm_rope_reference
 
 from .conftest import DEVICE
 
@@ -105,3 +106,157 @@ def test_main_dependencies_exclude_numpy_the_interpreter_cannot_run_with():
     numpy_req = next(Requirement(d) for d in deps if Requirement(d).name == "numpy")
     # numpy 2.3 made int() of a one-element array an error; Triton 3.6's interpreter relies on it
     assert "2.3.0" not in numpy_req.specifier and "2.2.6" in numpy_req.specifier
+
+
+# ----------------------------------------------------------------------------------------------------
+# out= buffers: overlap refused as torch's out= ops refuse it, in place only where the kernel is safe
+# ----------------------------------------------------------------------------------------------------
+def _rr_inputs(dtype=torch.float32, batch=2):
+    torch.manual_seed(6)
+    x = torch.randn(batch, 3, 128, device=DEVICE, dtype=dtype)
+    w = torch.randn(128, device=DEVICE, dtype=dtype)
+    cos, sin = tables(8, 64, device=DEVICE)
+    return x, w, cos, sin
+
+
+@pytest.mark.parametrize("residual", [False, True])
+def test_rmsnorm_rope_in_place(residual):
+    x, w, cos, sin = _rr_inputs()
+    r = torch.randn_like(x) if residual else None
+    for target in ("x", "residual") if residual else ("x",):
+        for _ in range(2):  # planned, then a plan hit of the in-place signature
+            xi, ri = x.clone(), (r.clone() if residual else None)
+            buf = xi if target == "x" else ri
+            got = fused_rmsnorm_rope(xi, w, cos, sin, residual=ri, out=buf)
+            ref = rmsnorm_rope_reference(x, w, cos, sin, residual=r)
+            y, s = (got, None) if not residual else got
+            assert y is buf
+            torch.testing.assert_close(y, ref if not residual else ref[0], rtol=1e-5, atol=1e-5)
+            if residual:
+                torch.testing.assert_close(s, x + r, rtol=0, atol=0)
+
+
+def test_rmsnorm_rope_out_overlap_refused():
+    x, w, cos, sin = _rr_inputs()
+    with pytest.raises(InvalidArgumentError, match="share memory"):
+        fused_rmsnorm_rope(x, w, cos, sin, out=torch.empty(1, 3, 128, device=DEVICE).expand(2, 3, 128))
+    big = torch.randn(3, 3, 128, device=DEVICE)
+    with pytest.raises(InvalidArgumentError, match="partially overlaps x"):
+        fused_rmsnorm_rope(big[:2], w, cos, sin, out=big[1:])
+    with pytest.raises(InvalidArgumentError, match="cos"):
+        tab = torch.randn(6, 128, device=DEVICE)  # out's memory holds the tables too
+        fused_rmsnorm_rope(x, w, tab[:, :64], tab[:, 64:], out=tab.view(2, 3, 128))
+    # a plan made for a separate out does not carry over to an overlapping one of the same signature
+    x2 = big[:1]
+    ok = fused_rmsnorm_rope(x2, w, cos, sin, out=big[2:])
+    torch.testing.assert_close(ok, rmsnorm_rope_reference(x2, w, cos, sin))
+    with pytest.raises(InvalidArgumentError, match="overlaps"):
+        fused_rmsnorm_rope(big[1:2], w, cos, sin, out=big[2:].as_strided((1, 3, 128), big.stride(),
+                                                                           big[1:2].storage_offset() + 64))
+
+
+def test_gated_mlp_out_overlap_refused():
+    torch.manual_seed(7)
+    x = torch.randn(4, 32, device=DEVICE)
+    wg, wu = torch.randn(32, 32, device=DEVICE) / 6, torch.randn(32, 32, device=DEVICE) / 6
+    with pytest.raises(InvalidArgumentError, match="same memory as x"):
+        fused_gated_mlp(x, wg, wu, out=x)
+    with pytest.raises(InvalidArgumentError, match="share memory"):
+        fused_gated_mlp(x, wg, wu, out=torch.empty(1, 32, device=DEVICE).expand(4, 32))
+    with pytest.raises(InvalidArgumentError, match="gate_weight"):
+        fused_gated_mlp(x, wg, wu, out=wg[:4])
+    # two halves of one buffer share no element: x and out side by side is fine, planned and hit
+    buf = torch.randn(4, 64, device=DEVICE)
+    for _ in range(2):
+        out = fused_gated_mlp(buf[:, :32], wg, wu, out=buf[:, 32:])
+        torch.testing.assert_close(out, gated_mlp_reference_torch(buf[:, :32], wg, wu), rtol=1e-5, atol=1e-5)
+        buf[:, 32:] = float("nan")
+    # the same signature with an overlapping out after a hit: re-checked, refused
+    with pytest.raises(InvalidArgumentError, match="overlaps"):
+        fused_gated_mlp(buf[:, :32], wg, wu, out=buf[:, 16:48])
+
+
+@pytest.mark.parametrize("op", ["gated_mlp", "rmsnorm_rope"])
+def test_out_with_an_input_that_requires_grad_raises(op):
+    if op == "gated_mlp":
+        x = torch.randn(3, 16, device=DEVICE)
+        wg, wu = torch.randn(8, 16, device=DEVICE), torch.randn(8, 16, device=DEVICE)
+        out = torch.empty(3, 8, device=DEVICE)
+        call = lambda *t: fused_gated_mlp(*t, out=out)  # noqa: E731
+        args = [x, wg, wu]
+    else:
+        x, w, cos, sin = _rr_inputs()
+        out = torch.empty_like(x)
+        call = lambda x, w: fused_rmsnorm_rope(x, w, cos, sin, out=out)  # noqa: E731
+        args = [x, w]
+    for i in range(len(args)):
+        grad_args = [a.clone().requires_grad_(j == i) for j, a in enumerate(args)]
+        with pytest.raises(InvalidArgumentError, match="autograd"):
+            call(*grad_args)
+        with torch.no_grad():  # nothing to record: out= is fine
+            assert call(*grad_args) is out
+
+
+# ----------------------------------------------------------------------------------------------------
+# fused_rmsnorm_rope: partial rotary and half-width tables are asked for, never guessed
+# ----------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("layout", ["neox", "gptj"])
+def test_rmsnorm_rope_partial_rotary_and_half_width_tables(layout):
+    torch.manual_seed(8)
+    x = torch.randn(2, 3, 256, device=DEVICE)
+    w = torch.randn(256, device=DEVICE)
+    full_cos, full_sin = tables(8, 32, layout, device=DEVICE)  # rotary_dim 32 of head_dim 64
+    with pytest.raises(ShapeError, match="rotary_dim=32"):
+        fused_rmsnorm_rope(x, w, full_cos, full_sin, head_dim=64, rotary_layout=layout)
+    part = fused_rmsnorm_rope(x, w, full_cos, full_sin, head_dim=64, rotary_dim=32, rotary_layout=layout)
+    ref = rmsnorm_rope_reference(x, w, full_cos, full_sin, head_dim=64, rotary_layout=layout)
+    torch.testing.assert_close(part, ref, rtol=1e-5, atol=1e-5)
+    # one value per pair: the first of each pair of the full tables
+    half = (slice(None), slice(0, 16)) if layout == "neox" else (slice(None), slice(0, None, 2))
+    hc, hs = full_cos[half].contiguous(), full_sin[half].contiguous()
+    with pytest.raises(ShapeError, match="half_width_tables=True"):
+        fused_rmsnorm_rope(x, w, hc, hs, head_dim=64, rotary_dim=32, rotary_layout=layout)
+    got = fused_rmsnorm_rope(x, w, hc, hs, head_dim=64, rotary_dim=32, half_width_tables=True,
+                             rotary_layout=layout)
+    torch.testing.assert_close(got, part, rtol=0, atol=0)
+    # full rotary from half-width tables; head_dim defaults to twice the table width
+    hc2, hs2 = (t[:, :32].contiguous() if layout == "neox" else t[:, ::2].contiguous()
+                for t in tables(8, 64, layout, device=DEVICE))
+    got = fused_rmsnorm_rope(x, w, hc2, hs2, half_width_tables=True, rotary_layout=layout)
+    torch.testing.assert_close(got, rmsnorm_rope_reference(x, w, *tables(8, 64, layout, device=DEVICE),
+                                                           rotary_layout=layout), rtol=1e-5, atol=1e-5)
+    for bad in (31, 66, "32", 32.0):
+        with pytest.raises((ShapeError, InvalidArgumentError)):
+            fused_rmsnorm_rope(x, w, full_cos, full_sin, head_dim=64, rotary_dim=bad)
+
+
+def test_rmsnorm_rope_module_partial_rotary():
+    m = FusedRMSNormRoPE(256, 64, rotary_dim=32, device=DEVICE)
+    x = torch.randn(2, 3, 256, device=DEVICE)
+    cos, sin = tables(8, 32, device=DEVICE)
+    torch.testing.assert_close(m(x, cos, sin), rmsnorm_rope_reference(x, m.weight, cos, sin, head_dim=64),
+                               rtol=1e-5, atol=1e-5)
+    assert "rotary_dim=32" in repr(m)
+
+
+# ----------------------------------------------------------------------------------------------------
+# RMSNorm+RoPE backward of an out-of-range position: the forward's contract (NaN), not an IndexError
+# ----------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("residual", [False, True])
+def test_rmsnorm_rope_backward_out_of_range_position_is_nan(residual):
+    x, w, cos, sin = _rr_inputs()
+    x = x.requires_grad_()
+    w = w.clone().requires_grad_()
+    r = torch.randn_like(x).requires_grad_() if residual else None
+    pos = torch.tensor([[0, 1, 8], [2, -1, 3]], device=DEVICE)  # table has 8 rows: (0, 2) and (1, 1) are out
+    got = fused_rmsnorm_rope(x, w, cos, sin, position_ids=pos, residual=r)
+    y = got[0] if residual else got
+    bad = torch.tensor([[False, False, True], [False, True, False]], device=DEVICE)
+    assert torch.isnan(y[bad]).all() and torch.isfinite(y[~bad]).all()
+    y.backward(torch.randn_like(y))
+    for g in (x.grad,) + ((r.grad,) if residual else ()):
+        assert torch.isnan(g[bad]).all() and torch.isfinite(g[~bad]).all()
+    assert torch.isnan(w.grad).all()  # summed over every token, the NaN ones included
+    # the reference follows the same contract
+    yr = rmsnorm_rope_reference(x.detach(), w.detach(), cos, sin, position_ids=pos)
+    assert torch.isnan(yr[bad]).all() and torch.isfinite(yr[~bad]).all()

@@ -283,6 +283,20 @@ def check_no_overlap(out: torch.Tensor | None, name: str, inputs: Mapping[str, t
             "memory with the inputs")
 
 
+def out_apart(tests: Sequence, args: Sequence[torch.Tensor | None], out: torch.Tensor) -> bool:
+    """Whether a planned ``out=`` still shares no memory with the call's inputs: ``tests`` holds
+    ``(index into args, test)`` pairs, ``test(out_address, input_address) -> bool``, built when the plan's
+    first call was validated with :func:`check_no_overlap` (``triton_ops.kernels.rmsnorm.Disjoint``: a
+    function of shapes, strides and dtypes, which the plan key fixes). A few integer operations per input,
+    so a repeated eager call need not re-run the full check; False sends the call to full validation."""
+    po = out.data_ptr()
+    for i, test in tests:
+        t = args[i]
+        if t is None or not test(po, t.data_ptr()):
+            return False
+    return True
+
+
 def check_device_available(device: object, name: str = "device") -> torch.device:
     """A device argument (``"cuda"``, ``"cuda:1"``, ``"cpu"`` or a torch.device) that exists here, as a
     torch.device: unknown names, other device types and CUDA without a GPU (or an index past the last
@@ -310,6 +324,37 @@ def check_device_available(device: object, name: str = "device") -> torch.device
         raise DeviceError(f"{name}={device!r} but this machine has {count} CUDA device(s) (cuda:0 to "
                           f"cuda:{count - 1})")
     return dev
+
+
+def check_module_device(device: object, name: str = "device") -> object:
+    """A module constructor's ``device=``, refused before any parameter is allocated when it cannot hold
+    them here: CUDA without a GPU (or past the last one) and devices other than CUDA, CPU and meta (meta
+    builds a module's shapes for deferred initialisation) raise :class:`DeviceError`. Returns ``device``
+    unchanged (None, the default device, included)."""
+    if device is None:
+        return None
+    if isinstance(device, bool) or not isinstance(device, (str, int, torch.device)):
+        raise InvalidArgumentError(f"{name} must be a device name, index or torch.device, got "
+                                   f"{type(device).__name__}")
+    try:
+        dev = torch.device(device.strip() if isinstance(device, str) else device)
+    except (RuntimeError, ValueError, TypeError):
+        raise DeviceError(f"{name}={device!r} is not a device; expected 'cuda', 'cuda:<index>', 'cpu' or "
+                          "'meta'") from None
+    if dev.type in ("cpu", "meta"):
+        return device
+    check_device_available(dev if isinstance(device, int) else device, name)
+    return device
+
+
+def check_float_dtype_or_none(dtype: object, name: str = "dtype") -> torch.dtype | None:
+    """A module constructor's ``dtype=``: None (the default dtype) or one of :data:`FLOAT_DTYPES`."""
+    if dtype is None:
+        return None
+    if not isinstance(dtype, torch.dtype) or dtype not in FLOAT_DTYPES:
+        raise DTypeError(f"{name}={dtype!r} is not supported; expected None, torch.float16, torch.bfloat16 or "
+                         "torch.float32")
+    return dtype
 
 
 def check_out(out: torch.Tensor | None, name: str, shape: Sequence[int], dtype: torch.dtype,

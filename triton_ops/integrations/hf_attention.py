@@ -117,10 +117,13 @@ def _qk_norm_rope(eps_attr: str, weight_offset: float):
 
     def qk(self, q, k, cos, sin, hidden_shape):
         qn, kn = self.q_norm, self.k_norm
+        # tables narrower than a head are partial rotary (config.partial_rotary_factor), asked for explicitly
+        rot = cos.shape[-1]
+        rotary_dim = rot if rot != self.head_dim else None
         q = fused_rmsnorm_rope(q, qn.weight, cos, sin, getattr(qn, eps_attr), head_dim=self.head_dim,
-                               weight_offset=weight_offset)
+                               weight_offset=weight_offset, rotary_dim=rotary_dim)
         k = fused_rmsnorm_rope(k, kn.weight, cos, sin, getattr(kn, eps_attr), head_dim=self.head_dim,
-                               weight_offset=weight_offset)
+                               weight_offset=weight_offset, rotary_dim=rotary_dim)
         return q.view(hidden_shape).transpose(1, 2), k.view(hidden_shape).transpose(1, 2)
 
     return qk

@@ -50,18 +50,23 @@ from ..validation import (
     FLOAT_DTYPES,
     check_choice,
     check_dtype,
+    check_float_dtype_or_none,
+    check_int,
     check_last_dim_contiguous,
+    check_module_device,
     check_ndim,
+    check_no_overlap,
     check_out,
     check_runnable_device,
     check_same_device,
     check_same_dtype,
     check_tensor,
+    out_apart,
     rows_view,
 )
 from ._tiles import grouped_tile_coords
 from .fp8_linear import quantize_weight
-from .rmsnorm import _rounded
+from .rmsnorm import Disjoint, _rounded
 
 #: Activation names and the constexpr id the kernel switches on.
 ACTIVATIONS = {"silu": 0, "gelu": 1, "gelu_tanh": 2}
@@ -486,12 +491,15 @@ class _Plan:
     """One validated launch on 2-D operands, fixed by the call's signature (see triton_ops/launch.py):
     the config, grid, strides and, on Hopper, the TMA descriptor shapes. Holds no tensors."""
 
-    __slots__ = ("launch", "ints", "descs", "out_shape", "out_dtype", "fp8", "has_bias", "cacheable")
+    __slots__ = ("launch", "ints", "descs", "out_shape", "out_dtype", "fp8", "has_bias", "cacheable", "tests")
 
     def __init__(self, launch, ints, descs, out_shape, out_dtype, fp8, has_bias, cacheable=True):
         self.launch, self.ints, self.descs = launch, ints, descs
         self.out_shape, self.out_dtype, self.fp8, self.has_bias = out_shape, out_dtype, fp8, has_bias
         self.cacheable = cacheable
+        # (argument index, rmsnorm.Disjoint) per input a given `out` must stay apart from: they depend on
+        # the addresses, which the plan key does not hold, so the eager fast path repeats them per call
+        self.tests = ()
 
     def __call__(self, x, wg, wu, bg=None, bu=None, out=None, xs=None, wgs=None, wus=None):
         """Launch on tensors at the planned addresses (x: the input or its 2-D row view; out: a given
@@ -794,16 +802,31 @@ def fused_gated_mlp(x: torch.Tensor, gate_weight: torch.Tensor, up_weight: torch
         # Eager call with no autograd or tracing: a repeated signature is one dict hit and a launch.
         key = (key, activation, runtime.ENABLED)
         plan = _plans.get(key)
-        if plan is not None:
+        # a plan made for a separate `out` re-checks that it still is (a few integer operations per input;
+        # overlap depends on addresses, not the key); a failing check takes the validated path, which decides
+        if plan is not None and (not plan.tests or out_apart(
+                plan.tests, (x, gate_weight, up_weight, gate_bias, up_bias), out)):
             return plan(x, gate_weight, up_weight, gate_bias, up_bias, out)
     _validate(x, gate_weight, up_weight, activation, gate_bias, up_bias)
     activation = canonical_activation(activation)
     if out is not None:
         check_out(out, "out", _out_shape(x, gate_weight), x.dtype, x.device)
+        # Every output tile reads whole rows of x and of both weights: an out sharing memory with any input
+        # (out=x included), or one whose elements share memory, would be read after it is written.
+        check_no_overlap(out, "out", {"x": x, "gate_weight": gate_weight, "up_weight": up_weight,
+                                      "gate_bias": gate_bias, "up_bias": up_bias})
+        if torch.is_grad_enabled() and any(t is not None and t.requires_grad
+                                           for t in (x, gate_weight, up_weight, gate_bias, up_bias)):
+            raise InvalidArgumentError("fused_gated_mlp with out= does not support autograd (an input requires "
+                                       "grad); call it without out= to differentiate, or under torch.no_grad()")
     if key is not None:
         plan = _plan_eager(x, gate_weight, up_weight, out, activation, gate_bias is not None, x.dtype)
         if plan is not None:
-            _plans.put(key, plan)
+            args = (x, gate_weight, up_weight, gate_bias, up_bias)
+            if out is not None:
+                plan.tests = tuple((i, Disjoint(out, t)) for i, t in enumerate(args) if t is not None and t.numel())
+            if not plan.tests or out_apart(plan.tests, args, out):
+                _plans.put(key, plan)
             return plan(x, gate_weight, up_weight, gate_bias, up_bias, out)
         if out is None:
             out = torch.empty(_out_shape(x, gate_weight), dtype=x.dtype, device=x.device)
@@ -957,11 +980,16 @@ class FusedGatedMLP(KeepBufferDtypes, torch.nn.Module):
     def __init__(self, hidden_dim: int, intermediate_dim: int, activation: str = "silu", bias: bool = False,
                  *, fp8: bool = False, device=None, dtype=None) -> None:
         super().__init__()
-        for name, v in (("hidden_dim", hidden_dim), ("intermediate_dim", intermediate_dim)):
-            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
-                raise InvalidArgumentError(f"{name} must be a positive int, got {v!r}")
+        hidden_dim = check_int(hidden_dim, "hidden_dim", min_value=1)
+        intermediate_dim = check_int(intermediate_dim, "intermediate_dim", min_value=1)
         check_choice(activation, "activation", tuple(ACTIVATIONS) + tuple(ACTIVATION_ALIASES))
         activation = canonical_activation(activation)
+        for name, flag in (("bias", bias), ("fp8", fp8)):
+            if not isinstance(flag, bool):
+                raise InvalidArgumentError(f"{name} must be a bool, got {flag!r}")
+        # refused here, before any allocation: a module that could not run would fail only at its first call
+        check_module_device(device)
+        check_float_dtype_or_none(dtype)
         self.hidden_dim = hidden_dim
         self.intermediate_dim = intermediate_dim
         self.activation = activation

@@ -26,10 +26,11 @@ import triton.language as tl
 
 from .. import validation as V
 from ..autotuner import runtime as _rt
-from ..exceptions import LayoutError, ShapeError
+from ..exceptions import InvalidArgumentError, LayoutError, ShapeError
 from ..launch import KernelLaunch, PlanCache, mark_written, plan_key
 from ..utils import cdiv, interpreter_enabled, next_power_of_2, num_sms
-from .rmsnorm import _rounded
+from .rmsnorm import Disjoint, _rounded, same_view
+from .rope import _rot_dim
 
 LAYOUTS = ("neox", "gptj")
 #: Largest head_dim accepted.
@@ -315,11 +316,14 @@ class _Plan:
     Called with tensors at the same addresses as the ones it was planned with (the originals, or the
     2-/3-D views of them the planner used: views keep the base address)."""
 
-    __slots__ = ("launch", "ints", "shape", "dtype", "has_res", "pos_mode", "cacheable")
+    __slots__ = ("launch", "ints", "shape", "dtype", "has_res", "pos_mode", "cacheable", "tests")
 
     def __init__(self, launch, ints, shape, dtype, has_res, pos_mode, cacheable):
         self.launch, self.ints, self.shape, self.dtype = launch, ints, shape, dtype
         self.has_res, self.pos_mode, self.cacheable = has_res, pos_mode, cacheable
+        # (argument index, rmsnorm.Disjoint) per input a given `out` must stay apart from: they depend on
+        # the addresses, which the plan key does not hold, so the eager fast path repeats them per call
+        self.tests = ()
 
     def __call__(self, x, weight, cos, sin, position_ids, residual, out, residual_out=None, eps=1e-6,
                  weight_offset=0.0):
@@ -564,44 +568,95 @@ def _normalize_tables(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
     return cos, sin, False
 
 
+_SIZE_TYPES = (int, type(None))
+
+
+def _full_width(t: torch.Tensor, rotary_layout: str) -> torch.Tensor:
+    """A half-width table (one value per channel pair) as the kernel reads it, one value per channel:
+    ``cat(f, f)`` for neox, ``repeat_interleave(f, 2)`` for gptj."""
+    return torch.cat([t, t], dim=-1) if rotary_layout == "neox" else t.repeat_interleave(2, dim=-1)
+
+
+def _alias_pattern(x: torch.Tensor, residual: Optional[torch.Tensor], out: torch.Tensor) -> tuple[bool, bool]:
+    """Whether ``out`` starts where x / residual does: with shapes and strides in the plan key, that is
+    exact aliasing (in place), so in-place and separate-buffer calls of one signature keep separate plans."""
+    po = out.data_ptr()
+    return po == x.data_ptr(), residual is not None and po == residual.data_ptr()
+
+
+def _out_tests(out: torch.Tensor, args: tuple) -> tuple:
+    """(index in ``args``, rmsnorm.Disjoint) for each input the validated ``out`` is not exactly: the
+    per-call re-check of a plan hit (exact aliases are fixed by the key's alias pattern)."""
+    return tuple((i, Disjoint(out, t)) for i, t in enumerate(args)
+                 if t is not None and t.numel() and not same_view(out, t))
+
+
 def fused_rmsnorm_rope(x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                        eps: float = 1e-6, *, head_dim: Optional[int] = None,
                        position_ids: Optional[torch.Tensor] = None, residual: Optional[torch.Tensor] = None,
                        rotary_layout: str = "neox", weight_offset: float = 0.0,
-                       out: Optional[torch.Tensor] = None):
+                       out: Optional[torch.Tensor] = None, rotary_dim: Optional[int] = None,
+                       half_width_tables: bool = False):
     """RMSNorm over the hidden dim, then rotary embedding on every head, in one kernel.
 
     Args:
         x: ``[..., seq, hidden]`` activations (fp16, bf16 or fp32); rows may be strided, the last dim must
             be contiguous.
         weight: ``[hidden]`` norm weight, or ``[head_dim]`` for a per-head norm (QK-norm); x's dtype or fp32.
-        cos, sin: ``[rows, rotary_dim]`` tables in the layout's convention (see ``rotary_layout``), fp32 or
-            x's dtype; ``[1, rows, rot]`` and per-token ``[*x.shape[:-1], rot]`` are accepted too.
-            ``rotary_dim < head_dim`` rotates only the first ``rotary_dim`` channels of each head.
+        cos, sin: ``[rows, w]`` tables in the layout's convention (see ``rotary_layout``), fp32 or x's dtype;
+            ``[1, rows, w]`` and per-token ``[*x.shape[:-1], w]`` are accepted too. ``w`` is ``head_dim``
+            (one value per channel), ``rotary_dim`` with partial rotary, or half of it with
+            ``half_width_tables``; any other width raises :class:`ShapeError`.
         eps: added to the mean square.
-        head_dim: size of one head; defaults to ``cos.shape[-1]``.
+        head_dim: size of one head; defaults to ``rotary_dim`` when given, else to the rotary width of the
+            tables (``w``, or ``2 * w`` with ``half_width_tables``).
         position_ids: int ``[seq]`` or ``[*x.shape[:-1]]`` table rows per token (KV-cache decoding); default
-            is the token's index along seq. A position outside the table yields NaN for that token.
+            is the token's index along seq. A position outside the table yields NaN for that token, and in
+            the backward NaN gradients for that token's x (and residual) and for the weight.
         residual: if given, normalises ``x + residual`` and also returns that sum.
         rotary_layout: ``"neox"`` (rotate-half, Hugging Face Llama) or ``"gptj"`` (interleaved pairs).
         weight_offset: scale by ``weight_offset + weight`` (Gemma uses 1.0).
-        out: optional output buffer of x's shape and dtype.
+        out: optional output buffer of x's shape and dtype. It may be exactly ``x`` or ``residual`` (in
+            place: each row is read before it is written) but must not otherwise overlap an input, nor have
+            elements that share memory (:class:`InvalidArgumentError`). Not differentiable: with an input
+            that requires grad (and grad mode on) ``out`` raises :class:`InvalidArgumentError`.
+        rotary_dim: rotate only the first ``rotary_dim`` channels of each head (partial rotary, e.g. Phi or
+            GPT-NeoX); the rest are normalised and passed through. Tables narrower than ``head_dim`` need it:
+            a narrower table without it is ambiguous and raises :class:`ShapeError`.
+        half_width_tables: the tables hold one value per channel pair (``w = rotary_dim / 2``, the vLLM /
+            GPT-J convention). They are widened to one value per channel on each call (a copy of the table
+            rows, and the call is not planned: pass full-width tables on a hot path).
 
     Returns:
         the normalised and rotated tensor, or ``(out, x + residual)`` when ``residual`` is given.
     """
-    key = plan_key(x, weight, cos, sin, position_ids, residual, out)
+    # Sizes that are not plain ints never take a plan: 64.0 == 64 as a dict key, so a float head_dim would
+    # find the plan of 64 and skip the check that refuses it (numpy integers are validated on every call).
+    sizes_plain = type(head_dim) in _SIZE_TYPES and type(rotary_dim) in _SIZE_TYPES
+    key = plan_key(x, weight, cos, sin, position_ids, residual, out) if sizes_plain else None
     if key is not None:
-        # Eager call with no autograd or tracing: a repeated signature is one dict hit and a launch.
-        key = (key, eps, head_dim, rotary_layout, weight_offset, _rt.ENABLED)
+        # Eager call with no autograd or tracing: a repeated signature is one dict hit and a launch. Which
+        # input a given `out` starts at (the in-place pattern) is part of the key; its distance from the
+        # other inputs depends on addresses, so a plan made for a separate `out` re-checks it (a few integer
+        # operations per input) and a failing check takes the validated path, which decides.
+        alias = () if out is None else _alias_pattern(x, residual, out)
+        key = (key, eps, head_dim, rotary_layout, weight_offset, rotary_dim, half_width_tables, _rt.ENABLED,
+               alias)
         plan = _plans.get(key)
-        if plan is not None:
+        if plan is not None and (not plan.tests or V.out_apart(
+                plan.tests, (x, weight, cos, sin, position_ids, residual), out)):
             return plan(x, weight, cos, sin, position_ids, residual, out, None, eps, weight_offset)
     V.check_tensor(x, "x")
     V.check_tensor(weight, "weight")
     V.check_tensor(cos, "cos")
     V.check_tensor(sin, "sin")
+    # optional tensors are checked for what they are before anything reads their device or shape
+    V.check_is_tensor_or_none(position_ids, "position_ids")
+    V.check_is_tensor_or_none(residual, "residual")
+    V.check_is_tensor_or_none(out, "out")
     V.check_choice(rotary_layout, "rotary_layout", LAYOUTS)
+    if not isinstance(half_width_tables, bool):
+        raise InvalidArgumentError(f"half_width_tables must be a bool, got {half_width_tables!r}")
     V.check_dtype(x, "x", V.FLOAT_DTYPES)
     V.check_ndim(x, "x", min_ndim=1)
     device = V.check_same_device({"x": x, "weight": weight, "cos": cos, "sin": sin,
@@ -618,16 +673,26 @@ def fused_rmsnorm_rope(x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor,
     cos, sin, per_token = _normalize_tables(x, cos, sin, position_ids)
 
     hidden = x.shape[-1]
-    rot = cos.shape[-1]
-    head_dim = rot if head_dim is None else int(head_dim)
+    width = cos.shape[-1]
+    if width == 0:
+        raise ShapeError(f"cos/sin of shape {tuple(cos_given.shape)} have no columns")
+    if rotary_dim is not None:
+        rotary_dim = V.check_int(rotary_dim, "rotary_dim")
+    if head_dim is None:
+        head_dim = rotary_dim if rotary_dim is not None else (2 * width if half_width_tables else width)
+    else:
+        head_dim = V.check_int(head_dim, "head_dim")  # "64", 64.0 or 4.5 are refused, not truncated
     if head_dim <= 0 or head_dim % 2:
         raise ShapeError(f"head_dim must be a positive even number, got {head_dim}")
     if head_dim > MAX_HEAD_DIM:
         raise ShapeError(f"head_dim={head_dim} exceeds the supported maximum {MAX_HEAD_DIM}")
     if hidden % head_dim:
         raise ShapeError(f"hidden size {hidden} (x.shape[-1]) is not a multiple of head_dim={head_dim}")
-    if rot % 2 or rot == 0 or rot > head_dim:
-        raise ShapeError(f"cos/sin have {rot} channels; expected an even rotary_dim in [2, head_dim={head_dim}]")
+    # A table narrower than head_dim is partial rotary or one value per pair: never guessed (rope._rot_dim
+    # raises a ShapeError naming both options).
+    _rot_dim(width, head_dim, rotary_dim, half_width_tables)
+    if half_width_tables:
+        cos, sin = _full_width(cos, rotary_layout), _full_width(sin, rotary_layout)
     if tuple(weight.shape) not in ((hidden,), (head_dim,)):
         raise ShapeError(f"weight has shape {tuple(weight.shape)}; expected ({hidden},) for a row norm "
                          f"or ({head_dim},) for a per-head norm")
@@ -649,11 +714,19 @@ def fused_rmsnorm_rope(x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor,
         V.check_dtype(residual, "residual", (x.dtype,))
         V.check_last_dim_contiguous(residual, "residual")
     gptj = rotary_layout == "gptj"
-    if position_ids is not None and position_ids.dim() == 2 and position_ids.shape[0] == 1 and x.dim() > 2:
-        position_ids = position_ids[0]
-
     if out is not None:
         V.check_out(out, "out", x.shape, x.dtype, device)
+        # In place (out is exactly x or residual) is safe: every program reads a row (a chunk of it, for
+        # wide rows) before it writes that row, and no program reads another's rows. Any other overlap,
+        # or an out whose elements share memory, would race.
+        V.check_no_overlap(out, "out", {"x": x, "residual": residual}, allow_exact_alias=True)
+        V.check_no_overlap(out, "out", {"weight": weight, "cos": cos_given, "sin": sin_given,
+                                        "position_ids": position_ids})
+        if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, residual)):
+            raise InvalidArgumentError("fused_rmsnorm_rope with out= does not support autograd (an input requires "
+                                       "grad); call it without out= to differentiate, or under torch.no_grad()")
+    if position_ids is not None and position_ids.dim() == 2 and position_ids.shape[0] == 1 and x.dim() > 2:
+        position_ids = position_ids[0]
     if key is not None:
         # Plain eager call: launch without the custom-op dispatcher (tens of us of host time per call,
         # several times this kernel's 2 us at decode sizes), and keep the plan for the next identical call.
@@ -674,7 +747,11 @@ def fused_rmsnorm_rope(x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor,
             same.append((r3, residual))
         if pos is not None:
             same.append((pos, position_ids))
-        if plan.cacheable and all(a.data_ptr() == b.data_ptr() for a, b in same):
+        if out is not None:
+            plan.tests = _out_tests(out, (x, weight, cos_given, sin_given, position_ids, residual))
+        apart = not plan.tests or V.out_apart(plan.tests, (x, weight, cos_given, sin_given, position_ids,
+                                                            residual), out)
+        if plan.cacheable and apart and all(a.data_ptr() == b.data_ptr() for a, b in same):
             _plans.put(key, plan)
         return plan(x3, weight, cos, sin, pos, r3, out, None, eps, weight_offset)
     if out is not None:
@@ -696,20 +773,40 @@ class FusedRMSNormRoPE(torch.nn.Module):
     """RMSNorm with a learned weight followed by RoPE, as one kernel.
 
     ``FusedRMSNormRoPE(hidden_dim, head_dim)`` normalises whole rows; ``per_head=True`` makes the weight
-    ``[head_dim]`` and normalises each head on its own (QK-norm).
+    ``[head_dim]`` and normalises each head on its own (QK-norm). ``rotary_dim`` / ``half_width_tables``
+    are passed to :func:`fused_rmsnorm_rope` (partial rotary; one table value per channel pair). The
+    configuration is checked here, so a module that cannot run is never built.
     """
 
     def __init__(self, hidden_dim: int, head_dim: int, eps: float = 1e-6, *, rotary_layout: str = "neox",
-                 weight_offset: float = 0.0, per_head: bool = False, device=None, dtype=None):
+                 weight_offset: float = 0.0, per_head: bool = False, rotary_dim: Optional[int] = None,
+                 half_width_tables: bool = False, device=None, dtype=None):
         super().__init__()
-        if hidden_dim <= 0 or head_dim <= 0 or hidden_dim % head_dim:
+        hidden_dim = V.check_int(hidden_dim, "hidden_dim")
+        head_dim = V.check_int(head_dim, "head_dim")
+        if head_dim <= 0 or head_dim % 2 or head_dim > MAX_HEAD_DIM:
+            raise ShapeError(f"head_dim={head_dim} must be a positive even number <= {MAX_HEAD_DIM}")
+        if hidden_dim <= 0 or hidden_dim % head_dim:
             raise ShapeError(f"hidden_dim={hidden_dim} must be a positive multiple of head_dim={head_dim}")
+        if rotary_dim is not None:
+            rotary_dim = V.check_int(rotary_dim, "rotary_dim")
+            if rotary_dim <= 0 or rotary_dim % 2 or rotary_dim > head_dim:
+                raise ShapeError(f"rotary_dim={rotary_dim} must be a positive even number <= head_dim={head_dim}")
+        for name, flag in (("per_head", per_head), ("half_width_tables", half_width_tables)):
+            if not isinstance(flag, bool):
+                raise InvalidArgumentError(f"{name} must be a bool, got {flag!r}")
         V.check_choice(rotary_layout, "rotary_layout", LAYOUTS)
+        eps = V.check_positive_finite(eps, "eps", allow_zero=True)
+        weight_offset = V.check_finite(weight_offset, "weight_offset")
+        V.check_module_device(device)
+        V.check_float_dtype_or_none(dtype)
         self.hidden_dim = hidden_dim
         self.head_dim = head_dim
         self.eps = eps
         self.rotary_layout = rotary_layout
         self.weight_offset = weight_offset
+        self.rotary_dim = rotary_dim
+        self.half_width_tables = half_width_tables
         n = head_dim if per_head else hidden_dim
         # Gemma-style offsets store weights around 0; plain RMSNorm initialises them to 1.
         init = 0.0 if weight_offset else 1.0
@@ -719,11 +816,14 @@ class FusedRMSNormRoPE(torch.nn.Module):
                 position_ids: Optional[torch.Tensor] = None, residual: Optional[torch.Tensor] = None):
         return fused_rmsnorm_rope(x, self.weight, cos, sin, self.eps, head_dim=self.head_dim,
                                   position_ids=position_ids, residual=residual,
-                                  rotary_layout=self.rotary_layout, weight_offset=self.weight_offset)
+                                  rotary_layout=self.rotary_layout, weight_offset=self.weight_offset,
+                                  rotary_dim=self.rotary_dim, half_width_tables=self.half_width_tables)
 
     def extra_repr(self) -> str:
+        extra = "" if self.rotary_dim is None else f", rotary_dim={self.rotary_dim}"
+        extra += ", half_width_tables=True" if self.half_width_tables else ""
         return (f"hidden_dim={self.hidden_dim}, head_dim={self.head_dim}, eps={self.eps}, "
-                f"rotary_layout={self.rotary_layout!r}, weight_offset={self.weight_offset}")
+                f"rotary_layout={self.rotary_layout!r}, weight_offset={self.weight_offset}{extra}")
 
 
 def rmsnorm_rope_reference(x, weight, cos, sin, eps=1e-6, *, head_dim=None, position_ids=None, residual=None,
@@ -739,6 +839,7 @@ def rmsnorm_rope_reference(x, weight, cos, sin, eps=1e-6, *, head_dim=None, posi
         xf = xf.unflatten(-1, (hidden // head_dim, head_dim))
     xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps) * (weight_offset + weight.float())
     xf = xf.reshape(*x.shape[:-1], hidden // head_dim, head_dim)
+    bad = None
     if cos.dim() == x.dim():  # per-token tables
         c, sn = cos.float().unsqueeze(-2), sin.float().unsqueeze(-2)
     else:
@@ -747,9 +848,17 @@ def rmsnorm_rope_reference(x, weight, cos, sin, eps=1e-6, *, head_dim=None, posi
             seq = x.shape[-2] if x.dim() >= 2 else 1
             idx = torch.arange(seq, device=x.device)
         else:
+            # The kernel's contract for a position outside the table: NaN for that token (and so NaN
+            # gradients through this reference, which the backward is checked against), not an IndexError.
             idx = position_ids.long()
+            ok = (idx >= 0) & (idx < c2.shape[0])
+            idx = torch.where(ok, idx, 0)
+            # 1, or NaN for such a token, multiplying every output channel: NaN values and NaN gradients
+            bad = torch.where(ok, 1.0, float("nan")).to(torch.float32)[..., None, None]
         c, sn = c2[idx].unsqueeze(-2), s2[idx].unsqueeze(-2)
     xr, xpass = xf[..., :rot], xf[..., rot:]
+    if bad is not None:
+        c, sn, xpass = c * bad, sn * bad, xpass * bad
     if rotary_layout == "neox":
         half = rot // 2
         partner = torch.cat([-xr[..., half:], xr[..., :half]], dim=-1)

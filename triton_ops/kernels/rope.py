@@ -250,13 +250,14 @@ def _rot_dim(table_width: int, head_dim: int, rotary_dim: Optional[int], half_wi
                              f"only the first {rot_t} channels of each head (partial rotary), or "
                              "half_width_tables=True if the tables hold one value per channel pair")
         raise ShapeError(f"{what}, more than head_dim={head_dim}")
-    if isinstance(rotary_dim, bool) or not isinstance(rotary_dim, int):
-        raise InvalidArgumentError(f"rotary_dim must be an int or None, got {rotary_dim!r}")
+    rotary_dim = V.check_int(rotary_dim, "rotary_dim")  # numpy/torch integers too; 32.0 or "32" are refused
     if rotary_dim <= 0 or rotary_dim % 2 or rotary_dim > head_dim:
         raise ShapeError(f"rotary_dim={rotary_dim} must be a positive even number <= head_dim={head_dim}")
     if rot_t != rotary_dim:
         need = rotary_dim // 2 if half_width_tables else rotary_dim
-        raise ShapeError(f"{what}; rotary_dim={rotary_dim} needs {need}")
+        hint = ("; pass half_width_tables=True if they hold one value per channel pair"
+                if not half_width_tables and 2 * table_width == rotary_dim else "")
+        raise ShapeError(f"{what}; rotary_dim={rotary_dim} needs {need}{hint}")
     return rotary_dim
 
 
@@ -510,6 +511,9 @@ def _validate(q, k, cos, sin, position_ids, rotary_layout, rotary_dim, inplace, 
     V.check_tensor(q, "q")
     V.check_tensor(cos, "cos")
     V.check_tensor(sin, "sin")
+    # optional tensors are checked for what they are before anything reads their device or shape
+    V.check_is_tensor_or_none(k, "k")
+    V.check_is_tensor_or_none(position_ids, "position_ids")
     V.check_choice(rotary_layout, "rotary_layout", LAYOUTS)
     V.check_choice(qk_layout, "qk_layout", QK_LAYOUTS)
     for name, flag in (("inplace", inplace), ("half_width_tables", half_width_tables)):
@@ -592,7 +596,8 @@ def apply_rope(q: torch.Tensor, k: Optional[torch.Tensor], cos: torch.Tensor, si
     Differentiable with respect to q and k (the backward is the same kernel rotating by -angle) and to the
     tables when they require grad.
     """
-    key = plan_key(q, k, cos, sin, position_ids)
+    # a rotary_dim that is not a plain int never takes a plan (32.0 == 32 as a dict key would skip its check)
+    key = plan_key(q, k, cos, sin, position_ids) if type(rotary_dim) in (int, type(None)) else None
     if key is not None:
         key = (key, rotary_layout, rotary_dim, inplace, half_width_tables, qk_layout)
         plan = _plans.get(key)
