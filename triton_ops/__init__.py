@@ -10,6 +10,8 @@ The root package is the only public surface; everything users need is importable
 * ``TritonAutoTuner`` / ``ConfigCache``: autotuning with a persistent cache.
 * ``BenchmarkSuite``: correctness-verified benchmarks against PyTorch, torch.compile and cuBLAS.
 * ``patch_model`` / ``unpatch_model`` / ``FusedMLP``: these ops inside Hugging Face transformers models.
+* ``FusedMLPParallel`` / ``GatedMLPColwiseParallel`` / ``FP8ColwiseParallel`` / ...: tensor-parallel styles
+  for ``torch.distributed.tensor.parallel.parallelize_module`` (docs/parallel.md).
 """
 
 # Names resolve on first use (PEP 562), so ``import triton_ops.compute`` (NumPy only) and the exceptions
@@ -54,6 +56,13 @@ _LAZY = {
     "PatchReport": "integrations",
     "patch_model": "integrations",
     "unpatch_model": "integrations",
+    "FP8ColwiseParallel": "parallel",
+    "FP8RowwiseParallel": "parallel",
+    "FusedMLPParallel": "parallel",
+    "GatedMLPColwiseParallel": "parallel",
+    "ShardedRowNormParallel": "parallel",
+    "load_full_state_dict": "parallel",
+    "sharded_rmsnorm_rope": "parallel",
     "fused_gated_mlp": "kernels.gated_mlp",
     "fused_gated_mlp_fp8": "kernels.gated_mlp",
     "FusedAddRMSNorm": "kernels.rmsnorm",
@@ -104,6 +113,14 @@ __all__ = [
     "patch_model",
     "unpatch_model",
     "PatchReport",
+    # tensor parallelism
+    "GatedMLPColwiseParallel",
+    "FP8ColwiseParallel",
+    "FP8RowwiseParallel",
+    "FusedMLPParallel",
+    "ShardedRowNormParallel",
+    "sharded_rmsnorm_rope",
+    "load_full_state_dict",
     # FP8
     "quantize_fp8",
     "dequantize_fp8",

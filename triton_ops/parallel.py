@@ -767,9 +767,9 @@ def sharded_rmsnorm_rope(x: torch.Tensor, weight: torch.Tensor, cos: torch.Tenso
     """RMSNorm over a row split across the ranks of ``group``, then RoPE, on this rank's part of the row.
 
     ``x`` ``[..., n]`` holds this rank's heads, ``weight`` ``[n]`` the matching slice of the norm weight
-    (a plain tensor or a ``Shard(0)`` DTensor). Three steps: :func:`~triton_ops.kernels.sharded_norm.
-    row_sum_of_squares` (fp32, this shard), one all-reduce of the ``[rows]`` partial sums, and the
-    normalize+rope kernel with ``rstd = rsqrt(total / n_total + eps)``. ``n_total`` defaults to ``n`` times
+    (a plain tensor or a ``Shard(0)`` DTensor). Three steps: ``row_sum_of_squares`` of
+    :mod:`triton_ops.kernels.sharded_norm` (fp32, this shard), one all-reduce of the ``[rows]`` partial sums,
+    and the normalize+rope kernel with ``rstd = rsqrt(total / n_total + eps)``. ``n_total`` defaults to ``n`` times
     the group size (equal shards). Every rank of the group must call it.
     """
     ss = row_sum_of_squares(x)
