@@ -260,3 +260,151 @@ def test_rmsnorm_rope_backward_out_of_range_position_is_nan(residual):
     # the reference follows the same contract
     yr = rmsnorm_rope_reference(x.detach(), w.detach(), cos, sin, position_ids=pos)
     assert torch.isnan(yr[bad]).all() and torch.isfinite(yr[~bad]).all()
+
+
+# ----------------------------------------------------------------------------------------------------
+# Non-tensor arguments: "is a tensor" is checked first, in every op (never AttributeError, never a
+# DeviceError that contradicts itself because numpy arrays have a .device too)
+# ----------------------------------------------------------------------------------------------------
+def _calls():
+    """(name, fn(**overrides)) for every public op, with valid defaults for all tensor arguments."""
+    import triton_ops as T
+
+    torch.manual_seed(9)
+    x = torch.randn(2, 3, 128, device=DEVICE)
+    w = torch.randn(128, device=DEVICE)
+    cos, sin = tables(8, 64, device=DEVICE)
+    q, k = torch.randn(1, 2, 3, 64, device=DEVICE), torch.randn(1, 1, 3, 64, device=DEVICE)
+    xm = torch.randn(4, 32, device=DEVICE)
+    wg, wu = torch.randn(16, 32, device=DEVICE), torch.randn(16, 32, device=DEVICE)
+    qx, sx = T.quantize_fp8(xm, granularity="row")
+    qw, sw = T.quantize_fp8(wg, granularity="row")
+
+    def call(fn, **defaults):
+        return lambda **over: fn(**{**defaults, **over})
+
+    return {
+        "fused_rmsnorm_rope": call(T.fused_rmsnorm_rope, x=x, weight=w, cos=cos, sin=sin),
+        "fused_add_rmsnorm": call(T.fused_add_rmsnorm, x=x, weight=w),
+        "apply_rope": call(T.apply_rope, q=q, k=k, cos=cos, sin=sin),
+        "fused_gated_mlp": call(T.fused_gated_mlp, x=xm, gate_weight=wg, up_weight=wu),
+        "fused_gated_mlp_fp8": call(T.fused_gated_mlp_fp8, x_q=qx, x_scale=sx, gate_q=qw, gate_scale=sw, up_q=qw,
+                                    up_scale=sw),
+        "quantize_fp8": call(T.quantize_fp8, x=xm),
+        "dequantize_fp8": call(T.dequantize_fp8, q=qx, scale=sx),
+        "fp8_gemm": call(T.fp8_gemm, a=xm, b=wg.t()),
+        "fp8_weight_only_gemm": call(T.fp8_weight_only_gemm, x=xm, w_t=qw.t(), w_scale=sw.reshape(1, -1)),
+    }
+
+
+_TENSOR_ARGS = {
+    "fused_rmsnorm_rope": ["x", "weight", "cos", "sin", "position_ids", "residual", "out"],
+    "fused_add_rmsnorm": ["x", "weight", "residual", "out"],
+    "apply_rope": ["q", "k", "cos", "sin", "position_ids"],
+    "fused_gated_mlp": ["x", "gate_weight", "up_weight", "gate_bias", "out"],
+    "fused_gated_mlp_fp8": ["x_q", "x_scale", "gate_q", "gate_scale", "up_q", "up_scale"],
+    "quantize_fp8": ["x", "scale"],
+    "dequantize_fp8": ["q", "scale"],
+    "fp8_gemm": ["a", "b", "a_scale", "b_scale", "bias"],
+    "fp8_weight_only_gemm": ["x", "w_t", "w_scale", "bias"],
+}
+
+
+@pytest.mark.parametrize("op,arg", [(op, a) for op, args in _TENSOR_ARGS.items() for a in args])
+def test_non_tensor_arguments_are_refused_first(op, arg):
+    fn = _calls()[op]
+    np_value = __import__("numpy").zeros((4, 32), dtype="float32")
+    for bad in ([0, 1, 2], np_value, 1.5):
+        with pytest.raises(InvalidArgumentError, match=f"{arg} must be a torch.Tensor"):
+            fn(**{arg: bad})
+
+
+# ----------------------------------------------------------------------------------------------------
+# Sizes are ints (numpy/torch integers too), never truncated; module configs are checked when built
+# ----------------------------------------------------------------------------------------------------
+_BAD_SIZES = ["64", 64.0, None, 3.7, True]
+
+
+def _modules():
+    import triton_ops as T
+
+    return {
+        "FusedRMSNormRoPE": (lambda n, **kw: T.FusedRMSNormRoPE(n, 64, **kw), 128),
+        "FusedRMSNormRoPE.head_dim": (lambda n, **kw: T.FusedRMSNormRoPE(128, n, **kw), 64),
+        "FusedAddRMSNorm": (lambda n, **kw: T.FusedAddRMSNorm(n, **kw), 64),
+        "FusedGatedMLP": (lambda n, **kw: T.FusedGatedMLP(n, 16, **kw), 32),
+        "FusedGatedMLP.intermediate": (lambda n, **kw: T.FusedGatedMLP(32, n, **kw), 16),
+        "FusedMLP": (lambda n, **kw: T.FusedMLP(n, 16, **kw), 32),
+        "FP8Linear": (lambda n, **kw: T.FP8Linear(n, 16, **kw), 32),
+    }
+
+
+@pytest.mark.parametrize("name", list(_modules()))
+def test_module_sizes_are_ints_and_checked_when_built(name):
+    build, good = _modules()[name]
+    import numpy as np
+
+    assert build(np.int64(good)) is not None  # integer scalars of other types are ints
+    for bad in _BAD_SIZES:
+        with pytest.raises(InvalidArgumentError, match="must be an int"):
+            build(bad)
+    with pytest.raises((ShapeError, InvalidArgumentError)):
+        build(-good)
+
+
+def test_module_configs_that_cannot_run_are_refused_when_built():
+    import triton_ops as T
+    from triton_ops.exceptions import DTypeError, NumericalError
+
+    with pytest.raises(ShapeError, match="even"):
+        T.FusedRMSNormRoPE(63 * 2, 63)
+    with pytest.raises(ShapeError, match="multiple"):
+        T.FusedRMSNormRoPE(100, 64)
+    with pytest.raises(ShapeError, match="rotary_dim"):
+        T.FusedRMSNormRoPE(128, 64, rotary_dim=80)
+    for mk in (lambda **kw: T.FusedRMSNormRoPE(128, 64, **kw), lambda **kw: T.FusedAddRMSNorm(64, **kw)):
+        with pytest.raises(NumericalError):
+            mk(eps=-1)
+        with pytest.raises(NumericalError):
+            mk(weight_offset=float("nan"))
+        with pytest.raises(DTypeError):
+            mk(dtype=torch.int32)
+    with pytest.raises(InvalidArgumentError, match="bool"):
+        T.FusedGatedMLP(32, 16, bias="yes")
+    # meta stays allowed: shapes first, weights later (deferred initialisation)
+    assert T.FusedGatedMLP(32, 16, device="meta").weight.is_meta
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU")
+@pytest.mark.parametrize("name", list(_modules()))
+def test_module_on_cuda_without_a_gpu_is_a_device_error(name):
+    from triton_ops.exceptions import DeviceError
+
+    build, good = _modules()[name]
+    for dev in ("cuda", "cuda:1", torch.device("cuda"), 0):
+        with pytest.raises(DeviceError, match="no CUDA GPU"):
+            build(good, device=dev)
+
+
+def test_op_sizes_are_ints():
+    import numpy as np
+
+    import triton_ops as T
+
+    x, w, cos, sin = _rr_inputs()
+    ref = T.fused_rmsnorm_rope(x, w, cos, sin, head_dim=64)
+    torch.testing.assert_close(T.fused_rmsnorm_rope(x, w, cos, sin, head_dim=np.int32(64)), ref, rtol=0, atol=0)
+    for bad in ("abc", 64.0, 4.5, True):  # 64.0 after a planned call of 64 too: no plan is shared with it
+        with pytest.raises(InvalidArgumentError, match="head_dim must be an int"):
+            T.fused_rmsnorm_rope(x, w, cos, sin, head_dim=bad)
+    xm = torch.randn(4, 128, device=DEVICE)
+    T.quantize_fp8(xm, granularity="block", block_size=(1, 128))
+    for bad in ((1.5, 128), (1.0, 128), ("1", 128), (1, 128, 1), 128):
+        with pytest.raises(InvalidArgumentError, match="block_size"):
+            T.quantize_fp8(xm, granularity="block", block_size=bad)
+        with pytest.raises(InvalidArgumentError, match="block_size"):
+            T.FP8Quantizer(granularity="block", block_size=bad)
+    q = torch.randn(1, 2, 3, 64, device=DEVICE)
+    T.apply_rope(q, None, cos, sin, rotary_dim=64)
+    with pytest.raises(InvalidArgumentError, match="rotary_dim must be an int"):
+        T.apply_rope(q, None, cos, sin, rotary_dim=64.0)

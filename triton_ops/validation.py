@@ -337,7 +337,9 @@ def check_module_device(device: object, name: str = "device") -> object:
         raise InvalidArgumentError(f"{name} must be a device name, index or torch.device, got "
                                    f"{type(device).__name__}")
     try:
-        dev = torch.device(device.strip() if isinstance(device, str) else device)
+        # an index is a CUDA device, as torch's factories read it on a CUDA machine
+        dev = torch.device("cuda", device) if isinstance(device, int) else torch.device(
+            device.strip() if isinstance(device, str) else device)
     except (RuntimeError, ValueError, TypeError):
         raise DeviceError(f"{name}={device!r} is not a device; expected 'cuda', 'cuda:<index>', 'cpu' or "
                           "'meta'") from None

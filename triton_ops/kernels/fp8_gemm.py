@@ -825,18 +825,19 @@ def _(x, w_t, w_scale, bias, out_dtype):
 _OUT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
-def _check_operands(a, b, bias, out_dtype):
-    check_tensor(a, "a")
-    check_tensor(b, "b")
-    check_dtype(a, "a", FLOAT_DTYPES + FP8_DTYPES)
-    check_dtype(b, "b", FLOAT_DTYPES + FP8_DTYPES)
+def _check_operands(a, b, bias, out_dtype, names=("a", "b")):
+    na, nb = names  # fp8_weight_only_gemm's operands are x and w_t: messages name what the caller passed
+    check_tensor(a, na)
+    check_tensor(b, nb)
+    check_dtype(a, na, FLOAT_DTYPES + FP8_DTYPES)
+    check_dtype(b, nb, FLOAT_DTYPES + FP8_DTYPES)
     if a.dim() < 2:
-        raise ShapeError(f"a must be [M, K] (or [..., K]), got shape {tuple(a.shape)}")
+        raise ShapeError(f"{na} must be [M, K] (or [..., K]), got shape {tuple(a.shape)}")
     if b.dim() != 2:
-        raise ShapeError(f"b must be [K, N] (a weight w [N, K] is passed as w.t()), got shape {tuple(b.shape)}")
+        raise ShapeError(f"{nb} must be [K, N] (a weight w [N, K] is passed as w.t()), got shape {tuple(b.shape)}")
     if a.shape[-1] != b.shape[0]:
-        raise ShapeError(f"inner dims differ: a is {tuple(a.shape)} (K={a.shape[-1]}) but b is {tuple(b.shape)} "
-                         f"(K={b.shape[0]}); a @ b needs a [M, K] and b [K, N]")
+        raise ShapeError(f"inner dims differ: {na} is {tuple(a.shape)} (K={a.shape[-1]}) but {nb} is "
+                         f"{tuple(b.shape)} (K={b.shape[0]}); {na} @ {nb} needs {na} [M, K] and {nb} [K, N]")
     if out_dtype is not None and out_dtype not in _OUT_DTYPES:
         raise InvalidArgumentError(f"out_dtype={out_dtype!r} is not supported; expected float16, bfloat16 or "
                                    "float32")
@@ -939,7 +940,7 @@ def fp8_weight_only_gemm(x: torch.Tensor, w_t: torch.Tensor, w_scale: torch.Tens
         plan = _weight_only_plans.get(key)
         if plan is not None:
             return plan(x, w_t, None, w_scale, bias)
-    _check_operands(x, w_t, bias, out_dtype)
+    _check_operands(x, w_t, bias, out_dtype, names=("x", "w_t"))
     check_dtype(x, "x", FLOAT_DTYPES)
     check_dtype(w_t, "w_t", FP8_DTYPES)
     check_tensor(w_scale, "w_scale")

@@ -27,7 +27,16 @@ from ..autotuner import runtime as _rt
 from ..exceptions import InvalidArgumentError, ShapeError
 from ..launch import PlanCache, plan_key
 from ..utils import KeepBufferDtypes, interpreter_enabled
-from ..validation import FLOAT_DTYPES, FP8_DTYPES, check_dtype, check_runnable_device, check_same_device, check_tensor
+from ..validation import (
+    FLOAT_DTYPES,
+    FP8_DTYPES,
+    check_dtype,
+    check_int,
+    check_module_device,
+    check_runnable_device,
+    check_same_device,
+    check_tensor,
+)
 from .fp8_gemm import _plan_gemm, fp8_gemm
 from .fp8_quantize import FP8_MAX, MIN_SCALE, quantize_fp8
 
@@ -77,8 +86,12 @@ class FP8Linear(KeepBufferDtypes, nn.Module):
                  dtype: torch.dtype | None = None, *, fp8_dtype: torch.dtype = torch.float8_e4m3fn,
                  weight_granularity: str = "channel"):
         super().__init__()
-        if int(in_features) < 1 or int(out_features) < 1:
-            raise InvalidArgumentError(f"in_features={in_features} and out_features={out_features} must be >= 1")
+        # "64", 64.0 or 3.7 are refused, not truncated; a CUDA device without a GPU before any allocation
+        in_features = check_int(in_features, "in_features", min_value=1)
+        out_features = check_int(out_features, "out_features", min_value=1)
+        if not isinstance(bias, bool):
+            raise InvalidArgumentError(f"bias must be a bool, got {bias!r}")
+        check_module_device(device)
         if fp8_dtype not in FP8_DTYPES:
             raise InvalidArgumentError(f"fp8_dtype={fp8_dtype!r}; expected torch.float8_e4m3fn or float8_e5m2")
         if weight_granularity not in _WEIGHT_GRANULARITIES:

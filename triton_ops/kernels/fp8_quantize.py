@@ -52,6 +52,7 @@ from ..validation import (
     FLOAT_DTYPES,
     FP8_DTYPES,
     check_dtype,
+    check_int,
     check_runnable_device,
     check_same_device,
     check_tensor,
@@ -887,6 +888,12 @@ def _check_fp8_dtype(dtype) -> str:
     return _FMT_NAME[dtype]
 
 
+def _plain_block(block_size) -> bool:
+    """None or a tuple of plain ints: only those take a plan (``(1.0, 128) == (1, 128)`` as a dict key, so a
+    float block would find the plan of the int one and skip the check that refuses it)."""
+    return block_size is None or (type(block_size) is tuple and all(type(v) is int for v in block_size))
+
+
 def _check_block(granularity: str, block_size) -> tuple[int, int]:
     if granularity != "block":
         if block_size is not None:
@@ -895,9 +902,13 @@ def _check_block(granularity: str, block_size) -> tuple[int, int]:
     if block_size is None:
         raise InvalidArgumentError("granularity='block' needs block_size, e.g. (1, 128) or (128, 128)")
     try:
-        bm, bk = (int(v) for v in block_size)
-    except (TypeError, ValueError):
-        raise InvalidArgumentError(f"block_size must be a pair of ints, got {block_size!r}") from None
+        pair = tuple(block_size)
+    except TypeError:
+        pair = ()
+    if len(pair) != 2:
+        raise InvalidArgumentError(f"block_size must be a pair of ints, got {block_size!r}")
+    # (1.5, 128) or ("1", 128) are refused, not truncated
+    bm, bk = (check_int(v, f"block_size[{i}]") for i, v in enumerate(pair))
     ok_k = bk >= 16 and bk <= 256 and bk & (bk - 1) == 0
     ok_m = bm == 1 or (16 <= bm <= 256 and bm & (bm - 1) == 0 and bm * bk <= 16384)
     if not (ok_k and ok_m):
@@ -974,7 +985,7 @@ def quantize_fp8(x: torch.Tensor, *, dtype: torch.dtype = torch.float8_e4m3fn, g
     positive (one host sync per new scale tensor or version, skipped under torch.compile / CUDA-graph
     capture).
     """
-    key = plan_key(x, scale)
+    key = plan_key(x, scale) if _plain_block(block_size) else None
     if key is not None:
         key = (key, dtype, granularity, block_size, check_scale)
         plan = _quant_plans.get(key)
@@ -1013,7 +1024,7 @@ def dequantize_fp8(q: torch.Tensor, scale: torch.Tensor, *, out_dtype: torch.dty
     The granularity is inferred from the scale's shape when not given (``[]``/``[1]`` tensor, ``[*lead, 1]``
     row, ``[1, K]`` column); block scales need ``granularity="block", block_size=...``.
     """
-    key = plan_key(q, scale)
+    key = plan_key(q, scale) if _plain_block(block_size) else None
     if key is not None:
         key = (key, out_dtype, granularity, block_size)
         plan = _dequant_plans.get(key)
@@ -1061,7 +1072,9 @@ class FP8Quantizer(torch.nn.Module):
         if granularity not in GRANULARITIES:
             raise InvalidArgumentError(f"granularity={granularity!r} is not supported; expected one of "
                                        f"{GRANULARITIES}")
-        _check_block(granularity, block_size)
+        bm, bk = _check_block(granularity, block_size)
+        # kept as a tuple of ints (a list or numpy ints given), the form the launch plans are keyed on
+        block_size = None if block_size is None else (bm, bk)
         self.dtype, self.granularity, self.block_size = dtype, granularity, block_size
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -645,21 +645,23 @@ def _run(x: torch.Tensor, wg: torch.Tensor, wu: torch.Tensor, out: torch.Tensor,
 
 def _validate(x, gate_weight, up_weight, activation, gate_bias=None, up_bias=None,
               allowed=FLOAT_DTYPES) -> None:
-    check_tensor(x, "x")
-    check_tensor(gate_weight, "gate_weight")
-    check_tensor(up_weight, "up_weight")
+    # the FP8 entry point's arguments are x_q / gate_q / up_q: messages name what the caller passed
+    nx, ng, nu = ("x", "gate_weight", "up_weight") if allowed == FLOAT_DTYPES else ("x_q", "gate_q", "up_q")
+    check_tensor(x, nx)
+    check_tensor(gate_weight, ng)
+    check_tensor(up_weight, nu)
     if not isinstance(activation, str):
         raise InvalidArgumentError(f"activation must be a string, got {type(activation).__name__}")
     check_choice(activation, "activation", tuple(ACTIVATIONS) + tuple(ACTIVATION_ALIASES))
-    check_ndim(x, "x", min_ndim=1)
-    check_ndim(gate_weight, "gate_weight", 2)
-    check_ndim(up_weight, "up_weight", 2)
+    check_ndim(x, nx, min_ndim=1)
+    check_ndim(gate_weight, ng, 2)
+    check_ndim(up_weight, nu, 2)
     if gate_weight.shape != up_weight.shape:
-        raise ShapeError(f"gate_weight has shape {tuple(gate_weight.shape)} but up_weight has shape "
+        raise ShapeError(f"{ng} has shape {tuple(gate_weight.shape)} but {nu} has shape "
                          f"{tuple(up_weight.shape)}; both must be [intermediate, hidden]")
     if x.shape[-1] != gate_weight.shape[1]:
-        raise ShapeError(f"x has hidden size {x.shape[-1]} (shape {tuple(x.shape)}) but the weights are "
-                         f"{tuple(gate_weight.shape)} = [intermediate, hidden]; expected x[..., "
+        raise ShapeError(f"{nx} has hidden size {x.shape[-1]} (shape {tuple(x.shape)}) but the weights are "
+                         f"{tuple(gate_weight.shape)} = [intermediate, hidden]; expected {nx}[..., "
                          f"{gate_weight.shape[1]}]")
     biases = {"gate_bias": gate_bias, "up_bias": up_bias}
     for name, b in biases.items():
@@ -671,12 +673,12 @@ def _validate(x, gate_weight, up_weight, activation, gate_bias=None, up_bias=Non
         check_last_dim_contiguous(b, name)
     if (gate_bias is None) != (up_bias is None):
         raise InvalidArgumentError("give both gate_bias and up_bias, or neither")
-    check_dtype(x, "x", allowed)
-    check_same_dtype({"x": x, "gate_weight": gate_weight, "up_weight": up_weight, **biases})
-    device = check_same_device({"x": x, "gate_weight": gate_weight, "up_weight": up_weight, **biases})
-    check_runnable_device(device, "x")
-    check_last_dim_contiguous(x, "x")
-    for name, w in (("gate_weight", gate_weight), ("up_weight", up_weight)):
+    check_dtype(x, nx, allowed)
+    check_same_dtype({nx: x, ng: gate_weight, nu: up_weight, **biases})
+    device = check_same_device({nx: x, ng: gate_weight, nu: up_weight, **biases})
+    check_runnable_device(device, nx)
+    check_last_dim_contiguous(x, nx)
+    for name, w in ((ng, gate_weight), (nu, up_weight)):
         if w.stride(-1) == 1 or w.shape[-1] <= 1 or (allowed == FLOAT_DTYPES and _mn_major(w)):
             continue
         either = (" or MN-major (a transposed view w = G.T of a contiguous [hidden, intermediate] G, strides "

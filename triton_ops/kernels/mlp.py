@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ..exceptions import InvalidArgumentError, UnsupportedError
-from ..validation import check_choice
+from ..validation import check_choice, check_float_dtype_or_none, check_int, check_module_device
 from .fp8_linear import FP8Linear
 from .gated_mlp import ACTIVATIONS, FusedGatedMLP, canonical_activation, fused_gated_mlp, quantize_rows_fp8
 
@@ -95,12 +95,17 @@ class FusedMLP(nn.Module):
     def __init__(self, hidden_size: int, intermediate_size: int, activation: str = "silu", bias: bool = False,
                  *, packed: bool = False, device=None, dtype=None) -> None:
         super().__init__()
-        for name, v in (("hidden_size", hidden_size), ("intermediate_size", intermediate_size)):
-            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
-                raise InvalidArgumentError(f"{name} must be a positive int, got {v!r}")
+        hidden_size = check_int(hidden_size, "hidden_size", min_value=1)
+        intermediate_size = check_int(intermediate_size, "intermediate_size", min_value=1)
         self.activation = resolve_activation(activation)
+        for name, flag in (("bias", bias), ("packed", packed)):
+            if not isinstance(flag, bool):
+                raise InvalidArgumentError(f"{name} must be a bool, got {flag!r}")
+        # refused here, before any allocation: a module that could not run would fail only at its first call
+        check_module_device(device)
+        check_float_dtype_or_none(dtype)
         self.hidden_size, self.intermediate_size = hidden_size, intermediate_size
-        self.packed, self.is_fp8 = bool(packed), False
+        self.packed, self.is_fp8 = packed, False
         factory = {"device": device, "dtype": dtype}
         if self.packed:
             self.gate_up_proj = nn.Linear(hidden_size, 2 * intermediate_size, bias=bias, **factory)

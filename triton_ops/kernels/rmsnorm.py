@@ -774,6 +774,9 @@ def fused_add_rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6, 
             return plan(x, residual, weight, out, residual_out, eps, weight_offset, out_scale)
     V.check_tensor(x, "x")
     V.check_tensor(weight, "weight")
+    # optional tensors are checked for what they are before anything reads their device or shape
+    for name, t in (("residual", residual), ("out", out), ("residual_out", residual_out), ("out_scale", out_scale)):
+        V.check_is_tensor_or_none(t, name)
     V.check_dtype(x, "x", V.FLOAT_DTYPES)
     V.check_ndim(x, "x", min_ndim=1)
     device = V.check_same_device({"x": x, "weight": weight, "residual": residual, "out": out,
@@ -865,9 +868,17 @@ class FusedAddRMSNorm(torch.nn.Module):
     def __init__(self, hidden_size: int, eps: float = 1e-6, *, weight_offset: float = 0.0,
                  round_before_weight: bool = False, device=None, dtype=None):
         super().__init__()
-        if int(hidden_size) <= 0:
+        # the whole configuration is checked here: a module that cannot run is never built
+        hidden_size = V.check_int(hidden_size, "hidden_size")  # "64", 64.0 or 3.7 are refused, not truncated
+        if hidden_size <= 0:
             raise ShapeError(f"hidden_size must be positive, got {hidden_size}")
-        self.hidden_size = int(hidden_size)
+        eps = V.check_positive_finite(eps, "eps", allow_zero=True)
+        weight_offset = V.check_finite(weight_offset, "weight_offset")
+        if not isinstance(round_before_weight, bool):
+            raise InvalidArgumentError(f"round_before_weight must be a bool, got {round_before_weight!r}")
+        V.check_module_device(device)
+        V.check_float_dtype_or_none(dtype)
+        self.hidden_size = hidden_size
         self.eps = eps
         self.weight_offset = weight_offset
         self.round_before_weight = round_before_weight
