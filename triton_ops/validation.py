@@ -212,6 +212,16 @@ def _has_internal_overlap(t: torch.Tensor) -> bool:
     return int(torch.unique(offsets).numel()) < offsets.numel()
 
 
+def _strides_may_overlap(t: torch.Tensor) -> bool:
+    """The stride test alone: False when sorted by stride every dim steps past all the smaller ones span."""
+    reach = 0
+    for st, sz in sorted((st, sz) for sz, st in zip(t.shape, t.stride()) if sz > 1):
+        if st <= reach:
+            return True
+        reach += st * (sz - 1)
+    return False
+
+
 def _shares_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
     """Whether some byte belongs to an element of both (their spans are known to intersect)."""
     if _dense(a) and _dense(b):
@@ -229,13 +239,23 @@ def _shares_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
     return bool(torch.isin(bytes_a, bytes_b).any())
 
 
+def _is_fake(t: torch.Tensor) -> bool:
+    """A FakeTensor (FakeTensorMode, make_fx, torch.compile tracing): its data_ptr() is 0 for every tensor,
+    so addresses say nothing about overlap; functionalization resolves aliasing for such graphs instead."""
+    if type(t) in (torch.Tensor, torch.nn.Parameter):
+        return False
+    from torch._subclasses.fake_tensor import is_fake
+
+    return is_fake(t)
+
+
 def _byte_span(t: torch.Tensor) -> tuple[int, int] | None:
     """``[first, last + 1)`` byte addresses ``t`` can touch, or None (empty, or no real memory)."""
-    if t.numel() == 0 or t.device.type == "meta":
+    if t.numel() == 0 or t.device.type == "meta" or _is_fake(t):
         return None
     try:
         start = t.data_ptr()
-    except Exception:  # fake tensors under tracing have no memory to compare
+    except Exception:  # tensors under tracing may have no memory to compare
         return None
     extent = sum((sz - 1) * st for sz, st in zip(t.shape, t.stride())) + 1
     return start, start + extent * t.element_size()
@@ -252,10 +272,20 @@ def check_no_overlap(out: torch.Tensor | None, name: str, inputs: Mapping[str, t
 
     Views of one buffer are compared element by element only when their spans intersect and one of them
     is not dense; past 4M elements such a pair is refused rather than enumerated.
+
+    Under ``torch.compile`` tracing tensors have no addresses (the compiler's functionalization resolves
+    aliasing of a mutating custom op) and torch's overlap query cannot be traced: only ``out``'s strides
+    are checked, conservatively (each dim, sorted by stride, must step past everything the smaller ones span).
     """
     if out is None:
         return
     check_tensor(out, name)
+    if torch.compiler.is_compiling():
+        if _strides_may_overlap(out):
+            raise InvalidArgumentError(
+                f"{name} (shape {tuple(out.shape)}, strides {tuple(out.stride())}) may have elements that share "
+                f"memory (an expanded or stride-0 dim), so writing it could race; pass a fresh buffer")
+        return
     if _has_internal_overlap(out):
         raise InvalidArgumentError(
             f"{name} (shape {tuple(out.shape)}, strides {tuple(out.stride())}) has elements that share memory "
