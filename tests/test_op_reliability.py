@@ -535,3 +535,74 @@ def test_out_buffers_under_torch_compile_fullgraph():
     with pytest.raises(Exception, match="share memory"):
         f(x, w, cos, sin, torch.empty(1, 3, 128, device=DEVICE).expand(2, 3, 128), xm, wg, wu,
           torch.empty(4, 16, device=DEVICE))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Tuned configs from a hand-edited cache: the launcher's allowed= rules reject the entry (one warning per
+# entry), and the heuristic config runs, bit for bit
+# ----------------------------------------------------------------------------------------------------
+@pytest.fixture
+def tuned_cache(tmp_path, monkeypatch):
+    from triton_ops.autotuner import runtime as rt
+
+    monkeypatch.setenv("TRITON_OPS_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv("TRITON_OPS_USE_TUNED", raising=False)
+    monkeypatch.setattr(rt, "_warned", set())
+    rt.use_tuned_configs(None)
+    yield tmp_path
+    rt.use_tuned_configs(None)
+
+
+def _damaged_entry_runs_the_heuristic(cache_dir, kernel_type, size, entry, call, match):
+    import warnings
+
+    from triton_ops.autotuner import runtime as rt
+    from triton_ops.autotuner.cache import ConfigCache
+
+    ref = call()
+    ConfigCache(cache_dir).set(kernel_type, size, rt.device_key(DEVICE), entry)
+    with rt.use_tuned_configs():
+        with pytest.warns(RuntimeWarning, match=match):
+            out = call()
+        rt.forget_lookups()  # the next call asks the cache again (and plans again): no second warning
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)
+            again = call()
+    for got in (out, again):
+        for a, b in zip(got if isinstance(got, tuple) else (got,), ref if isinstance(ref, tuple) else (ref,)):
+            assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("entry", [{"ROWS_PER_PROG": 3, "num_warps": 2}, {"ROWS_PER_PROG": 2, "num_warps": 2.0},
+                                   {"num_warps": 32}, {"ROWS_PER_PROG": True}])
+def test_rmsnorm_rope_damaged_tuned_entry(tuned_cache, entry):
+    x, w, cos, sin = _rr_inputs()
+    # the launcher's key: rows x hidden x head_dim x rot x itemsize x residual
+    _damaged_entry_runs_the_heuristic(tuned_cache, "rmsnorm_rope", (6, 128, 64, 64, 4, 0), entry,
+                                      lambda: fused_rmsnorm_rope(x, w, cos, sin, head_dim=64),
+                                      "ignoring the tuned config of rmsnorm_rope")
+
+
+@pytest.mark.parametrize("label", ["junk", "96x64x64_g8_w4_s3_G_tma", "64x64x64_g8_w32_s3_G_ptr", 7])
+def test_gated_mlp_damaged_tuned_entry(tuned_cache, label):
+    torch.manual_seed(11)
+    x = torch.randn(5, 64, device=DEVICE).half()
+    wg, wu = (torch.randn(48, 64, device=DEVICE) / 8).half(), (torch.randn(48, 64, device=DEVICE) / 8).half()
+    # the launcher's key: (M, hidden, intermediate)
+    _damaged_entry_runs_the_heuristic(tuned_cache, "gated_mlp", (5, 64, 48), {"config": label},
+                                      lambda: fused_gated_mlp(x, wg, wu), "ignoring the tuned config of gated_mlp")
+
+
+@pytest.mark.parametrize("entry", [{"name": "h_256", "GROUP_M": 8, "SPLIT_K": 1},  # not a weight-only config
+                                   {"name": "small_16", "GROUP_M": 65, "SPLIT_K": 1},
+                                   {"name": "small_16", "GROUP_M": 8, "SPLIT_K": 9},
+                                   {"name": "small_16", "GROUP_M": 8, "SPLIT_K": 2.0}])
+def test_fp8_gemm_damaged_tuned_entry(tuned_cache, entry):
+    from triton_ops import fp8_gemm
+    from triton_ops.kernels import fp8_gemm as fg
+
+    torch.manual_seed(12)
+    M, N, K = 16, 64, 128  # small M from float a: the weight-only kernel
+    a, b = torch.randn(M, K, device=DEVICE), torch.randn(K, N, device=DEVICE)
+    _damaged_entry_runs_the_heuristic(tuned_cache, fg.KERNEL_TYPE, (M, N, K), entry, lambda: fp8_gemm(a, b),
+                                      "ignoring the tuned config of fp8_gemm")

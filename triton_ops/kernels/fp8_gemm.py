@@ -428,8 +428,12 @@ def tuned_config(M: int, N: int, K: int, arch: int, device, *, weight_only: bool
     if block_scaled or not _rt.ENABLED:
         return cfg
     default = {"name": cfg["name"], "GROUP_M": cfg["GROUP_M"], "SPLIT_K": cfg["SPLIT_K"]}
-    want = _rt.resolve(KERNEL_TYPE, (M, N, K), device, default)
-    if want == default or want["name"] not in config_names(arch, weight_only=weight_only, out_fp32=out_fp32):
+    # a value this launch cannot take (a hand-edited or foreign cache: another arch's config, GROUP_M 0,
+    # SPLIT_K 9) makes resolve ignore the whole entry with one warning, and the heuristic's config runs
+    want = _rt.resolve(KERNEL_TYPE, (M, N, K), device, default,
+                       allowed={"name": config_names(arch, weight_only=weight_only, out_fp32=out_fp32),
+                                "GROUP_M": _rt.tuned_int(1, 64), "SPLIT_K": _rt.tuned_int(1, MAX_SPLIT_K)})
+    if want == default:
         return cfg
     return _finish_config(want["name"], M, N, K, arch, sms, group_m=want["GROUP_M"], split_k=want["SPLIT_K"])
 

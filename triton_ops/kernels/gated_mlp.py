@@ -462,17 +462,24 @@ TUNING_KERNEL_TYPE = "gated_mlp"
 
 def _tuned_config(default: GatedMLPConfig, M: int, N: int, K: int, device: torch.device) -> GatedMLPConfig:
     """The config stored by ``triton-ops tune`` for this problem when tuned configs are switched on
-    (:func:`triton_ops.autotuner.runtime.use_tuned_configs`), else ``default``. An unreadable entry is
-    ignored rather than failing the call."""
+    (:func:`triton_ops.autotuner.runtime.use_tuned_configs`), else ``default``. An entry whose label is not
+    a config this kernel can launch (a hand-edited or foreign cache) is ignored with one warning
+    (runtime.resolve's allowed= rule) rather than failing the call."""
     if not runtime.tuned_configs_enabled():
         return default
-    got = runtime.resolve(TUNING_KERNEL_TYPE, (M, K, N), device, {"config": default.label()})["config"]
-    if got == default.label():
-        return default
+    got = runtime.resolve(TUNING_KERNEL_TYPE, (M, K, N), device, {"config": default.label()},
+                          allowed={"config": gated_mlp_config_label})["config"]
+    return default if got == default.label() else GatedMLPConfig.from_label(got)
+
+
+def gated_mlp_config_label(label: object) -> bool:
+    """Whether ``label`` names a launchable config (:meth:`GatedMLPConfig.from_label`: a label string,
+    power-of-two tiles >= 16, 1-16 warps, >= 1 stage): the rule tuned entries are checked against."""
     try:
-        return GatedMLPConfig.from_label(got)
+        GatedMLPConfig.from_label(label)
     except InvalidArgumentError:
-        return default
+        return False
+    return True
 
 
 def _aligned16(*tensors: torch.Tensor) -> bool:

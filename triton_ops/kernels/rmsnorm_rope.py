@@ -939,10 +939,11 @@ def _tuning_key(n_rows: int, hidden: int, head_dim: int, rot: int, itemsize: int
 
 def _tuned_config(x: torch.Tensor, n_rows: int, head_dim: int, rot: int, has_res: bool) -> dict | None:
     """Tuned {"ROWS_PER_PROG", "num_warps"} for this launch, or None. Only called when tuned configs are
-    switched on; values outside what the kernel accepts (a hand-edited cache) are ignored."""
+    switched on. An entry with a value outside what the kernel accepts (a hand-edited or foreign cache) is
+    ignored as a whole, with one warning (runtime.resolve's allowed= rules), and the heuristic runs."""
     key = _tuning_key(n_rows, x.shape[-1], head_dim, rot, x.element_size(), has_res)
-    got = _rt.resolve("rmsnorm_rope", key, x.device, dict.fromkeys(_TUNED_KEYS))
-    return {k: v for k, v in got.items() if isinstance(v, int) and v in _TUNED_KEYS[k]} or None
+    got = _rt.resolve("rmsnorm_rope", key, x.device, dict.fromkeys(_TUNED_KEYS), allowed=_TUNED_KEYS)
+    return {k: v for k, v in got.items() if v is not None} or None
 
 
 def _tuning_dims(shape: tuple) -> tuple[int, int, int, int]:
