@@ -63,11 +63,16 @@ from .rmsnorm import _rounded
 #: Default of ``recompute=`` in :func:`~triton_ops.fused_gated_mlp`, :class:`~triton_ops.FusedGatedMLP`
 #: and :class:`~triton_ops.FusedMLP` (see the module docstring for the trade-off).
 RECOMPUTE = True
-#: Columns per program of the elementwise kernels: 1024 16-bit elements on 4 warps is 8 per thread
+#: Elements per program of the elementwise kernels: 1024 16-bit elements on 4 warps is 8 per thread
 #: (one 16-byte load per operand).
-BLOCK_N = 1024
+TILE_ELEMS = 1024
 
-_EW_WARPS = 4
+
+
+def _ew_warps(itemsize: int) -> int:
+    """4 warps for 16-bit operands (8 elements per thread); 8 for fp32 (4 per thread: at 8, the tanh-GELU
+    backward spilled 16 bytes on sm_80 in the compile check)."""
+    return 8 if itemsize >= 4 else 4
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -93,37 +98,53 @@ def _activation_grad(g, ACTIVATION: tl.constexpr):
 
 
 @triton.jit
-def _gated_bwd_kernel(dh_ptr, g_ptr, u_ptr, dg_ptr, du_ptr, N, stride_dh, stride_g, stride_u, stride_dg,
-                      stride_du, ACTIVATION: tl.constexpr, BLOCK_N: tl.constexpr, EXACT_BF16: tl.constexpr):
-    """One row block of ``dG = dH * U * act'(G)``, ``dU = dH * act(G)``; dG/dU may overwrite G/U in place
-    (each element is read before it is written, by the same thread)."""
+def _gated_bwd_kernel(dh_ptr, g_ptr, u_ptr, dg_ptr, du_ptr, M, N, stride_dh, stride_g, stride_u, stride_dg,
+                      stride_du, ACTIVATION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                      EXACT_BF16: tl.constexpr):
+    """One [BLOCK_M, BLOCK_N] tile of ``dG = dH * U * act'(G)``, ``dU = dH * act(G)``; dG/dU may overwrite
+    G/U in place (each element is read before it is written, by the same thread)."""
     DTYPE: tl.constexpr = dg_ptr.dtype.element_ty
     # int64 row offsets: rows x row stride passes 2^31 at e.g. 87382 tokens x 2 x 12288
-    row = tl.program_id(0).to(tl.int64)
-    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    m = cols < N
-    dh = tl.load(dh_ptr + row * stride_dh + cols, mask=m, other=0.0).to(tl.float32)
-    g = tl.load(g_ptr + row * stride_g + cols, mask=m, other=0.0).to(tl.float32)
-    u = tl.load(u_ptr + row * stride_u + cols, mask=m, other=0.0).to(tl.float32)
+    rows = (tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M))[:, None]
+    cols = (tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N))[None, :]
+    m = (rows < M) & (cols < N)
+    dh = tl.load(dh_ptr + rows * stride_dh + cols, mask=m, other=0.0).to(tl.float32)
+    g = tl.load(g_ptr + rows * stride_g + cols, mask=m, other=0.0).to(tl.float32)
+    u = tl.load(u_ptr + rows * stride_u + cols, mask=m, other=0.0).to(tl.float32)
     a, da = _activation_grad(g, ACTIVATION)
-    dg = _rounded(dh * u * da, DTYPE, EXACT_BF16)
-    du = _rounded(dh * a, DTYPE, EXACT_BF16)
-    tl.store(dg_ptr + row * stride_dg + cols, dg.to(DTYPE), mask=m)
-    tl.store(du_ptr + row * stride_du + cols, du.to(DTYPE), mask=m)
+    dg = dh * u * da
+    du = dh * a
+    if EXACT_BF16:
+        dg = _rounded(dg, DTYPE, True)
+        du = _rounded(du, DTYPE, True)
+    tl.store(dg_ptr + rows * stride_dg + cols, dg.to(DTYPE), mask=m)
+    tl.store(du_ptr + rows * stride_du + cols, du.to(DTYPE), mask=m)
 
 
 @triton.jit
-def _act_mul_kernel(g_ptr, u_ptr, h_ptr, N, stride_g, stride_u, stride_h,
-                    ACTIVATION: tl.constexpr, BLOCK_N: tl.constexpr, EXACT_BF16: tl.constexpr):
-    """One row block of ``H = act(G) * U`` (the save mode's forward), fp32 math, one rounding."""
+def _act_mul_kernel(g_ptr, u_ptr, h_ptr, M, N, stride_g, stride_u, stride_h, ACTIVATION: tl.constexpr,
+                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, EXACT_BF16: tl.constexpr):
+    """One [BLOCK_M, BLOCK_N] tile of ``H = act(G) * U`` (the save mode's forward), fp32 math, one rounding."""
     DTYPE: tl.constexpr = h_ptr.dtype.element_ty
-    row = tl.program_id(0).to(tl.int64)
-    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    m = cols < N
-    g = tl.load(g_ptr + row * stride_g + cols, mask=m, other=0.0).to(tl.float32)
-    u = tl.load(u_ptr + row * stride_u + cols, mask=m, other=0.0).to(tl.float32)
-    h = _rounded(_activation(g, ACTIVATION) * u, DTYPE, EXACT_BF16)
-    tl.store(h_ptr + row * stride_h + cols, h.to(DTYPE), mask=m)
+    rows = (tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M))[:, None]
+    cols = (tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N))[None, :]
+    m = (rows < M) & (cols < N)
+    g = tl.load(g_ptr + rows * stride_g + cols, mask=m, other=0.0).to(tl.float32)
+    u = tl.load(u_ptr + rows * stride_u + cols, mask=m, other=0.0).to(tl.float32)
+    h = _activation(g, ACTIVATION) * u
+    if EXACT_BF16:
+        h = _rounded(h, DTYPE, True)
+    tl.store(h_ptr + rows * stride_h + cols, h.to(DTYPE), mask=m)
+
+
+def elementwise_tile(M: int, N: int, elems: int | None = None) -> tuple[int, int]:
+    """(BLOCK_M, BLOCK_N) of the elementwise kernels: ``TILE_ELEMS`` elements, as many columns as the rows
+    have (up to all of them), the rest in rows. Pure. The interpreter takes 8x larger tiles (it runs
+    programs one after another, each paying its setup)."""
+    elems = TILE_ELEMS if elems is None else elems
+    bn = min(triton.next_power_of_2(max(N, 1)), elems)
+    bm = min(max(1, elems // bn), triton.next_power_of_2(max(M, 1)))
+    return bm, bn
 
 
 def _exact_bf16(t: torch.Tensor) -> bool:
@@ -134,19 +155,20 @@ _launches = PlanCache("gated_mlp_elementwise")
 
 
 def _launch(kernel, tensors: tuple[torch.Tensor, ...], activation: str) -> None:
-    """Launch one of the elementwise kernels on 2-D ``[M, N]`` tensors with unit column stride (its grid:
-    a row per program along axis 0, ``BLOCK_N`` columns along axis 1), through a launch kept per signature."""
+    """Launch one of the elementwise kernels on 2-D ``[M, N]`` tensors with unit column stride, through a
+    launch kept per signature."""
     M, N = tensors[0].shape
     if not (M and N):
         return
     key = (kernel.__name__, tensor_key(*tensors), activation)
     launch = _launches.get(key)
     if launch is None:
+        bm, bn = elementwise_tile(M, N, TILE_ELEMS * 8 if interpreter_enabled() else None)
         launch = _launches.put(key, KernelLaunch(
-            kernel, (M, triton.cdiv(N, BLOCK_N)),
-            dict(ACTIVATION=ACTIVATIONS[activation], BLOCK_N=BLOCK_N, EXACT_BF16=_exact_bf16(tensors[-1])),
-            num_warps=_EW_WARPS))
-    launch(*tensors, N, *(t.stride(0) for t in tensors))
+            kernel, (triton.cdiv(M, bm), triton.cdiv(N, bn)),
+            dict(ACTIVATION=ACTIVATIONS[activation], BLOCK_M=bm, BLOCK_N=bn, EXACT_BF16=_exact_bf16(tensors[-1])),
+            num_warps=_ew_warps(tensors[0].element_size())))
+    launch(*tensors, M, N, *(t.stride(0) for t in tensors))
 
 
 def act_mul(g: torch.Tensor, u: torch.Tensor, activation: str, out: torch.Tensor) -> torch.Tensor:
@@ -382,24 +404,30 @@ def inference_only(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------------
 # Compile check
 # ----------------------------------------------------------------------------------------------------
+_SIZES = {"fp16": 2, "bf16": 2, "fp32": 4}
+
+
 def compile_specs(arch: int):
+    """Both elementwise kernels, every activation and dtype, at the tile shapes elementwise_tile picks for
+    wide rows (1 x 1024, every MLP) and narrow ones (16 x 64)."""
     from ..compile_check import CompileSpec
 
     specs = []
     for t in ("fp16", "bf16", "fp32"):
         for act, act_id in ACTIVATIONS.items():
-            const = dict(ACTIVATION=act_id, BLOCK_N=BLOCK_N, EXACT_BF16=False)
-            sig = {"dh_ptr": f"*{t}", "g_ptr": f"*{t}", "u_ptr": f"*{t}", "dg_ptr": f"*{t}", "du_ptr": f"*{t}",
-                   "N": "i32", "stride_dh": "i32", "stride_g": "i32", "stride_u": "i32", "stride_dg": "i32",
-                   "stride_du": "i32", **{k: "constexpr" for k in const}}
-            specs.append(CompileSpec(_gated_bwd_kernel, sig, const, num_warps=_EW_WARPS, num_stages=1,
-                                     aligned=tuple(k for k in sig if k.endswith("ptr") or k.startswith("stride")),
-                                     label=f"gated_mlp_bwd {t} {act}"))
-            sig = {"g_ptr": f"*{t}", "u_ptr": f"*{t}", "h_ptr": f"*{t}", "N": "i32", "stride_g": "i32",
-                   "stride_u": "i32", "stride_h": "i32", **{k: "constexpr" for k in const}}
-            specs.append(CompileSpec(_act_mul_kernel, sig, const, num_warps=_EW_WARPS, num_stages=1,
-                                     aligned=tuple(k for k in sig if k.endswith("ptr") or k.startswith("stride")),
-                                     label=f"gated_mlp_act_mul {t} {act}"))
+            for bm, bn in (elementwise_tile(8192, 12288), elementwise_tile(8192, 64)):
+                const = dict(ACTIVATION=act_id, BLOCK_M=bm, BLOCK_N=bn, EXACT_BF16=False)
+                sig = {"dh_ptr": f"*{t}", "g_ptr": f"*{t}", "u_ptr": f"*{t}", "dg_ptr": f"*{t}",
+                       "du_ptr": f"*{t}", "M": "i32", "N": "i32", "stride_dh": "i32", "stride_g": "i32",
+                       "stride_u": "i32", "stride_dg": "i32", "stride_du": "i32", **{k: "constexpr" for k in const}}
+                aligned = tuple(k for k in sig if k.endswith("ptr") or k.startswith("stride"))
+                specs.append(CompileSpec(_gated_bwd_kernel, sig, const, num_warps=_ew_warps(_SIZES[t]), num_stages=1,
+                                         aligned=aligned, label=f"gated_mlp_bwd {t} {act} {bm}x{bn}"))
+                sig = {"g_ptr": f"*{t}", "u_ptr": f"*{t}", "h_ptr": f"*{t}", "M": "i32", "N": "i32",
+                       "stride_g": "i32", "stride_u": "i32", "stride_h": "i32", **{k: "constexpr" for k in const}}
+                aligned = tuple(k for k in sig if k.endswith("ptr") or k.startswith("stride"))
+                specs.append(CompileSpec(_act_mul_kernel, sig, const, num_warps=_ew_warps(_SIZES[t]), num_stages=1,
+                                         aligned=aligned, label=f"gated_mlp_act_mul {t} {act} {bm}x{bn}"))
     return specs
 
 

@@ -172,8 +172,8 @@ def _prev_power_of_2(n: int) -> int:
     return 1 << (max(1, n).bit_length() - 1)
 
 
-def pick_backward_config(n_rows: int, n_cols: int, n_sms: int = 132,
-                         max_block: int | None = None) -> RMSNormBackwardConfig:
+def pick_backward_config(n_rows: int, n_cols: int, n_sms: int = 132, max_block: int | None = None,
+                         programs: int | None = None) -> RMSNormBackwardConfig:
     """Tile, warps and programs per SM for the backward. Pure: depends only on its arguments.
 
     * rows up to ``MAX_SINGLE_BLOCK`` wide are one tile; wider rows take ``CHUNK_BLOCK`` chunks in two
@@ -181,7 +181,7 @@ def pick_backward_config(n_rows: int, n_cols: int, n_sms: int = 132,
     * narrow rows are packed into ``[ROWS, BLOCK]`` tiles of up to ``PACK_ELEMS`` elements while every
       program of the persistent grid still gets a tile;
     * ``ELEMS_PER_THREAD`` elements per thread: warps = tile / 256, in [1, 16]; ``WARPS_PER_SM / warps``
-      programs per SM.
+      programs per SM (``programs`` overrides the grid size the packing aims for).
     """
     max_block = MAX_SINGLE_BLOCK if max_block is None else max_block
     block = next_power_of_2(max(n_cols, 1))
@@ -192,7 +192,7 @@ def pick_backward_config(n_rows: int, n_cols: int, n_sms: int = 132,
     rows = 1
     while n_chunks == 1 and rows < 64 and block * rows * 2 <= PACK_ELEMS:
         warps = _prev_power_of_2(min(16, max(1, block * rows * 2 // (32 * ELEMS_PER_THREAD))))
-        if cdiv(n_rows, rows * 2) < n_sms * max(1, WARPS_PER_SM // warps):
+        if cdiv(n_rows, rows * 2) < (programs or n_sms * max(1, WARPS_PER_SM // warps)):
             break
         rows *= 2
     num_warps = _prev_power_of_2(min(16, max(1, block * rows // (32 * ELEMS_PER_THREAD))))
@@ -208,8 +208,12 @@ class _Plan:
 
 def _make_plan(dy3, s3, gs3, x_st, round_before_weight, need_dx, need_dw, max_block=None) -> _Plan:
     n_rows, seq, n_cols = s3.shape[0] * s3.shape[1], s3.shape[1], s3.shape[2]
-    cfg = pick_backward_config(n_rows, n_cols, num_sms(s3.device), max_block)
-    n_progs = max(1, min(cdiv(n_rows, cfg.ROWS), num_sms(s3.device) * cfg.progs_per_sm))
+    sms = num_sms(s3.device)
+    # The interpreter runs programs one after another, each paying its setup again (~20 ms at hidden 64):
+    # one program, rows packed into its tile.
+    programs = 1 if interpreter_enabled() else None
+    cfg = pick_backward_config(n_rows, n_cols, sms, max_block, programs)
+    n_progs = max(1, min(cdiv(n_rows, cfg.ROWS), programs or sms * cfg.progs_per_sm))
     g_st = (gs3.stride(0), gs3.stride(1)) if gs3 is not None else (seq * n_cols, n_cols)
     pairs = ((dy3.stride(0), dy3.stride(1)), (s3.stride(0), s3.stride(1)), g_st, tuple(x_st))
     flat = s3.shape[0] == 1 or all(sb == seq * ss for sb, ss in pairs)

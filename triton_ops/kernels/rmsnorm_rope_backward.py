@@ -74,14 +74,23 @@ USE_REFERENCE = False
 # Kernel
 # ----------------------------------------------------------------------------------------------------
 @triton.jit
-def _grad_tiles(s_ptr, dy_ptr, s_off, dy_off, h, i, k, n_heads, c1, c2, s1, s2,
-                HEAD_DIM: tl.constexpr, ROT_DIM: tl.constexpr, GPTJ: tl.constexpr):
-    """One chunk of a row: s as pair halves (a, b) and tail p, and the inversely rotated gradient
-    (da, db) and tail dp, all fp32 (masked lanes are 0)."""
+def _chunk_offsets(h, i, k, n_heads, HEAD_DIM: tl.constexpr, ROT_DIM: tl.constexpr, GPTJ: tl.constexpr):
+    """Offsets within a row and masks of a chunk of heads ``h``: the pair halves (oa, ob, m) and the
+    non-rotating tail (op, mp)."""
     HALF: tl.constexpr = ROT_DIM // 2
     PASS: tl.constexpr = HEAD_DIM - ROT_DIM
     oa, ob = _pair_offsets(h, i, HEAD_DIM, HALF, GPTJ)
     m = (h < n_heads) & (i < HALF)
+    op = h * HEAD_DIM + ROT_DIM + k
+    mp = (h < n_heads) & (k < PASS)
+    return oa, ob, m, op, mp
+
+
+@triton.jit
+def _grad_tiles(s_ptr, dy_ptr, s_off, dy_off, oa, ob, m, op, mp, c1, c2, s1, s2, PASS: tl.constexpr,
+                GPTJ: tl.constexpr):
+    """One chunk of a row: s as pair halves (a, b) and tail p, and the inversely rotated gradient
+    (da, db) and tail dp, all fp32 (masked lanes are 0)."""
     a, b = _load_pairs(s_ptr + s_off, oa, ob, m, GPTJ, "evict_last")
     ga, gb = _load_pairs(dy_ptr + dy_off, oa, ob, m, GPTJ, "evict_first")
     a, b, ga, gb = a.to(tl.float32), b.to(tl.float32), ga.to(tl.float32), gb.to(tl.float32)
@@ -91,50 +100,38 @@ def _grad_tiles(s_ptr, dy_ptr, s_off, dy_off, h, i, k, n_heads, c1, c2, s1, s2,
     p = tl.zeros([1, 1], dtype=tl.float32)
     dp = tl.zeros([1, 1], dtype=tl.float32)
     if PASS > 0:
-        op = h * HEAD_DIM + ROT_DIM + k
-        mp = (h < n_heads) & (k < PASS)
         p = tl.load(s_ptr + s_off + op, mask=mp, other=0.0, eviction_policy="evict_last").to(tl.float32)
         dp = tl.load(dy_ptr + dy_off + op, mask=mp, other=0.0, eviction_policy="evict_first").to(tl.float32)
     return a, b, p, da, db, dp
 
 
 @triton.jit
-def _row_weights(w_ptr, h, i, k, n_heads, weight_offset,
-                 HEAD_DIM: tl.constexpr, ROT_DIM: tl.constexpr, GPTJ: tl.constexpr):
+def _row_weights(w_ptr, oa, ob, m, op, mp, weight_offset, PASS: tl.constexpr, GPTJ: tl.constexpr):
     """``weight_offset + weight`` for the channels of a chunk of heads (row norm), fp32."""
-    HALF: tl.constexpr = ROT_DIM // 2
-    PASS: tl.constexpr = HEAD_DIM - ROT_DIM
-    oa, ob = _pair_offsets(h, i, HEAD_DIM, HALF, GPTJ)
-    m = (h < n_heads) & (i < HALF)
     wa, wb = _load_pairs(w_ptr, oa, ob, m, GPTJ, "evict_last")
     wp = tl.zeros([1, 1], dtype=tl.float32)
     if PASS > 0:
-        wp = tl.load(w_ptr + h * HEAD_DIM + ROT_DIM + k, mask=(h < n_heads) & (k < PASS), other=0.0,
-                     eviction_policy="evict_last").to(tl.float32) + weight_offset
+        wp = tl.load(w_ptr + op, mask=mp, other=0.0, eviction_policy="evict_last").to(tl.float32) + weight_offset
     return wa.to(tl.float32) + weight_offset, wb.to(tl.float32) + weight_offset, wp
 
 
 @triton.jit
-def _store_dx(dx_ptr, gs_ptr, x_off, g_off, h, i, k, n_heads, va, vb, vp,
-              HEAD_DIM: tl.constexpr, ROT_DIM: tl.constexpr, GPTJ: tl.constexpr, HAS_GRAD_S: tl.constexpr,
-              DTYPE: tl.constexpr, EXACT_BF16: tl.constexpr):
+def _store_dx(dx_ptr, gs_ptr, x_off, g_off, oa, ob, m, op, mp, va, vb, vp, PASS: tl.constexpr,
+              GPTJ: tl.constexpr, HAS_GRAD_S: tl.constexpr, DTYPE: tl.constexpr, EXACT_BF16: tl.constexpr):
     """dx = ds (+ the gradient reaching the residual-sum output), rounded once to x's dtype."""
-    HALF: tl.constexpr = ROT_DIM // 2
-    PASS: tl.constexpr = HEAD_DIM - ROT_DIM
-    oa, ob = _pair_offsets(h, i, HEAD_DIM, HALF, GPTJ)
-    m = (h < n_heads) & (i < HALF)
     if HAS_GRAD_S:
         ra, rb = _load_pairs(gs_ptr + g_off, oa, ob, m, GPTJ, "evict_first")
         va += ra.to(tl.float32)
         vb += rb.to(tl.float32)
-    _store_pairs(dx_ptr + x_off, oa, ob, _rounded(va, DTYPE, EXACT_BF16), _rounded(vb, DTYPE, EXACT_BF16), m,
-                 GPTJ)
-    if PASS > 0:
-        op = h * HEAD_DIM + ROT_DIM + k
-        mp = (h < n_heads) & (k < PASS)
-        if HAS_GRAD_S:
+        if PASS > 0:
             vp += tl.load(gs_ptr + g_off + op, mask=mp, other=0.0, eviction_policy="evict_first").to(tl.float32)
-        tl.store(dx_ptr + x_off + op, _rounded(vp, DTYPE, EXACT_BF16).to(dx_ptr.dtype.element_ty), mask=mp)
+    if EXACT_BF16:
+        va = _rounded(va, DTYPE, True)
+        vb = _rounded(vb, DTYPE, True)
+        vp = _rounded(vp, DTYPE, True)
+    _store_pairs(dx_ptr + x_off, oa, ob, va, vb, m, GPTJ)
+    if PASS > 0:
+        tl.store(dx_ptr + x_off + op, vp.to(dx_ptr.dtype.element_ty), mask=mp)
 
 
 @triton.jit
@@ -160,8 +157,12 @@ def _rmsnorm_rope_bwd_kernel(
     ca, cb = _pair_offsets(zero_h, i, 0, HALF, GPTJ)  # cos/sin row offsets of each pair half
     m_half = i < HALF
     hidden = n_heads * HEAD_DIM
-    # This program's row of the [n_progs, W] partial weight-gradient buffer (int64: n_progs x hidden is
-    # small, but the product is formed in 64 bits anyway for very wide rows).
+    if N_CHUNKS == 1:
+        # One tile per row: its offsets (and a row norm's weights) are the same for every row.
+        oa1, ob1, m1, op1, mp1 = _chunk_offsets(h_loc, i, k, n_heads, HEAD_DIM, ROT_DIM, GPTJ)
+        if not PER_HEAD:
+            wa, wb, wp = _row_weights(w_ptr, oa1, ob1, m1, op1, mp1, weight_offset, PASS, GPTJ)
+    # This program's row of the [n_progs, W] partial weight-gradient buffer.
     if PER_HEAD:
         dw_row = dw_ptr + pid.to(tl.int64) * HEAD_DIM
         pa, pb = _pair_offsets(zero_h, i, HEAD_DIM, HALF, GPTJ)
@@ -204,11 +205,13 @@ def _rmsnorm_rope_bwd_kernel(
 
         if PER_HEAD or N_CHUNKS == 1:
             for c in range(N_CHUNKS):
-                h = c * NH_BLOCK + h_loc
-                a, b, p, da, db, dp = _grad_tiles(s_ptr, dy_ptr, s_off, dy_off, h, i, k, n_heads, c1, c2, s1, s2,
-                                                  HEAD_DIM, ROT_DIM, GPTJ)
-                if not PER_HEAD:
-                    wa, wb, wp = _row_weights(w_ptr, h, i, k, n_heads, weight_offset, HEAD_DIM, ROT_DIM, GPTJ)
+                if N_CHUNKS == 1:
+                    oa, ob, m, op, mp = oa1, ob1, m1, op1, mp1
+                else:
+                    oa, ob, m, op, mp = _chunk_offsets(c * NH_BLOCK + h_loc, i, k, n_heads, HEAD_DIM, ROT_DIM,
+                                                       GPTJ)
+                a, b, p, da, db, dp = _grad_tiles(s_ptr, dy_ptr, s_off, dy_off, oa, ob, m, op, mp, c1, c2, s1, s2,
+                                                  PASS, GPTJ)
                 ga = da * wa
                 gb = db * wb
                 gp = dp * wp
@@ -229,8 +232,8 @@ def _rmsnorm_rope_bwd_kernel(
                     rs = tl.rsqrt(ss / hidden + eps) + nan_row
                     coef = rs * rs * rs * sg / hidden
                 if NEED_DX:
-                    _store_dx(dx_ptr, gs_ptr, x_off, g_off, h, i, k, n_heads, rs * ga - a * coef, rs * gb - b * coef,
-                              rs * gp - p * coef, HEAD_DIM, ROT_DIM, GPTJ, HAS_GRAD_S, DTYPE, EXACT_BF16)
+                    _store_dx(dx_ptr, gs_ptr, x_off, g_off, oa, ob, m, op, mp, rs * ga - a * coef, rs * gb - b * coef,
+                              rs * gp - p * coef, PASS, GPTJ, HAS_GRAD_S, DTYPE, EXACT_BF16)
                 if NEED_DW:
                     if PER_HEAD:
                         acc_a += tl.sum(da * a * rs, axis=0)[None, :]
@@ -249,10 +252,10 @@ def _rmsnorm_rope_bwd_kernel(
             t_ssp = tl.zeros([NH_BLOCK, PASS_BLOCK], dtype=tl.float32)
             t_sgp = tl.zeros([NH_BLOCK, PASS_BLOCK], dtype=tl.float32)
             for c in range(N_CHUNKS):
-                h = c * NH_BLOCK + h_loc
-                a, b, p, da, db, dp = _grad_tiles(s_ptr, dy_ptr, s_off, dy_off, h, i, k, n_heads, c1, c2, s1, s2,
-                                                  HEAD_DIM, ROT_DIM, GPTJ)
-                wa, wb, wp = _row_weights(w_ptr, h, i, k, n_heads, weight_offset, HEAD_DIM, ROT_DIM, GPTJ)
+                oa, ob, m, op, mp = _chunk_offsets(c * NH_BLOCK + h_loc, i, k, n_heads, HEAD_DIM, ROT_DIM, GPTJ)
+                a, b, p, da, db, dp = _grad_tiles(s_ptr, dy_ptr, s_off, dy_off, oa, ob, m, op, mp, c1, c2, s1, s2,
+                                                  PASS, GPTJ)
+                wa, wb, wp = _row_weights(w_ptr, oa, ob, m, op, mp, weight_offset, PASS, GPTJ)
                 t_ss += a * a + b * b
                 t_sg += da * wa * a + db * wb * b
                 if PASS > 0:
@@ -262,24 +265,19 @@ def _rmsnorm_rope_bwd_kernel(
             coef = rs * rs * rs * (tl.sum(t_sg) + tl.sum(t_sgp)) / hidden
             # Pass 2: re-read each chunk (from L2), write ds, add dn' * n to this program's partial row.
             for c in range(N_CHUNKS):
-                h = c * NH_BLOCK + h_loc
-                a, b, p, da, db, dp = _grad_tiles(s_ptr, dy_ptr, s_off, dy_off, h, i, k, n_heads, c1, c2, s1, s2,
-                                                  HEAD_DIM, ROT_DIM, GPTJ)
-                wa, wb, wp = _row_weights(w_ptr, h, i, k, n_heads, weight_offset, HEAD_DIM, ROT_DIM, GPTJ)
+                oa, ob, m, op, mp = _chunk_offsets(c * NH_BLOCK + h_loc, i, k, n_heads, HEAD_DIM, ROT_DIM, GPTJ)
+                a, b, p, da, db, dp = _grad_tiles(s_ptr, dy_ptr, s_off, dy_off, oa, ob, m, op, mp, c1, c2, s1, s2,
+                                                  PASS, GPTJ)
+                wa, wb, wp = _row_weights(w_ptr, oa, ob, m, op, mp, weight_offset, PASS, GPTJ)
                 if NEED_DX:
-                    _store_dx(dx_ptr, gs_ptr, x_off, g_off, h, i, k, n_heads, rs * da * wa - a * coef,
-                              rs * db * wb - b * coef, rs * dp * wp - p * coef, HEAD_DIM, ROT_DIM, GPTJ, HAS_GRAD_S,
-                              DTYPE, EXACT_BF16)
+                    _store_dx(dx_ptr, gs_ptr, x_off, g_off, oa, ob, m, op, mp, rs * da * wa - a * coef,
+                              rs * db * wb - b * coef, rs * dp * wp - p * coef, PASS, GPTJ, HAS_GRAD_S, DTYPE,
+                              EXACT_BF16)
                 if NEED_DW:
-                    oa, ob = _pair_offsets(h, i, HEAD_DIM, HALF, GPTJ)
-                    m = (h < n_heads) & m_half
                     # The program's first row starts its partial row; later rows add to it.
-                    mr = m & (it > 0)
-                    pa_, pb_ = _load_pairs(dw_row, oa, ob, mr, GPTJ, "evict_last")
+                    pa_, pb_ = _load_pairs(dw_row, oa, ob, m & (it > 0), GPTJ, "evict_last")
                     _store_pairs(dw_row, oa, ob, pa_ + da * a * rs, pb_ + db * b * rs, m, GPTJ)
                     if PASS > 0:
-                        op = h * HEAD_DIM + ROT_DIM + k
-                        mp = (h < n_heads) & (k < PASS)
                         pp = tl.load(dw_row + op, mask=mp & (it > 0), other=0.0)
                         tl.store(dw_row + op, pp + dp * p * rs, mask=mp)
             # the next row's loads of the partial row must see these stores from every thread
@@ -292,11 +290,9 @@ def _rmsnorm_rope_bwd_kernel(
             if PASS > 0:
                 tl.store(dw_row + ROT_DIM + k, acc_p, mask=k < PASS)
         elif N_CHUNKS == 1:
-            h = h_loc
-            oa, ob = _pair_offsets(h, i, HEAD_DIM, HALF, GPTJ)
-            _store_pairs(dw_row, oa, ob, acc_a, acc_b, (h < n_heads) & m_half, GPTJ)
+            _store_pairs(dw_row, oa1, ob1, acc_a, acc_b, m1, GPTJ)
             if PASS > 0:
-                tl.store(dw_row + h * HEAD_DIM + ROT_DIM + k, acc_p, mask=(h < n_heads) & (k < PASS))
+                tl.store(dw_row + op1, acc_p, mask=mp1)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -357,7 +353,9 @@ def _make_plan(dy3, s3, weight, cos, sin, pos2, gs3, x_strides, head_dim, gptj, 
     rot = cos.shape[-1]
     pos_mode = _POS_IDS if pos2 is not None else (_POS_ROW if per_token else _POS_SEQ)
     cfg = pick_backward_config(hidden, head_dim, rot, per_head, tile_elems)
-    n_progs = max(1, min(n_rows, num_sms(s3.device) * cfg.progs_per_sm))
+    # The interpreter runs programs one after another, each paying its setup again (~30 ms at hidden 64):
+    # two programs (the partial-sum reduction still sees more than one row).
+    n_progs = max(1, min(n_rows, 2 if interpreter_enabled() else num_sms(s3.device) * cfg.progs_per_sm))
     spb = sps = 0
     if pos2 is not None:
         spb = pos2.stride(0) if pos2.shape[0] > 1 else 0
