@@ -557,3 +557,27 @@ def test_tiny_model_trains_like_unpatched(family, opt_cls, lr, one_thread):
     assert diff <= LOSS_TOL, f"patched and unpatched loss curves differ by {diff:.2e} of the first loss"
     moved = max(abs(a - b) for a, b in zip(_losses(slower, ids, opt_cls, lr * 0.99), want)) / want[0]
     assert moved > LOSS_TOL, f"the tolerance must catch a 1% change of the step size (moved {moved:.1e})"
+
+
+# ----------------------------------------------------------------------------------------------------
+# `triton-ops bench training` at its quick shapes (what runs on the GPU later, checked here first)
+# ----------------------------------------------------------------------------------------------------
+def test_training_bench_cases_run_and_agree():
+    from triton_ops.benchmark.cases_training import cases
+    from triton_ops.benchmark.report import to_markdown
+    from triton_ops.benchmark.suite import STATUS_OK, BenchmarkSuite
+
+    all_cases = cases(quick=True, device=DEVICE)
+    assert {c.op for c in all_cases} == {"training_rmsnorm_rope", "training_mlp"}
+    assert all(c.measure_memory for c in all_cases)
+    full = cases(quick=False, device=DEVICE)
+    assert {c.shape for c in full} == {"8x2048x4096 hd128", "qwen3-8b M=8192", "qwen3-8b M=16384"}
+    suite = BenchmarkSuite(["training"], device=DEVICE, cpu_reps=1)
+    rows = [r for c in all_cases for r in suite.run_case(c)]
+    bad = [(r["op"], r["system"], r.get("error")) for r in rows if r["status"] not in (STATUS_OK, "skipped")]
+    assert not bad, bad
+    ran = {(r["op"], r["system"]) for r in rows if r["status"] == STATUS_OK}
+    assert {("training_rmsnorm_rope", "triton_ops"), ("training_rmsnorm_rope", "torch_eager"),
+            ("training_mlp", "triton_ops"), ("training_mlp", "triton_ops_save"), ("training_mlp", "torch_eager")} <= ran
+    rows[0]["peak_mb"] = 12.5  # the GPU suite adds it; the table shows it beside the time
+    assert "peak MB" in to_markdown(rows, {}, cpu_only=True)

@@ -47,6 +47,9 @@ class BenchCase:
     cuda_graph: bool = False
     #: numeric problem size for the x axis of plots (e.g. tokens or M); None: cases in listed order
     size: float | None = None
+    #: also report ``peak_mb`` (GPU only): the peak memory one call of a system allocates above what was
+    #: allocated before it (activations kept for a backward, gradients, workspaces)
+    measure_memory: bool = False
 
 
 def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:

@@ -45,6 +45,7 @@ OP_FAMILIES: dict[str, str] = {
     "rmsnorm_rope": "triton_ops.benchmark.cases_rmsnorm_rope",
     "gated_mlp": "triton_ops.benchmark.cases_gated_mlp",
     "fp8": "triton_ops.benchmark.cases_fp8",
+    "training": "triton_ops.benchmark.cases_training",
 }
 #: Systems skipped by default with no GPU: Inductor builds C++ for the CPU (about 30 s per graph here)
 #: and its timings would say nothing about the GPU. ``cpu_skip=()`` runs them anyway.
@@ -338,6 +339,8 @@ class BenchmarkSuite:
                         r["gbps"] = case.bytes_moved / (ms * 1e-3) / 1e9
                     if case.flops:
                         r["tflops"] = case.flops / (ms * 1e-3) / 1e12
+                    if case.measure_memory and self.on_gpu:
+                        r["peak_mb"] = self._peak_mb(fn, input_sets[0])
                 except Exception as exc:
                     r.update(status=STATUS_FAILED, error=f"timing failed: {_short(exc)}")
                     if r.get("correct") is None:
@@ -362,6 +365,17 @@ class BenchmarkSuite:
                     r[f"ratio_vs_{b}"] = timed[b] / r["ms"]
             if case.ceiling and case.ceiling in timed:
                 r["pct_of_ceiling"] = 100.0 * timed[case.ceiling] / r["ms"]
+
+    def _peak_mb(self, fn: Callable[[dict[str, Any]], Any], inputs: dict[str, Any]) -> float:
+        """MB one call of ``fn`` allocates at its peak above what was allocated before it."""
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        out = fn(inputs)
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated() - before
+        del out
+        return peak / 1e6
 
     def _cleanup(self) -> None:
         gc.collect()
