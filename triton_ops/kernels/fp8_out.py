@@ -33,7 +33,7 @@ import triton.language as tl
 
 from ..exceptions import DTypeError, InvalidArgumentError, ShapeError, UnsupportedError
 from ..utils import cdiv
-from .fp8_quantize import _finite_abs, _on_sm80, _scale_from_amax, _to_fp8, check_scale_values
+from .fp8_quantize import _on_sm80, _to_fp8, check_scale_values
 
 #: ``out_scaling`` choices, the same on every op with an FP8 output.
 OUT_SCALINGS = ("static", "token", "block")
@@ -99,24 +99,6 @@ def _fp8_codes(y, inv, OUT_BYTES: tl.constexpr):
         return _e4m3_bits(v)
     else:
         return _to_fp8(y, inv, 448.0, tl.float8e4nv)
-
-
-@triton.jit
-def _group_scales(y, mask, R: tl.constexpr, NG: tl.constexpr, G: tl.constexpr):
-    """Per-group dynamic scales of a ``[R, NG * G]`` fp32 tile (groups of G along the last axis); masked-off
-    elements take no part. Returns ``(scales [R, NG], 1 / scales)``."""
-    ay = tl.where(mask, _finite_abs(y), 0.0)
-    amax = tl.max(tl.reshape(ay, [R, NG, G]), axis=2)
-    s = _scale_from_amax(amax, 448.0)
-    inv = tl.math.div_rn(tl.full([R, NG], 1.0, tl.float32), s)
-    return s, inv
-
-
-@triton.jit
-def _quantize_groups(y, inv, R: tl.constexpr, NG: tl.constexpr, G: tl.constexpr, OUT_BYTES: tl.constexpr):
-    """``[R, NG * G]`` fp32 tile -> e4m3 codes, group ``j`` of each row scaled by ``inv[:, j]``."""
-    q = _fp8_codes(tl.reshape(y, [R, NG, G]), inv[:, :, None], OUT_BYTES)
-    return tl.reshape(q, [R, NG * G])
 
 
 @triton.jit
@@ -258,18 +240,20 @@ def rescale_rows_step(M: int, N: int, stride_qm: int, n_groups: int, out_bytes: 
 
 
 def rescale_compile_specs(arch: int) -> list:
+    """The per-row step at the block counts of I = 256, 5120, 14336 and 32768 (one load of the row's block
+    amaxes each: BLOCK_G 2 to 256), as store_bytes picks it on ``arch`` (integer encoding below sm_89)."""
     from ..compile_check import CompileSpec
 
     specs = []
+    out_bytes = arch < 89
     for n_groups in (2, 40, 112, 256):
-        for out_bytes in ((True,) if arch < 89 else (False, True)):
-            sig = {"q_ptr": "*u8", "raw_ptr": "*fp32", "s_ptr": "*fp32", "M": "i32", "N": "i32",
-                   "n_groups": "i32", "stride_qm": "i32", "stride_rm": "i32"}
-            const = dict(ROWS=2, BLOCK_G=max(2, 1 << (n_groups - 1).bit_length()), CHUNK=1024, OUT_BYTES=out_bytes)
-            sig.update({k: "constexpr" for k in const})
-            specs.append(CompileSpec(_rows_rescale_kernel, sig, const, num_warps=4, num_stages=1,
-                                     aligned=("q_ptr", "raw_ptr", "s_ptr", "N", "stride_qm"),
-                                     label=f"fp8_rows_rescale groups={n_groups} bytes={int(out_bytes)}"))
+        sig = {"q_ptr": "*u8", "raw_ptr": "*fp32", "s_ptr": "*fp32", "M": "i32", "N": "i32",
+               "n_groups": "i32", "stride_qm": "i32", "stride_rm": "i32"}
+        const = dict(ROWS=2, BLOCK_G=max(2, 1 << (n_groups - 1).bit_length()), CHUNK=1024, OUT_BYTES=out_bytes)
+        sig.update({k: "constexpr" for k in const})
+        specs.append(CompileSpec(_rows_rescale_kernel, sig, const, num_warps=4, num_stages=1,
+                                 aligned=("q_ptr", "raw_ptr", "s_ptr", "N", "stride_qm"),
+                                 label=f"fp8_rows_rescale groups={n_groups} bytes={int(out_bytes)}"))
     return specs
 
 

@@ -64,8 +64,11 @@ from ..validation import (
     out_apart,
     rows_view,
 )
+from . import fp8_out as F8
 from ._tiles import grouped_tile_coords
 from .fp8_linear import quantize_weight
+from .fp8_out import _fp8_codes
+from .fp8_quantize import _finite_abs, _mark_valid, _scale_from_amax, check_scale_values
 from .rmsnorm import Disjoint, _rounded
 
 #: Activation names and the constexpr id the kernel switches on.
@@ -160,12 +163,20 @@ def _load_tiles(x, wg, wu, off_m, off_n, k0, M, N, K, stride_xm, stride_wgn, str
 
 
 @triton.jit
-def _epilogue(acc_g, acc_u, out, bg_ptr, bu_ptr, xs_ptr, wgs_ptr, wus_ptr, off_m, off_n, M, N, stride_om,
+def _epilogue(acc_g, acc_u, out, bg_ptr, bu_ptr, xs_ptr, wgs_ptr, wus_ptr, qs_ptr, off_m, off_n, M, N, stride_om,
+              stride_qsm,
               ACTIVATION: tl.constexpr, HAS_BIAS: tl.constexpr, FP8: tl.constexpr, USE_TMA: tl.constexpr,
-              ALIGN_OUT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, EXACT_BF16: tl.constexpr):
+              ALIGN_OUT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, EXACT_BF16: tl.constexpr,
+              OUT_QUANT: tl.constexpr, OUT_BYTES: tl.constexpr):
     """Scales (FP8), bias, act(gate) * up in fp32, one store of the gated tile. EXACT_BF16 (a bf16 output
     under the CPU interpreter, which truncates fp32 -> bf16 casts): round to nearest even first, as the
-    GPU's conversion does."""
+    GPU's conversion does.
+
+    OUT_QUANT: e4m3 codes of the fp32 tile instead (fp8_out): 1 under the static scale at ``qs_ptr``; 3
+    under (1, 128)-block scales, written to ``qs_ptr [M, ceil(N / 128)]`` (``stride_qsm`` per row): the
+    tile is BLOCK_N = 128 wide, so each of its rows is one block; 4 the same codes with each block's raw
+    ``amax / 448`` written instead (no all-zero fallback), for the per-row step of a per-token output
+    (fp8_out._rows_rescale_kernel). OUT_BYTES: the codes as integer-encoded bytes (sm_80)."""
     offs_m = off_m + tl.arange(0, BLOCK_M)
     offs_n = off_n + tl.arange(0, BLOCK_N)
     m_ok = offs_m < M
@@ -180,7 +191,17 @@ def _epilogue(acc_g, acc_u, out, bg_ptr, bu_ptr, xs_ptr, wgs_ptr, wus_ptr, off_m
         acc_g += tl.load(bg_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
         acc_u += tl.load(bu_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
     h = _activation(acc_g, ACTIVATION) * acc_u
-    if EXACT_BF16:
+    if OUT_QUANT == 1:
+        h = _fp8_codes(h, tl.math.div_rn(1.0, tl.load(qs_ptr)), OUT_BYTES)
+    elif OUT_QUANT > 1:
+        # columns past N hold exact zeros (masked or zero-filled weights, scales and bias): no mask needed
+        amax = tl.max(_finite_abs(h), axis=1)
+        s = _scale_from_amax(amax, 448.0)
+        h = _fp8_codes(h, tl.math.div_rn(tl.full([BLOCK_M], 1.0, tl.float32), s)[:, None], OUT_BYTES)
+        if OUT_QUANT == 4:
+            s = tl.math.div_rn(amax, 448.0)
+        tl.store(qs_ptr + offs_m.to(tl.int64) * stride_qsm + off_n // 128, s, mask=m_ok)
+    elif EXACT_BF16:
         h = _rounded(h, tl.bfloat16, True)
     if USE_TMA:
         out.store([off_m, off_n], h.to(out.dtype))
@@ -202,13 +223,14 @@ def _gated_mlp_kernel(
     x, wg, wu, out,  # pointers, or TMA tensor descriptors when USE_TMA
     bg_ptr, bu_ptr,  # biases [N] (unused unless HAS_BIAS)
     xs_ptr, wgs_ptr, wus_ptr,  # FP8 scales: x per row [M], weights per output channel [N] (unless FP8)
+    qs_ptr,  # FP8 output scales (OUT_QUANT; None otherwise)
     M, N, K,
-    stride_xm, stride_wgn, stride_wun, stride_om,
+    stride_xm, stride_wgn, stride_wun, stride_om, stride_qsm,
     num_progs,
     ACTIVATION: tl.constexpr, HAS_BIAS: tl.constexpr, FP8: tl.constexpr, USE_TMA: tl.constexpr,
     DOT_PRECISION: tl.constexpr, FLATTEN: tl.constexpr, ALIGN_IN: tl.constexpr, ALIGN_OUT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-    W_MN: tl.constexpr, EXACT_BF16: tl.constexpr,
+    W_MN: tl.constexpr, EXACT_BF16: tl.constexpr, OUT_QUANT: tl.constexpr, OUT_BYTES: tl.constexpr,
 ):
     """W_MN: MN-major weights (see ``_load_tiles``). EXACT_BF16: only under Triton's CPU interpreter, where
     bf16 ``tl.dot`` is wrong (off by ~1e10) and fp32 -> bf16 casts truncate: bf16 operands are multiplied
@@ -236,8 +258,9 @@ def _gated_mlp_kernel(
                     a, bg, bu = a.to(tl.float32), bg.to(tl.float32), bu.to(tl.float32)
             acc_g = tl.dot(a, bg.T, acc_g, input_precision=DOT_PRECISION)
             acc_u = tl.dot(a, bu.T, acc_u, input_precision=DOT_PRECISION)
-        _epilogue(acc_g, acc_u, out, bg_ptr, bu_ptr, xs_ptr, wgs_ptr, wus_ptr, off_m, off_n, M, N, stride_om,
-                  ACTIVATION, HAS_BIAS, FP8, USE_TMA, ALIGN_OUT, BLOCK_M, BLOCK_N, EXACT_BF16)
+        _epilogue(acc_g, acc_u, out, bg_ptr, bu_ptr, xs_ptr, wgs_ptr, wus_ptr, qs_ptr, off_m, off_n, M, N, stride_om,
+                  stride_qsm, ACTIVATION, HAS_BIAS, FP8, USE_TMA, ALIGN_OUT, BLOCK_M, BLOCK_N, EXACT_BF16,
+                  OUT_QUANT, OUT_BYTES)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -423,6 +446,43 @@ def candidate_configs(arch: int | None, dtype: torch.dtype) -> list[GatedMLPConf
     return [*_decode_configs(family, kind), *mids, *_large_configs(family, kind)]
 
 
+def block_out_config(cfg: GatedMLPConfig, arch: int | None, dtype: torch.dtype,
+                     aligned: bool = True) -> GatedMLPConfig:
+    """The config of an FP8 output: ``cfg`` (pick_config's choice) made 128 columns wide, so that each output
+    tile's rows are whole (1, 128) scale blocks and a block's amax is one row reduction in the epilogue
+    (a 64-wide tile would hold half a block, whose other half another program computes). Static scales
+    take the same tiles (with 64-wide ones the e4m3 store turned the sm_80/89 x loads into 2-byte
+    cp.async copies, which Triton refuses). Pure; 128-wide configs are kept as they are.
+
+    * Hopper, 128-row tiles: 8 warps (two 128 x 128 fp32 accumulators take 128 registers a thread), the
+      stages as they were: 3 x 48 KB (+ a 16 KB e4m3 store tile) fits 227 KB.
+    * Hopper decode tiles (<= 64 rows): the same BLOCK_K and stages, 8 warps (4 spilled 16-84 B at 16 and
+      64 rows in the compile check): 3 stages of (16 + 256) x 128 x 2 B = 70 KB.
+    * sm_80/89 (99 KB of shared memory on sm_86/89): at most 64 rows, BLOCK_K halved (>= 32 fp16, 64 e4m3)
+      so the stages of (64 + 256) x BLOCK_K fit, 8 warps at 64 rows.
+    * operands not 16-byte aligned (staged through registers): 32 x 128 x 32 on 8 warps (4 warps spilled
+      120-290 B, and 16 x 128 x 64 with e4m3 operands 10-12 KB, on sm_89/90); aligned fp32 (exact fp32
+      dots): 16 x 128 on 4 warps (32 x 128 on 8 spilled 48 B on sm_89).
+
+    Fewer, wider N tiles: at decode (M <= 64) I = 14336 gives 112 tiles instead of 224, fewer than an
+    H200's 132 SMs (each then streams ~18% more weight bytes; to be measured).
+    """
+    kind = _kind(dtype)
+    if not aligned:
+        return GatedMLPConfig(32, 128, 32, group_m=8, num_warps=8, num_stages=2)
+    if kind == "fp32":
+        return GatedMLPConfig(16, 128, 32, group_m=8, num_warps=4, num_stages=2)
+    if cfg.block_n == 128:
+        return cfg
+    family = _arch_family(arch)
+    if family == 90:
+        return replace(cfg, block_n=128, num_warps=8)
+    bm = min(cfg.block_m, 64)
+    floor = 64 if kind == "fp8" else 32
+    return replace(cfg, block_m=bm, block_n=128, block_k=max(floor, cfg.block_k // 2),
+                   num_warps=8 if bm == 64 else 4)
+
+
 def pick_config(M: int, N: int, K: int, dtype: torch.dtype, arch: int | None,
                 sms: int = 132, aligned: bool = True) -> GatedMLPConfig:
     """Launch configuration for ``[M, K] x [N, K]^T`` (N = intermediate). Pure: no device queries.
@@ -521,7 +581,7 @@ class _Plan:
         dummy = y  # never read: the constexpr switches compile those loads away
         self.launch(xa, wga, wua, oa, bg if self.has_bias else dummy, bu if self.has_bias else dummy,
                     xs if self.fp8 else dummy, wgs if self.fp8 else dummy, wus if self.fp8 else dummy,
-                    *self.ints)
+                    None, *self.ints)
         if out is not None:
             mark_written(out)
         return y
@@ -529,9 +589,10 @@ class _Plan:
 
 def _make_plan(x2: torch.Tensor, wg: torch.Tensor, wu: torch.Tensor, out2: torch.Tensor | None,
                out_shape: tuple[int, ...], out_dtype: torch.dtype, act_id: int, has_bias: bool, fp8: bool,
-               config: GatedMLPConfig | None = None) -> _Plan:
+               config: GatedMLPConfig | None = None, out_quant: int = 0) -> _Plan:
     """Plan the kernel on validated 2-D operands: x2 [M, K], wg/wu [N, K], out2 [M, N] (None: a
-    contiguous output of ``out_shape`` allocated per call); M, N, K > 0."""
+    contiguous output of ``out_shape`` allocated per call); M, N, K > 0. ``out_quant``: the epilogue's
+    OUT_QUANT (e4m3 output, ``out_dtype`` float8_e4m3fn, ``out2`` None): a :class:`_FP8KernelPlan`."""
     M, K = x2.shape
     N = wg.shape[0]
     arch, sms = device_arch(x2.device), num_sms(x2.device)
@@ -544,9 +605,17 @@ def _make_plan(x2: torch.Tensor, wg: torch.Tensor, wu: torch.Tensor, out2: torch
     if cfg is None:
         aligned = in_aligned and out_aligned
         cfg = pick_config(M, N, K, x2.dtype, arch, sms, aligned=aligned)
-        if aligned and _kind(x2.dtype) == "fp16":
+        # tuned configs were measured with activation-dtype outputs: FP8 outputs keep the heuristic's
+        if aligned and _kind(x2.dtype) == "fp16" and not out_quant:
             cfg = _tuned_config(cfg, M, N, K, x2.device)
-    use_tma = cfg.use_tma and in_aligned and out_aligned
+        if out_quant:
+            cfg = block_out_config(cfg, arch, x2.dtype, aligned)
+    if out_quant > 1 and cfg.block_n != 128:
+        raise InvalidArgumentError(f"config {cfg.label()}: FP8 outputs with block or per-token scales need "
+                                   "BLOCK_N = 128 (one scale block per tile row)")
+    out_bytes = out_quant > 0 and F8.store_bytes(x2.device)
+    # (sm_80, where codes are stored as bytes, has no TMA; the interpreter's Hopper family does)
+    use_tma = cfg.use_tma and in_aligned and out_aligned and not out_bytes
     descs = None
     if use_tma:
         bm, bn, bk = cfg.block_m, cfg.block_n, cfg.block_k
@@ -563,12 +632,43 @@ def _make_plan(x2: torch.Tensor, wg: torch.Tensor, wu: torch.Tensor, out2: torch
              ALIGN_IN=16 // x2.element_size() if in_aligned else 1,
              ALIGN_OUT=16 // out_es if out_aligned else 1,
              BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m,
-             W_MN=w_mn, EXACT_BF16=interpreter_enabled() and out_dtype == torch.bfloat16),
+             W_MN=w_mn,
+             # (an FP8 output of bf16 operands needs only the exact products: its epilogue does not round)
+             EXACT_BF16=interpreter_enabled() and (out_dtype == torch.bfloat16 or (
+                 out_quant > 0 and x2.dtype == torch.bfloat16)),
+             OUT_QUANT=out_quant, OUT_BYTES=out_bytes),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     # MN-major weights pass their K strides (the kernel reads element (n, k) at n + k * stride)
     w_strides = (wg.stride(1), wu.stride(1)) if w_mn else (wg.stride(0), wu.stride(0))
-    ints = (M, N, K, x2.stride(0), *w_strides, o_stride, grid_size)
+    stride_qsm = cdiv(N, F8.GROUP) if out_quant > 1 else 0  # [M, ceil(N / 128)] block scales
+    ints = (M, N, K, x2.stride(0), *w_strides, o_stride, stride_qsm, grid_size)
+    if out_quant:
+        return _FP8KernelPlan(launch, ints, descs, out_shape, out_dtype, fp8, has_bias, out_bytes=out_bytes)
     return _Plan(launch, ints, descs, out_shape, out_dtype, fp8, has_bias)
+
+
+class _FP8KernelPlan(_Plan):
+    """The kernel writing e4m3 codes (OUT_QUANT > 0): ``qs`` is the output scales' pointer (the static scale,
+    or the block scales it writes); on sm_80 the codes go through a uint8 view (OUT_BYTES)."""
+
+    __slots__ = ("out_bytes",)
+
+    def __init__(self, *args, out_bytes: bool = False):
+        super().__init__(*args)
+        self.out_bytes = out_bytes
+
+    def __call__(self, x, wg, wu, bg=None, bu=None, out=None, xs=None, wgs=None, wus=None, qs=None):
+        """Launch on tensors at the planned addresses; returns the new e4m3 ``[..., N]`` codes."""
+        y = x.new_empty(self.out_shape, dtype=self.out_dtype)
+        if self.descs is not None:
+            (xsh, xst, xb), (wsh, wgst, wust, wb), (osh, ost, ob) = self.descs
+            xa, wga = tensor_descriptor(x, xsh, xst, xb), tensor_descriptor(wg, wsh, wgst, wb)
+            wua, oa = tensor_descriptor(wu, wsh, wust, wb), tensor_descriptor(y, osh, ost, ob)
+        else:
+            xa, wga, wua, oa = x, wg, wu, (y.view(torch.uint8) if self.out_bytes else y)
+        self.launch(xa, wga, wua, oa, bg if self.has_bias else None, bu if self.has_bias else None,
+                    xs if self.fp8 else None, wgs if self.fp8 else None, wus if self.fp8 else None, qs, *self.ints)
+        return y
 
 
 def _mn_major(w: torch.Tensor) -> bool:
@@ -784,7 +884,8 @@ def _(x_q, x_scale, gate_q, gate_scale, up_q, up_scale, activation, out_dtype):
 def fused_gated_mlp(x: torch.Tensor, gate_weight: torch.Tensor, up_weight: torch.Tensor,
                     activation: str = "silu", *, gate_bias: torch.Tensor | None = None,
                     up_bias: torch.Tensor | None = None, out: torch.Tensor | None = None,
-                    recompute: bool | None = None) -> torch.Tensor:
+                    recompute: bool | None = None, out_dtype: torch.dtype | None = None,
+                    out_scaling: str | None = None, out_scale: torch.Tensor | None = None):
     """``act(x @ gate_weight.T + gate_bias) * (x @ up_weight.T + up_bias)`` in one fused kernel.
 
     Args:
@@ -805,7 +906,25 @@ def fused_gated_mlp(x: torch.Tensor, gate_weight: torch.Tensor, up_weight: torch
 
     Returns:
         ``[..., intermediate]`` in x's dtype. Accumulation and the activation are fp32.
+
+    FP8 output (``out_dtype=torch.float8_e4m3fn``, ``out_scaling``, ``out_scale``): the epilogue quantizes
+    the fp32 ``act(gate) * up`` to e4m3 instead of rounding it to x's dtype and returns ``(q, scale)``,
+    ready for an FP8 down projection (``fp8_gemm(q, w_down_q.t(), a_scale=scale, b_scale=...)``): 1 byte
+    per output written instead of 2, and no quantization pass reading them back. ``out_scaling``:
+    ``"block"`` (default: (1, 128) blocks, ``[rows, ceil(intermediate / 128)]``, the layout fp8_gemm's
+    block-scaled ``a`` reads; tiles are then 128 columns wide), ``"token"`` (``[..., 1]``: the row amax
+    spans every N tile, so a small second pass re-encodes each row under its largest block scale, 2 bytes
+    more per output; a code may then be one e4m3 step from a single rounding) or ``"static"``
+    (``out_scale``, one fp32 value; implied by passing it). Semantics of :func:`triton_ops.quantize_fp8`:
+    ``scale = amax / 448`` over finite values, 1 for an all-zero block; NaN stays NaN, +-inf saturates.
+    No autograd and no ``out=`` with an FP8 output.
     """
+    if out_dtype is not None:
+        return _fp8_out_entry(x, gate_weight, up_weight, activation, gate_bias, up_bias, None, None, None, out,
+                              out_dtype, out_scaling, out_scale)
+    if out_scaling is not None or out_scale is not None:
+        raise InvalidArgumentError("fused_gated_mlp: out_scaling / out_scale apply only to an FP8 output; pass "
+                                   "out_dtype=torch.float8_e4m3fn")
     key = plan_key(x, gate_weight, up_weight, gate_bias, up_bias, out)
     if key is not None:
         # Eager call with no autograd or tracing: a repeated signature is one dict hit and a launch.
@@ -890,7 +1009,8 @@ def quantize_rows_fp8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def fused_gated_mlp_fp8(x_q: torch.Tensor, x_scale: torch.Tensor, gate_q: torch.Tensor,
                         gate_scale: torch.Tensor, up_q: torch.Tensor, up_scale: torch.Tensor,
-                        activation: str = "silu", out_dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+                        activation: str = "silu", out_dtype: torch.dtype = torch.bfloat16, *,
+                        out_scaling: str | None = None, out_scale: torch.Tensor | None = None):
     """FP8 fused gated MLP on pre-quantized operands.
 
     ``x_q`` ``[..., hidden]`` e4m3 with ``x_scale`` ``[..., 1]`` (or ``[rows]``) fp32 per row;
@@ -898,7 +1018,19 @@ def fused_gated_mlp_fp8(x_q: torch.Tensor, x_scale: torch.Tensor, gate_q: torch.
     ``[intermediate]`` (or ``[intermediate, 1]``) fp32 per output channel. The scales multiply the fp32
     accumulators in the epilogue, before the activation. Needs FP8 tensor cores (sm_89+) or the
     interpreter.
+
+    ``out_dtype=torch.float8_e4m3fn`` returns ``(q, scale)``: e4m3 codes of the fp32 result for the FP8 down
+    projection, with ``out_scaling`` ``"block"`` (default), ``"token"`` or ``"static"`` (``out_scale``), as
+    for :func:`fused_gated_mlp`. The chain norm -> FP8 -> gated MLP -> FP8 GEMM then moves every
+    activation through memory once, in one byte per element::
+
+        x_q, x_s, h = fused_add_rmsnorm(x, w_norm, residual=h, out_dtype=torch.float8_e4m3fn)
+        a_q, a_s = fused_gated_mlp_fp8(x_q, x_s, wg_q, wg_s, wu_q, wu_s, out_dtype=torch.float8_e4m3fn)
+        y = fp8_gemm(a_q.reshape(-1, inter), wd_q.t(), a_scale=a_s, b_scale=wd_s.reshape(1, -1))
     """
+    if out_dtype == torch.float8_e4m3fn or out_scaling is not None or out_scale is not None:
+        return _fp8_out_entry(x_q, gate_q, up_q, activation, None, None, x_scale, gate_scale, up_scale, None,
+                              out_dtype, out_scaling, out_scale)
     key = plan_key(x_q, x_scale, gate_q, gate_scale, up_q, up_scale)
     if key is not None:
         key = (key, activation, out_dtype)
@@ -938,6 +1070,160 @@ def fused_gated_mlp_fp8(x_q: torch.Tensor, x_scale: torch.Tensor, gate_q: torch.
         _run(x_q, gate_q, up_q, out, activation, None, None, xs, gs, us)
         return out
     return torch.ops.triton_ops.fused_gated_mlp_fp8(x_q, xs, gate_q, gs, up_q, us, activation, out_dtype)
+
+
+# ----------------------------------------------------------------------------------------------------
+# FP8 outputs (out_dtype=torch.float8_e4m3fn): act(gate) * up as e4m3 codes for the down projection
+# ----------------------------------------------------------------------------------------------------
+#: The epilogue's OUT_QUANT for a per-token output: block codes plus each block's raw amax / 448, then the
+#: per-row step (fp8_out.rescale_rows_step).
+_OUT_RAW_BLOCKS = 4
+_SCALING_NAMES = {F8.QUANT_STATIC: "static", F8.QUANT_TOKEN: "token", F8.QUANT_BLOCK: "block"}
+
+
+class _FP8OutPlan:
+    """An FP8-output call: the kernel's plan, the scales it allocates and, per token, the per-row step.
+
+    Per-token scales need the amax of a whole row, which spans all the N tiles of the GEMM: the epilogue
+    writes each (1, 128) block's codes under the block's own scale and the blocks' ``amax / 448``
+    (4 bytes per 128 outputs), then one small pass takes each row's largest (exactly the row's
+    ``amax / 448``: the division is monotonic) and re-encodes the row's codes under it, in place: 2 more
+    bytes per output (one read, one write) and a launch. A code whose block is not the row's largest is
+    rounded twice (to its block's grid, then to the row's): it may differ from a single rounding of the
+    fp32 value by one e4m3 step, and an infinite product saturates to its block's largest value instead
+    of the row's.
+    """
+
+    __slots__ = ("plan", "quant", "M", "N", "s_shape", "rescale")
+
+    def __init__(self, plan, quant: int, M: int, N: int, out_shape: tuple, device: torch.device):
+        self.plan, self.quant, self.M, self.N = plan, quant, M, N
+        self.s_shape = F8.scale_shape(quant, out_shape)
+        self.rescale = None
+        if quant == F8.QUANT_TOKEN:
+            self.rescale = F8.rescale_rows_step(M, N, N, cdiv(N, F8.GROUP), F8.store_bytes(device))
+
+    def __call__(self, x, wg, wu, bg, bu, xs, gs, us, out_scale):
+        if self.quant == F8.QUANT_STATIC:
+            return self.plan(x, wg, wu, bg, bu, None, xs, gs, us, out_scale), out_scale
+        blocks = torch.empty(self.M, cdiv(self.N, F8.GROUP), dtype=torch.float32, device=x.device)
+        q = self.plan(x, wg, wu, bg, bu, None, xs, gs, us, blocks)
+        s = blocks
+        if self.rescale is not None:
+            s = torch.empty(self.s_shape, dtype=torch.float32, device=x.device)
+            self.rescale(q.view(torch.uint8), blocks, s)
+        _mark_valid(s)
+        return q, s
+
+
+def _run_fp8_out(x, wg, wu, activation: str, bg, bu, xs, gs, us, out_scale, quant: int, cache_key=None,
+                 cache: PlanCache | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """An FP8-output call on validated operands (float ``x`` and weights, or e4m3 ones with their scales
+    ``xs``/``gs``/``us``): ``(q, scale)``. A plan is kept in ``cache`` under ``cache_key`` when the operands
+    needed no copy."""
+    N, K = wg.shape
+    M = math.prod(x.shape[:-1])
+    out_shape = _out_shape(x, wg)
+    static = quant == F8.QUANT_STATIC
+    if M == 0 or N == 0:
+        q, s = F8.empty_result(quant, out_shape, x.device)
+        return q, (out_scale if static else s)
+    if K == 0:  # both projections are their biases: quantized by PyTorch ops, same semantics
+        h = _zero_k_result(M, N, activation, bg, bu, torch.float32, x.device).reshape(out_shape)
+        return F8.quantize_reference(h, _SCALING_NAMES[quant], out_scale)
+    plan = cache.get(cache_key) if cache_key is not None else None
+    x2 = rows_view(x)
+    wg2, wu2 = _same_layout(wg, wu)
+    flat = [None if t is None else t.reshape(-1).contiguous() for t in (xs, gs, us)]
+    if plan is None:
+        kplan = _make_plan(x2, wg2, wu2, None, out_shape, F8.FP8_OUT_DTYPE, ACTIVATIONS[activation], bg is not None,
+                           xs is not None, out_quant=_OUT_RAW_BLOCKS if quant == F8.QUANT_TOKEN else quant)
+        plan = _FP8OutPlan(kplan, quant, M, N, out_shape, x.device)
+        same = x2.data_ptr() == x.data_ptr() and wg2 is wg and wu2 is wu and all(
+            t is None or f.data_ptr() == t.data_ptr() for f, t in zip(flat, (xs, gs, us)))
+        if cache_key is not None and same:
+            cache.put(cache_key, plan)
+    return plan(x2, wg2, wu2, bg, bu, *flat, out_scale)
+
+
+_plans_fp8_out = PlanCache("gated_mlp/fp8_out")
+_op_plans_fp8_out = PlanCache("gated_mlp/fp8_out_op")
+
+
+@torch.library.custom_op("triton_ops::fused_gated_mlp_fp8_out", mutates_args=())
+def _fused_gated_mlp_fp8_out_op(x: torch.Tensor, gate_weight: torch.Tensor, up_weight: torch.Tensor,
+                                activation: str, gate_bias: Optional[torch.Tensor], up_bias: Optional[torch.Tensor],
+                                x_scale: Optional[torch.Tensor], gate_scale: Optional[torch.Tensor],
+                                up_scale: Optional[torch.Tensor], out_scale: Optional[torch.Tensor],
+                                quant: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """FP8 output (either input kind); a static op returns an empty placeholder for the scale (the functional
+    API hands back the caller's own: a custom op's outputs may not alias its inputs). No autograd."""
+    key = (tensor_key(x, gate_weight, up_weight, gate_bias, up_bias, x_scale, gate_scale, up_scale, out_scale),
+           activation, quant)
+    q, s = _run_fp8_out(x, gate_weight, up_weight, activation, gate_bias, up_bias, x_scale, gate_scale, up_scale,
+                        out_scale, quant, key, _op_plans_fp8_out)
+    return q, (x.new_empty(0, dtype=torch.float32) if quant == F8.QUANT_STATIC else s)
+
+
+@_fused_gated_mlp_fp8_out_op.register_fake
+def _(x, gate_weight, up_weight, activation, gate_bias, up_bias, x_scale, gate_scale, up_scale, out_scale, quant):
+    shape = _out_shape(x, gate_weight)
+    return (x.new_empty(shape, dtype=F8.FP8_OUT_DTYPE),
+            x.new_empty(F8.scale_shape(quant, shape), dtype=torch.float32))
+
+
+def _check_fp8_operands(x_q, x_scale, gate_q, gate_scale, up_q, up_scale, activation) -> None:
+    """The e4m3 operands of fused_gated_mlp_fp8 and their per-row / per-channel scales."""
+    _validate(x_q, gate_q, up_q, activation, allowed=(torch.float8_e4m3fn,))
+    rows = math.prod(x_q.shape[:-1])
+    inter = gate_q.shape[0]
+    for name, s, n in (("x_scale", x_scale, rows), ("gate_scale", gate_scale, inter),
+                       ("up_scale", up_scale, inter)):
+        check_tensor(s, name)
+        check_dtype(s, name, (torch.float32,))
+        if s.numel() != n:
+            raise ShapeError(f"{name} has shape {tuple(s.shape)} ({s.numel()} values); expected one scale "
+                             f"per {'row of x' if name == 'x_scale' else 'output channel'} ({n})")
+    check_same_device({"x_q": x_q, "x_scale": x_scale, "gate_q": gate_q, "gate_scale": gate_scale,
+                       "up_q": up_q, "up_scale": up_scale})
+    arch = device_arch(x_q.device)
+    if arch is not None and arch < 89:
+        raise UnsupportedError(f"the FP8 gated MLP needs FP8 tensor cores (sm_89 or newer); this device is "
+                               f"sm_{arch}. Use the fp16/bf16 path (FusedGatedMLP without fp8) instead")
+
+
+def _fp8_out_entry(x, wg, wu, activation, bg, bu, xs, gs, us, out, out_dtype, out_scaling, out_scale):
+    """fused_gated_mlp / fused_gated_mlp_fp8 with an FP8 output (``xs`` not None: e4m3 operands)."""
+    fp8_in = xs is not None
+    key = plan_key(x, wg, wu, bg, bu, xs, gs, us, out_scale)
+    if key is not None and out is None:
+        # Eager call with no autograd or tracing: a repeated signature is one dict hit and a launch.
+        key = (key, activation, out_dtype, out_scaling, runtime.ENABLED)
+        plan = _plans_fp8_out.get(key)
+        if plan is not None:
+            if out_scale is not None:
+                check_scale_values(out_scale, "out_scale")
+            return plan(x, wg, wu, bg, bu, xs, gs, us, out_scale)
+    if fp8_in:
+        _check_fp8_operands(x, xs, wg, gs, wu, us, activation)
+        act_dtype = out_dtype if out_dtype in FLOAT_DTYPES else torch.bfloat16
+    else:
+        _validate(x, wg, wu, activation, bg, bu)
+        act_dtype = x.dtype
+    activation = canonical_activation(activation)
+    op = "fused_gated_mlp_fp8" if fp8_in else "fused_gated_mlp"
+    quant = F8.resolve_fp8_output(out_dtype, out_scaling, out_scale, act_dtype, x.device, "block", op)
+    if not quant:  # an activation-dtype output after all
+        if fp8_in:
+            return fused_gated_mlp_fp8(x, xs, wg, gs, wu, us, activation, out_dtype=act_dtype)
+        return fused_gated_mlp(x, wg, wu, activation, gate_bias=bg, up_bias=bu, out=out)
+    if out is not None:
+        raise InvalidArgumentError(f"{op}: out= is not supported with an FP8 output (the op allocates the e4m3 "
+                                   "codes and their scales)")
+    if key is not None:
+        return _run_fp8_out(x, wg, wu, activation, bg, bu, xs, gs, us, out_scale, quant, key, _plans_fp8_out)
+    q, s = torch.ops.triton_ops.fused_gated_mlp_fp8_out(x, wg, wu, activation, bg, bu, xs, gs, us, out_scale, quant)
+    return q, (out_scale if quant == F8.QUANT_STATIC else s)
 
 
 def gated_mlp_reference_torch(x: torch.Tensor, gate_weight: torch.Tensor | None,
@@ -1115,7 +1401,14 @@ class FusedGatedMLP(KeepBufferDtypes, torch.nn.Module):
 
     # --- forward ------------------------------------------------------------------------------------
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, x_scale: torch.Tensor | None = None, *, out_dtype: torch.dtype | None = None,
+                out_scaling: str | None = None, out_scale: torch.Tensor | None = None):
+        """``act(x Wg^T + bg) * (x Wu^T + bu)`` in x's dtype. FP8 in and out (the FP8 chain, see
+        :func:`fused_gated_mlp_fp8`): an FP8 module also takes e4m3 ``x`` with its per-row ``x_scale`` (e.g.
+        from ``fused_add_rmsnorm(..., out_dtype=torch.float8_e4m3fn)``), and ``out_dtype=torch.float8_e4m3fn``
+        returns ``(q, scale)`` (``out_scaling`` / ``out_scale`` as for :func:`fused_gated_mlp`)."""
+        if x_scale is not None or out_dtype is not None or out_scaling is not None or out_scale is not None:
+            return self._forward_fp8_io(x, x_scale, out_dtype, out_scaling, out_scale)
         inter = self.intermediate_dim
         if not self.is_fp8:
             gb = ub = None
@@ -1139,6 +1432,35 @@ class FusedGatedMLP(KeepBufferDtypes, torch.nn.Module):
         return inference_only(fused_gated_mlp_fp8(x_q, x_scale, w[:inter], s[:inter], w[inter:], s[inter:],
                                                   self.activation, out_dtype=x.dtype), x)
 
+    def _forward_fp8_io(self, x, x_scale, out_dtype, out_scaling, out_scale):
+        """forward with pre-quantized input or an FP8 output (inference only: no autograd)."""
+        inter = self.intermediate_dim
+        check_tensor(x, "x")
+        if not self.is_fp8:
+            if x_scale is not None:
+                raise InvalidArgumentError("x_scale is for an FP8 module's e4m3 input; this module is not FP8 "
+                                           "(build it with fp8=True or call to_fp8())")
+            gb = ub = None
+            if self.bias is not None:
+                gb, ub = self.bias[:inter], self.bias[inter:]
+            return fused_gated_mlp(x, self.weight[:inter], self.weight[inter:], self.activation, gate_bias=gb,
+                                   up_bias=ub, out_dtype=out_dtype, out_scaling=out_scaling, out_scale=out_scale)
+        if x.dtype == torch.float8_e4m3fn:
+            if x_scale is None:
+                raise InvalidArgumentError("an e4m3 x needs x_scale, its per-row dequantization scales [..., 1]")
+            x_q = x
+        else:
+            if x_scale is not None:
+                raise InvalidArgumentError(f"x_scale is only taken with an e4m3 x; x is {x.dtype} (quantized per "
+                                           "row by the module)")
+            check_dtype(x, "x", FLOAT_DTYPES)
+            x_q, x_scale = quantize_rows_fp8(x)
+        if out_dtype is None:
+            out_dtype = x.dtype if x.dtype in FLOAT_DTYPES else torch.bfloat16
+        w, s = self.weight_fp8, self.weight_scale
+        return fused_gated_mlp_fp8(x_q, x_scale, w[:inter], s[:inter], w[inter:], s[inter:], self.activation,
+                                   out_dtype=out_dtype, out_scaling=out_scaling, out_scale=out_scale)
+
     def extra_repr(self) -> str:
         return (f"hidden_dim={self.hidden_dim}, intermediate_dim={self.intermediate_dim}, "
                 f"activation={self.activation!r}, bias={self.bias is not None}, fp8={self.is_fp8}")
@@ -1150,10 +1472,15 @@ class FusedGatedMLP(KeepBufferDtypes, torch.nn.Module):
 
 
 def _spec(arch: int, dtype: torch.dtype, cfg: GatedMLPConfig, act: str = "silu", has_bias: bool = False,
-          out_dtype: torch.dtype | None = None, aligned: bool = True, w_mn: bool = False) -> CompileSpec:
+          out_dtype: torch.dtype | None = None, aligned: bool = True, w_mn: bool = False,
+          out_quant: int = 0) -> CompileSpec:
     fp8 = dtype == torch.float8_e4m3fn
     t = _TORCH_TO_TL[dtype]
-    to = _TORCH_TO_TL[out_dtype or dtype]
+    # FP8 outputs (out_quant, the epilogue's OUT_QUANT): e4m3 codes, as bytes on sm_80 (no FP8 conversion)
+    out_bytes = bool(out_quant) and arch < 89
+    if out_quant:
+        out_dtype = torch.float8_e4m3fn
+    to = "u8" if out_bytes else _TORCH_TO_TL[out_dtype or dtype]
     bm, bn, bk = cfg.block_m, cfg.block_n, cfg.block_k
     if cfg.use_tma:
         xs, wgs, ous = f"tensordesc<{t}[{bm}, {bk}]>", f"tensordesc<{t}[{bn}, {bk}]>", f"tensordesc<{to}[{bm}, {bn}]>"
@@ -1173,17 +1500,28 @@ def _spec(arch: int, dtype: torch.dtype, cfg: GatedMLPConfig, act: str = "silu",
         "ALIGN_OUT": 16 // (out_dtype or dtype).itemsize if aligned else 1,
         "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": cfg.group_m,
         "W_MN": w_mn, "EXACT_BF16": False,  # EXACT_BF16 is an interpreter-only switch
+        "OUT_QUANT": out_quant, "OUT_BYTES": out_bytes,
     }
     for name in ("ACTIVATION", "HAS_BIAS", "FP8", "USE_TMA", "DOT_PRECISION", "FLATTEN", "ALIGN_IN", "ALIGN_OUT",
-                 "BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "W_MN", "EXACT_BF16"):
+                 "BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "W_MN", "EXACT_BF16", "OUT_QUANT", "OUT_BYTES"):
         sig[name] = "constexpr"
+    # Pointers a launch passes as None (the JIT makes them constexpr None): the FP8-output scales of an
+    # activation-dtype output; bias and operand scales an FP8-output launch does not read.
+    unused = ["qs_ptr"] if not out_quant else (["bg_ptr", "bu_ptr"] if not has_bias else []) + (
+        ["xs_ptr", "wgs_ptr", "wus_ptr"] if not fp8 else [])
+    sig["qs_ptr"], sig["stride_qsm"] = "*fp32", "i32"
+    for name in unused:
+        sig[name] = "constexpr"
+        constexprs[name] = None
+    sig = {n: sig[n] for n in _gated_mlp_kernel.arg_names}  # declaration order
     must = []
     # wgmma needs a 64-row warpgroup tile: every Hopper config with BLOCK_M >= 64 must use it.
     if arch == 90 and bm >= 64 and dtype != torch.float32:
         must.append(r"wgmma\.mma_async.*e4m3" if fp8 else r"wgmma\.mma_async")
     align = ("" if aligned or cfg.use_tma else " unaligned") + (" mn-major-w" if w_mn else "")
     label = (f"gated_mlp{align} {str(dtype).replace('torch.', '')}->{str(out_dtype or dtype).replace('torch.', '')} "
-             f"{act}{' bias' if has_bias else ''} {cfg.label()}")
+             f"{act}{' bias' if has_bias else ''} {cfg.label()}"
+             + (f" out_quant={out_quant}{' bytes' if out_bytes else ''}" if out_quant else ""))
     return CompileSpec(_gated_mlp_kernel, sig, constexprs, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
                        label=label, ptx_must_contain=must)
 
@@ -1224,6 +1562,40 @@ def compile_specs(arch: int) -> list[CompileSpec]:
             specs.append(_spec(arch, fp8, cfg, out_dtype=torch.bfloat16))
         specs.append(_spec(arch, fp8, _large_configs(family, "fp8")[0], act="gelu", out_dtype=torch.float16))
         specs.append(_spec(arch, fp8, _unaligned_config("fp8"), out_dtype=torch.bfloat16, aligned=False))
+    specs.extend(_fp8_out_specs(arch))
+    return specs
+
+
+def _fp8_out_specs(arch: int) -> list[CompileSpec]:
+    """FP8 outputs, on the 128-wide configs block_out_config makes of every candidate: (1, 128)-block scales
+    on each (fp16; bf16 shares the tiles and is built on the large and mid ones, with bias), the per-token
+    variant (raw block amaxes) and static scales on the large and mid ones (they change only where the
+    scale comes from); the unaligned and fp32 configs; e4m3 operands likewise on sm_89+ (sm_80 has no
+    FP8 MMA)."""
+    family = _arch_family(arch)
+    block, static, raw = F8.QUANT_BLOCK, F8.QUANT_STATIC, _OUT_RAW_BLOCKS
+    specs: list[CompileSpec] = []
+    kinds = [(torch.float16, "fp16")] + ([(torch.float8_e4m3fn, "fp8")] if arch >= 89 else [])
+    for dtype, kind in kinds:
+        wide: dict[GatedMLPConfig, None] = {}
+        for cfg in candidate_configs(arch, dtype):
+            wide.setdefault(block_out_config(cfg, arch, dtype), None)
+        for cfg in wide:
+            specs.append(_spec(arch, dtype, cfg, out_quant=block))
+        un = block_out_config(_unaligned_config(kind), arch, dtype, aligned=False)
+        specs.append(_spec(arch, dtype, un, aligned=False, out_quant=block))
+        specs.append(_spec(arch, dtype, un, aligned=False, out_quant=static))
+        for cfg in (_large_configs(family, kind)[0], _mid_config(family, kind)):
+            cfg = block_out_config(cfg, arch, dtype)
+            specs.append(_spec(arch, dtype, cfg, out_quant=raw))
+            specs.append(_spec(arch, dtype, cfg, act="gelu_tanh", out_quant=static))
+            if kind == "fp16":
+                specs.append(_spec(arch, torch.bfloat16, cfg, has_bias=True, out_quant=block))
+    fp32 = block_out_config(_FP32_CONFIG, arch, torch.float32)
+    specs.append(_spec(arch, torch.float32, fp32, has_bias=True, out_quant=block))
+    fp32u = block_out_config(_FP32_CONFIG, arch, torch.float32, aligned=False)
+    specs.append(_spec(arch, torch.float32, fp32u, aligned=False, out_quant=raw))
+    specs.extend(F8.rescale_compile_specs(arch))  # the per-token step after the raw-block epilogue
     return specs
 
 
