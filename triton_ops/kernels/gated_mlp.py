@@ -899,10 +899,10 @@ def fused_gated_mlp(x: torch.Tensor, gate_weight: torch.Tensor, up_weight: torch
             names for the same functions (``"swish"``, ``"gelu_pytorch_tanh"``, ``"gelu_new"``) are accepted.
         gate_bias, up_bias: optional ``[intermediate]`` biases (both or neither).
         out: optional ``[..., intermediate]`` output buffer of x's dtype.
-        recompute: training only (autograd recording through an input). True: the fused kernel, and the
-            backward recomputes both projections; False: the projections come from cuBLAS and are kept for
-            the backward (2 x [..., intermediate] more activation memory, two GEMMs fewer); None:
-            ``triton_ops.kernels.gated_mlp_backward.RECOMPUTE`` (True). See docs/perf-notes.md, training.
+        recompute: training only (autograd recording through an input). False: the projections come from
+            cuBLAS and are kept for the backward; True: the fused kernel, and the backward recomputes both
+            projections (2 x [..., intermediate] less activation memory, two GEMMs more); None:
+            ``triton_ops.kernels.gated_mlp_backward.RECOMPUTE`` (False). See docs/perf-notes.md, training.
 
     Returns:
         ``[..., intermediate]`` in x's dtype. Accumulation and the activation are fp32.

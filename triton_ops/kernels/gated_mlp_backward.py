@@ -15,12 +15,14 @@ extra rounding of the partial sum to the dtype: ~2^-9 relative in bf16).
 
 G and U come from one of two places (``recompute=``, like Liger's and quack's recompute modes):
 
-* ``recompute=True`` (default): the forward is the fused kernel, which never writes G or U; the backward
-  recomputes them with two GEMMs (``x Wg^T``, ``x Wu^T``) into one ``[M, 2I]`` buffer, and the
-  elementwise kernel then overwrites that buffer with ``dG, dU`` in place. Saved for the backward: ``x``.
-* ``recompute=False``: the forward computes ``[G, U]`` with cuBLAS into one ``[M, 2I]`` buffer and ``H``
-  from it with a Triton elementwise kernel (the fused kernel's forward is not used: it keeps G and U in
-  registers only), and saves ``x`` and that buffer. The backward skips the two recompute GEMMs.
+* ``recompute=False`` (default, :data:`RECOMPUTE`): the forward computes ``[G, U]`` with cuBLAS into one
+  ``[M, 2I]`` buffer and ``H`` from it with a Triton elementwise kernel (the fused kernel is not used
+  here: it keeps G and U in registers only), and saves ``x`` and that buffer. Without autograd (inference)
+  the fused kernel runs as always.
+* ``recompute=True``: the forward is the fused kernel; the backward recomputes G and U with two GEMMs
+  (``x Wg^T``, ``x Wu^T``) into one ``[M, 2I]`` buffer, which the elementwise kernel then overwrites with
+  ``dG, dU`` in place. Saved for the backward: ``x`` only; two more GEMMs per step (activation
+  checkpointing of this op).
 
 Bytes and flops per call, bf16 (2 B), at Qwen3-8B's MLP (H = 4096, I = 12288) and M = 8192 tokens
 (``MHI`` = 4.1e11; one ``M x H x I`` GEMM is 2 MHI = 0.82 TFLOP):
@@ -28,15 +30,18 @@ Bytes and flops per call, bf16 (2 B), at Qwen3-8B's MLP (H = 4096, I = 12288) an
 ======================  ===============================  ==========================================
 mode                    saved for the backward           backward work
 ======================  ===============================  ==========================================
-recompute=True          x: 2MH = 67 MB                   6 GEMMs (4.9 TFLOP) + 10 B/elem x MI (1 GB)
 recompute=False         x + [G, U]: 2MH + 4MI = 470 MB   4 GEMMs (3.3 TFLOP) + 10 B/elem x MI (1 GB)
+recompute=True          x: 2MH = 67 MB                   6 GEMMs (4.9 TFLOP) + 10 B/elem x MI (1 GB)
+torch eager (HF MLP)    x, G, silu(G), U: 2MH + 6MI      4 GEMMs + 16 B/elem x MI (mul and silu
+                        = 671 MB                         backward, 1.6 GB)
 ======================  ===============================  ==========================================
 
-The save mode's forward also writes ``[G, U]`` (4MI = 403 MB) and reads it back for ``H`` (6 B/elem x MI,
-0.6 GB) where the fused kernel writes only ``H``. On an H200 (~700 TFLOPS of bf16 GEMM reached, 3.9 TB/s)
-that predicts, to be measured: backward ~4.9 ms (save) vs ~7.3 ms (recompute), forward ~2.6 ms (save) vs
-~2.5 ms (fused), against ~80 ms for the fp32 backward this replaces (fp32 FMA GEMMs at ~60 TFLOPS). A
-36-layer model pays ~14.5 GB of activations more for the save mode at this M.
+(``down_proj`` saves ``H``, 2MI = 201 MB, in every case.) The save mode's forward also writes ``[G, U]``
+(4MI = 403 MB) and reads it back for ``H`` (6 B/elem x MI, 0.6 GB) where the fused kernel writes only
+``H``. On an H200 (~700 TFLOPS of bf16 GEMM reached, 3.9 TB/s) that predicts, to be measured: gate/up
+backward ~4.9 ms (save) vs ~7.3 ms (recompute), forward ~2.6 ms (save) vs ~2.5 ms (fused), against ~80 ms
+for the fp32 backward this replaces (fp32 FMA GEMMs at ~60 TFLOPS). Per layer the save mode keeps 201 MB
+less than eager and the recompute mode 604 MB less (14.5 GB over 36 layers at this M).
 
 The FP8 module (:meth:`FusedGatedMLP.to_fp8`) is inference only: its weights are e4m3 buffers, not
 parameters, and there is no FP8 backward. A forward with autograd recording works (a model run without
@@ -61,8 +66,9 @@ from .gated_mlp import ACTIVATIONS, _activation
 from .rmsnorm import _rounded
 
 #: Default of ``recompute=`` in :func:`~triton_ops.fused_gated_mlp`, :class:`~triton_ops.FusedGatedMLP`
-#: and :class:`~triton_ops.FusedMLP` (see the module docstring for the trade-off).
-RECOMPUTE = True
+#: and :class:`~triton_ops.FusedMLP` (see the module docstring for the trade-off): save the projections,
+#: the faster mode, which still keeps less than an eager MLP does.
+RECOMPUTE = False
 #: Elements per program of the elementwise kernels: 1024 16-bit elements on 4 warps is 8 per thread
 #: (one 16-byte load per operand).
 TILE_ELEMS = 1024

@@ -85,9 +85,9 @@ class FusedMLP(nn.Module):
     Inputs must have the weights' dtype (fp16, bf16 or fp32); the gate/up accumulation and the activation
     run in fp32 and the gated product is rounded once to that dtype before ``down_proj``.
 
-    Training: ``recompute`` (attribute, default None = ``gated_mlp_backward.RECOMPUTE``, True) recomputes
-    the gate/up projections in the backward; False keeps them from the forward (see
-    :func:`~triton_ops.fused_gated_mlp`). The FP8 module is inference only (its backward raises).
+    Training: ``recompute`` (attribute, default None = ``gated_mlp_backward.RECOMPUTE``, False) keeps the
+    gate/up projections from the forward; True recomputes them in the backward (less memory, two GEMMs
+    more; see :func:`~triton_ops.fused_gated_mlp`). The FP8 module is inference only (its backward raises).
     """
 
     recompute: bool | None = None
