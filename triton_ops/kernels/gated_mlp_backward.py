@@ -39,9 +39,9 @@ torch eager (HF MLP)    x, G, silu(G), U: 2MH + 6MI      4 GEMMs + 16 B/elem x M
 (``down_proj`` saves ``H``, 2MI = 201 MB, in every case.) The save mode's forward also writes ``[G, U]``
 (4MI = 403 MB) and reads it back for ``H`` (6 B/elem x MI, 0.6 GB) where the fused kernel writes only
 ``H``. On an H200 (~700 TFLOPS of bf16 GEMM reached, 3.9 TB/s) that predicts, to be measured: gate/up
-backward ~4.9 ms (save) vs ~7.3 ms (recompute), forward ~2.6 ms (save) vs ~2.5 ms (fused), against ~80 ms
+backward ~4.9 ms (save) vs ~7.3 ms (recompute), forward ~2.6 ms (save) vs ~2.5 ms (fused), against ~90 ms
 for the fp32 backward this replaces (fp32 FMA GEMMs at ~60 TFLOPS). Per layer the save mode keeps 201 MB
-less than eager and the recompute mode 604 MB less (14.5 GB over 36 layers at this M).
+less than eager and the recompute mode 604 MB less (21.7 GB over 36 layers at this M).
 
 The FP8 module (:meth:`FusedGatedMLP.to_fp8`) is inference only: its weights are e4m3 buffers, not
 parameters, and there is no FP8 backward. A forward with autograd recording works (a model run without
