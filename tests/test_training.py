@@ -581,3 +581,45 @@ def test_training_bench_cases_run_and_agree():
             ("training_mlp", "triton_ops"), ("training_mlp", "triton_ops_save"), ("training_mlp", "torch_eager")} <= ran
     rows[0]["peak_mb"] = 12.5  # the GPU suite adds it; the table shows it beside the time
     assert "peak MB" in to_markdown(rows, {}, cpu_only=True)
+
+
+def test_backward_strided_inputs_and_expanded_grads():
+    """Rows of x strided (a slice of a wider buffer), the incoming gradient expanded (``y.sum()``)."""
+    torch.manual_seed(18)
+    cos, sin = tables(3, 16, device=DEVICE)
+    big = torch.randn(2, 3, 96, device=DEVICE)
+    w = torch.randn(64, device=DEVICE)
+    for op in ("rmsnorm_rope", "add_rmsnorm"):
+        lx = big.clone().requires_grad_()
+        lw = w.clone().requires_grad_()
+        rx = big.double().requires_grad_()
+        rw = w.double().requires_grad_()
+        if op == "rmsnorm_rope":
+            fused_rmsnorm_rope(lx[..., 16:80], lw, cos, sin, head_dim=16).sum().backward()
+            rmsnorm_rope_reference(rx[..., 16:80], rw, cos.double(), sin.double(), head_dim=16).sum().backward()
+        else:
+            fused_add_rmsnorm(lx[..., 16:80], lw).sum().backward()
+            s = rx[..., 16:80]
+            (s * torch.rsqrt(s.pow(2).mean(-1, keepdim=True) + 1e-6) * rw).sum().backward()
+        _close(lx.grad, rx.grad, GRAD_TOL[torch.float32], f"{op} dx")
+        _close(lw.grad, rw.grad, GRAD_TOL[torch.float32], f"{op} dweight")
+
+
+def test_backward_custom_ops_opcheck():
+    """Schema and fake implementations of the backward ops and the save-mode forward (AOT tracing of them is
+    what the torch.compile tests above exercise)."""
+    torch.manual_seed(19)
+    cos, sin = tables(4, 16, device=DEVICE)
+    s, dy = torch.randn(2, 4, 32, device=DEVICE), torch.randn(2, 4, 32, device=DEVICE)
+    w = torch.randn(32, device=DEVICE)
+    utils = ("test_schema", "test_faketensor")
+    torch.library.opcheck(torch.ops.triton_ops.rmsnorm_rope_backward,
+                          (dy, s, w, cos, sin, None, dy, 1e-6, 16, False, 0.0, False, True, True), test_utils=utils)
+    torch.library.opcheck(torch.ops.triton_ops.add_rmsnorm_backward, (dy, s, w, None, 1e-6, 0.0, False, True, True),
+                          test_utils=utils)
+    x, wg, wu, bg, bu = _mlp_inputs(bias=True)
+    dh = torch.randn(x.shape[0], wg.shape[0], device=DEVICE)
+    torch.library.opcheck(torch.ops.triton_ops.gated_mlp_backward,
+                          (dh, x, wg, wu, bg, bu, None, "silu", True, True, True), test_utils=utils)
+    torch.library.opcheck(torch.ops.triton_ops.gated_mlp_saving, (x.requires_grad_(), wg, wu, "silu", bg, bu),
+                          test_utils=utils + ("test_autograd_registration",))

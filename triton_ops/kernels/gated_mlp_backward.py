@@ -414,26 +414,24 @@ _SIZES = {"fp16": 2, "bf16": 2, "fp32": 4}
 
 
 def compile_specs(arch: int):
-    """Both elementwise kernels, every activation and dtype, at the tile shapes elementwise_tile picks for
-    wide rows (1 x 1024, every MLP) and narrow ones (16 x 64)."""
+    """Both elementwise kernels at the tile shapes elementwise_tile picks for wide rows (1 x 1024: every
+    MLP) and narrow ones (16 x 64): every activation in bf16 at both, fp16 (the same 16-bit code) once,
+    every activation in fp32 (its own warp count)."""
     from ..compile_check import CompileSpec
 
+    wide, narrow = elementwise_tile(8192, 12288), elementwise_tile(8192, 64)
+    combos = [("bf16", act, tile) for act in ACTIVATIONS for tile in (wide, narrow)]
+    combos += [("fp16", "silu", wide)] + [("fp32", act, wide) for act in ACTIVATIONS]
     specs = []
-    for t in ("fp16", "bf16", "fp32"):
-        for act, act_id in ACTIVATIONS.items():
-            for bm, bn in (elementwise_tile(8192, 12288), elementwise_tile(8192, 64)):
-                const = dict(ACTIVATION=act_id, BLOCK_M=bm, BLOCK_N=bn, EXACT_BF16=False)
-                sig = {"dh_ptr": f"*{t}", "g_ptr": f"*{t}", "u_ptr": f"*{t}", "dg_ptr": f"*{t}",
-                       "du_ptr": f"*{t}", "M": "i32", "N": "i32", "stride_dh": "i32", "stride_g": "i32",
-                       "stride_u": "i32", "stride_dg": "i32", "stride_du": "i32", **{k: "constexpr" for k in const}}
-                aligned = tuple(k for k in sig if k.endswith("ptr") or k.startswith("stride"))
-                specs.append(CompileSpec(_gated_bwd_kernel, sig, const, num_warps=_ew_warps(_SIZES[t]), num_stages=1,
-                                         aligned=aligned, label=f"gated_mlp_bwd {t} {act} {bm}x{bn}"))
-                sig = {"g_ptr": f"*{t}", "u_ptr": f"*{t}", "h_ptr": f"*{t}", "M": "i32", "N": "i32",
-                       "stride_g": "i32", "stride_u": "i32", "stride_h": "i32", **{k: "constexpr" for k in const}}
-                aligned = tuple(k for k in sig if k.endswith("ptr") or k.startswith("stride"))
-                specs.append(CompileSpec(_act_mul_kernel, sig, const, num_warps=_ew_warps(_SIZES[t]), num_stages=1,
-                                         aligned=aligned, label=f"gated_mlp_act_mul {t} {act} {bm}x{bn}"))
+    for t, act, (bm, bn) in combos:
+        const = dict(ACTIVATION=ACTIVATIONS[act], BLOCK_M=bm, BLOCK_N=bn, EXACT_BF16=False)
+        ptrs = {"bwd": ("dh_ptr", "g_ptr", "u_ptr", "dg_ptr", "du_ptr"), "act_mul": ("g_ptr", "u_ptr", "h_ptr")}
+        for name, kernel in (("bwd", _gated_bwd_kernel), ("act_mul", _act_mul_kernel)):
+            strides = tuple("stride_" + p[:-4] for p in ptrs[name])
+            sig = {**{p: f"*{t}" for p in ptrs[name]}, "M": "i32", "N": "i32", **{k: "i32" for k in strides},
+                   **{k: "constexpr" for k in const}}
+            specs.append(CompileSpec(kernel, sig, const, num_warps=_ew_warps(_SIZES[t]), num_stages=1,
+                                     aligned=ptrs[name] + strides, label=f"gated_mlp_{name} {t} {act} {bm}x{bn}"))
     return specs
 
 

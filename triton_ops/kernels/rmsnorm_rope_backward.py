@@ -479,20 +479,22 @@ _TYPE_SIZES = {"fp16": 2, "bf16": 2, "fp32": 4}
 
 def _compile_variants():
     """(dtype, hidden, head_dim, rot, per_head, gptj, pos_mode, grad_s, need_dx) combos to build: every
-    tile class of pick_backward_config (one tile, two-pass chunks, per-head chunks) per head_dim class with
-    16-bit inputs, each constexpr switch at least once; fp32 inputs (the same fp32 registers, wider
-    loads) at three head_dim classes. Each build takes ~0.6 s of CPU per architecture."""
+    tile class of pick_backward_config (one tile, two-pass chunks, per-head) per head_dim class with 16-bit
+    inputs; the other switches (layout, positions, grad_s, fp16 vs bf16, fp32) at a few head_dim classes
+    each, the Llama/Qwen row (4096, hd 128) in every variant. ~0.6 s of CPU per build and architecture."""
     out = []
     for head_dim, rot in ((64, 64), (80, 80), (96, 96), (128, 128), (128, 64), (256, 256), (512, 512)):
-        for hidden in (head_dim * 32, head_dim * 112):  # 32 heads: one tile up to hd 128; 112: chunked
-            out.append(("bf16", hidden, head_dim, rot, False, False, 0, True, True))
-            out.append(("fp16", hidden, head_dim, rot, False, True, 1, False, True))
-            if head_dim in (128, 512):
-                out.append(("fp32", hidden, head_dim, rot, False, False, 2, True, True))
+        out.append(("bf16", head_dim * 32, head_dim, rot, False, False, 0, True, True))  # one tile
+        out.append(("fp16", head_dim * 112, head_dim, rot, False, True, 1, False, True))  # two passes
         out.append(("bf16", head_dim * 32, head_dim, rot, True, False, 0, False, True))  # per-head
-        out.append(("fp16", head_dim * 32, head_dim, rot, True, True, 1, True, True))
-    out.append(("bf16", 4096, 128, 128, False, False, 0, False, False))  # weight gradient only
+        if head_dim in (64, 128) or rot < head_dim:
+            out.append(("fp16", head_dim * 32, head_dim, rot, False, True, 1, False, True))
+            out.append(("bf16", head_dim * 112, head_dim, rot, False, False, 0, True, True))
+            out.append(("fp16", head_dim * 32, head_dim, rot, True, True, 1, True, True))
+    out.append(("fp32", 4096, 128, 128, False, False, 2, True, True))
+    out.append(("fp32", 14336, 128, 128, False, True, 1, True, True))
     out.append(("fp32", 4096, 128, 64, True, True, 1, True, True))
+    out.append(("bf16", 4096, 128, 128, False, False, 0, False, False))  # weight gradient only
     return out
 
 
