@@ -26,9 +26,13 @@ import triton.language as tl
 
 from .. import validation as V
 from ..autotuner import runtime as _rt
-from ..exceptions import InvalidArgumentError, LayoutError, ShapeError
+from ..exceptions import InvalidArgumentError, LayoutError, ShapeError, UnsupportedError
 from ..launch import KernelLaunch, PlanCache, mark_written, plan_key
+from ..launch import tensor_key as _tensor_key
 from ..utils import cdiv, interpreter_enabled, next_power_of_2, num_sms
+from . import fp8_out as F8
+from .fp8_out import _fp8_codes
+from .fp8_quantize import _finite_abs, _mark_valid, _scale_from_amax, check_scale_values
 from .rmsnorm import Disjoint, _rounded, same_view
 from .rope import _rot_dim
 
@@ -127,19 +131,160 @@ def _load_row_tiles(x_ptr, res_ptr, res_out_ptr, x_off, r_off, ro_off, h, i, k, 
 
 
 @triton.jit
+def _chunk_rstd(a, b, p, rstd, hidden, eps, HEAD_DIM: tl.constexpr, PASS: tl.constexpr, PER_HEAD: tl.constexpr,
+                N_CHUNKS: tl.constexpr):
+    """The reciprocal RMS that normalises a chunk: per head (QK-norm), of the whole row held in one tile,
+    or ``rstd`` from the first pass over a chunked row."""
+    if PER_HEAD:
+        ss = tl.sum(a * a + b * b, axis=1)
+        if PASS > 0:
+            ss += tl.sum(p * p, axis=1)
+        rs = tl.rsqrt(ss / HEAD_DIM + eps)[:, None]
+    elif N_CHUNKS == 1:
+        ss = tl.sum(a * a + b * b)
+        if PASS > 0:
+            ss += tl.sum(p * p)
+        rs = tl.rsqrt(ss / hidden + eps)
+    else:
+        rs = rstd
+    return rs
+
+
+@triton.jit
+def _rope_out(a, b, p, h, i, k, rs, w_ptr, wa, wb, wp, c1, c2, s1, s2, pos_ok, row_ok, n_heads, weight_offset,
+              HEAD_DIM: tl.constexpr, ROT_DIM: tl.constexpr, GPTJ: tl.constexpr, PER_HEAD: tl.constexpr):
+    """One chunk normalised (``rs``) and rotated in fp32, NaN for a token whose position lies outside the
+    tables: ``(ya, yb, yp, oa, ob, op, m, mp)``, the pair halves and the tail with their offsets and masks.
+    Per-head weights come in as ``wa, wb, wp``; row weights are loaded here."""
+    HALF: tl.constexpr = ROT_DIM // 2
+    PASS: tl.constexpr = HEAD_DIM - ROT_DIM
+    oa, ob = _pair_offsets(h, i, HEAD_DIM, HALF, GPTJ)
+    m = (h < n_heads) & (i < HALF) & row_ok
+    if not PER_HEAD:
+        wa, wb = _load_pairs(w_ptr, oa, ob, m, GPTJ, "evict_last")
+        wa = wa.to(tl.float32) + weight_offset
+        wb = wb.to(tl.float32) + weight_offset
+    na = a * rs * wa
+    nb = b * rs * wb
+    ya = na * c1 - nb * s1
+    yb = nb * c2 + na * s2
+    ya = tl.where(pos_ok, ya, float("nan"))
+    yb = tl.where(pos_ok, yb, float("nan"))
+    op = h * HEAD_DIM + ROT_DIM + k
+    mp = (h < n_heads) & (k < PASS) & row_ok
+    yp = p
+    if PASS > 0:
+        if not PER_HEAD:
+            wp = tl.load(w_ptr + op, mask=mp, other=0.0, eviction_policy="evict_last").to(tl.float32)
+            wp = wp + weight_offset
+        yp = tl.where(pos_ok, p * rs * wp, float("nan"))
+    return ya, yb, yp, oa, ob, op, m, mp
+
+
+@triton.jit
+def _tiles_amax(ya, yb, yp, m, mp, PASS: tl.constexpr):
+    """amax over the finite values of one chunk's tiles (masked-off lanes excluded)."""
+    am = tl.maximum(tl.max(tl.where(m, _finite_abs(ya), 0.0)), tl.max(tl.where(m, _finite_abs(yb), 0.0)))
+    if PASS > 0:
+        am = tl.maximum(am, tl.max(tl.where(mp, _finite_abs(yp), 0.0)))
+    return am
+
+
+@triton.jit
+def _head_amax(ya, yb, yp, m, mp, in_a, in_b, in_p, PASS: tl.constexpr):
+    """Per-head amax ``[NH_BLOCK]`` over the finite values of one chunk's tiles selected by ``in_*``."""
+    am = tl.maximum(tl.max(tl.where(m & in_a, _finite_abs(ya), 0.0), axis=1),
+                    tl.max(tl.where(m & in_b, _finite_abs(yb), 0.0), axis=1))
+    if PASS > 0:
+        am = tl.maximum(am, tl.max(tl.where(mp & in_p, _finite_abs(yp), 0.0), axis=1))
+    return am
+
+
+@triton.jit
+def _rope_quant_store(ya, yb, yp, oa, ob, op, m, mp, h, i, k, o_ptr, s_ptr, c, row_ok, n_heads, hidden, inv,
+                      QUANT: tl.constexpr, N_CHUNKS: tl.constexpr, NH_BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr,
+                      ROT_DIM: tl.constexpr, GPTJ: tl.constexpr, HEAD_GROUPS: tl.constexpr,
+                      GROUP_HEADS: tl.constexpr, OUT_BYTES: tl.constexpr):
+    """Store one chunk as e4m3 codes (``o_ptr``: the row's output, ``s_ptr``: the row's scales).
+
+    Static, and per-token over chunks: ``inv`` is known. Per-token of a row in one tile: the tile's amax.
+    (1, 128) blocks along the row: with HEAD_DIM a multiple of 128, HEAD_GROUPS blocks inside each head
+    (by the channel's position in the head); with HEAD_DIM < 128, blocks of GROUP_HEADS whole heads (the
+    config makes NH_BLOCK a multiple of GROUP_HEADS, so chunks never split a block).
+    """
+    HALF: tl.constexpr = ROT_DIM // 2
+    PASS: tl.constexpr = HEAD_DIM - ROT_DIM
+    if QUANT == 1 or (QUANT == 2 and N_CHUNKS > 1):
+        ia = inv
+        ib = inv
+        ip = inv
+    elif QUANT == 2:
+        s = _scale_from_amax(_tiles_amax(ya, yb, yp, m, mp, PASS), 448.0)
+        tl.store(s_ptr, s, mask=row_ok)
+        ia = tl.math.div_rn(1.0, s)
+        ib = ia
+        ip = ia
+    elif GROUP_HEADS > 1:
+        NG: tl.constexpr = NH_BLOCK // GROUP_HEADS
+        ah = _head_amax(ya, yb, yp, m, mp, m, m, mp, PASS)
+        sg = _scale_from_amax(tl.max(tl.reshape(ah, [NG, GROUP_HEADS]), axis=1), 448.0)
+        g = c * NG + tl.arange(0, NG)
+        tl.store(s_ptr + g, sg, mask=row_ok & (g * 128 < hidden))
+        ig = tl.math.div_rn(tl.full([NG], 1.0, tl.float32), sg)
+        ia = tl.reshape(tl.broadcast_to(ig[:, None], [NG, GROUP_HEADS]), [NH_BLOCK])[:, None]
+        ib = ia
+        ip = ia
+    else:
+        if GPTJ:
+            pa = 2 * i
+            pb = 2 * i + 1
+        else:
+            pa = i
+            pb = HALF + i
+        pp = ROT_DIM + k
+        h_ok = (h < n_heads) & row_ok
+        ia = inv
+        ib = inv
+        ip = inv
+        for gg in tl.static_range(HEAD_GROUPS):
+            in_a = pa // 128 == gg
+            in_b = pb // 128 == gg
+            in_p = pp // 128 == gg
+            sg = _scale_from_amax(_head_amax(ya, yb, yp, m, mp, in_a, in_b, in_p, PASS), 448.0)[:, None]
+            tl.store(s_ptr + h * HEAD_GROUPS + gg, sg, mask=h_ok)
+            ig = tl.math.div_rn(tl.full([NH_BLOCK, 1], 1.0, tl.float32), sg)
+            if HEAD_GROUPS == 1:
+                ia = ig
+                ib = ig
+                ip = ig
+            else:
+                ia = tl.where(in_a, ig, ia)
+                ib = tl.where(in_b, ig, ib)
+                ip = tl.where(in_p, ig, ip)
+    _store_pairs(o_ptr, oa, ob, _fp8_codes(ya, ia, OUT_BYTES), _fp8_codes(yb, ib, OUT_BYTES), m, GPTJ)
+    if PASS > 0:
+        tl.store(o_ptr + op, _fp8_codes(yp, ip, OUT_BYTES), mask=mp)
+
+
+@triton.jit
 def _rmsnorm_rope_kernel(
-    x_ptr, res_ptr, w_ptr, cos_ptr, sin_ptr, pos_ptr, out_ptr, res_out_ptr,
+    x_ptr, res_ptr, w_ptr, cos_ptr, sin_ptr, pos_ptr, out_ptr, res_out_ptr, scale_ptr,
     n_rows, seq_len, n_heads, n_table_rows,
     stride_xb, stride_xs, stride_rb, stride_rs, stride_ob, stride_os, stride_rob, stride_ros,
-    stride_pb, stride_ps, stride_cos, stride_sin,
+    stride_pb, stride_ps, stride_cos, stride_sin, stride_sr,
     eps, weight_offset,
     HEAD_DIM: tl.constexpr, ROT_DIM: tl.constexpr, HALF_BLOCK: tl.constexpr, PASS_BLOCK: tl.constexpr,
     NH_BLOCK: tl.constexpr, N_CHUNKS: tl.constexpr, GPTJ: tl.constexpr, PER_HEAD: tl.constexpr,
     HAS_RES: tl.constexpr, POS_MODE: tl.constexpr, ROWS_PER_PROG: tl.constexpr, EXACT_BF16: tl.constexpr,
+    QUANT: tl.constexpr, HEAD_GROUPS: tl.constexpr, GROUP_HEADS: tl.constexpr, OUT_BYTES: tl.constexpr,
 ):
     """EXACT_BF16: bf16 x under Triton's CPU interpreter, which gets bf16 adds and fp32 -> bf16 casts wrong:
     the residual add runs in fp32 and every bf16 store is rounded to nearest even first (see
-    ``_add_in_dtype``), which is what the GPU computes. Off on the GPU."""
+    ``_add_in_dtype``), which is what the GPU computes. Off on the GPU.
+
+    QUANT (triton_ops.kernels.fp8_out): 0 writes x's dtype; 1 static, 2 per-token, 3 (1, 128)-block e4m3
+    codes of the fp32 result, with the scales at ``scale_ptr`` (read for static, written otherwise,
+    ``stride_sr`` apart per row). HEAD_GROUPS / GROUP_HEADS: (1, 128) blocks per head / heads per block."""
     HALF: tl.constexpr = ROT_DIM // 2
     PASS: tl.constexpr = HEAD_DIM - ROT_DIM
     pid = tl.program_id(0).to(tl.int64)
@@ -150,6 +295,12 @@ def _rmsnorm_rope_kernel(
     ca, cb = _pair_offsets(zero_h, i, 0, HALF, GPTJ)  # cos/sin row offsets of each pair half
     m_half = i < HALF
     hidden = n_heads * HEAD_DIM
+    inv = 1.0
+    if QUANT == 1:
+        inv = tl.math.div_rn(1.0, tl.load(scale_ptr))
+    wa = 0.0  # row weights are loaded per chunk (_rope_out); per-head ones once, here
+    wb = 0.0
+    wp = 0.0
     if PER_HEAD:
         wa, wb = _load_pairs(w_ptr, *_pair_offsets(zero_h, i, HEAD_DIM, HALF, GPTJ), m_half, GPTJ, "evict_last")
         wa = wa.to(tl.float32) + weight_offset
@@ -197,49 +348,46 @@ def _rmsnorm_rope_kernel(
                     acc_p += p * p
             rstd = tl.rsqrt((tl.sum(acc) + tl.sum(acc_p)) / hidden + eps)
 
+        if QUANT == 2 and N_CHUNKS > 1:
+            # Per-token scale of a row too wide for one tile: one more pass (mostly from L2) takes the amax of
+            # the result, computed exactly as the storing pass below recomputes it.
+            amax = 0.0
+            for c in range(N_CHUNKS):
+                h = c * NH_BLOCK + h_loc
+                a, b, p = _load_row_tiles(x_ptr, res_ptr, res_out_ptr, x_off, r_off, ro_off, h, i, k, n_heads,
+                                          HEAD_DIM, ROT_DIM, HALF_BLOCK, PASS_BLOCK, GPTJ, HAS_RES, False, row_ok,
+                                          EXACT_BF16)
+                rs = _chunk_rstd(a, b, p, rstd, hidden, eps, HEAD_DIM, PASS, PER_HEAD, N_CHUNKS)
+                ya, yb, yp, oa, ob, op, m, mp = _rope_out(a, b, p, h, i, k, rs, w_ptr, wa, wb, wp, c1, c2, s1, s2,
+                                                          pos_ok, row_ok, n_heads, weight_offset, HEAD_DIM,
+                                                          ROT_DIM, GPTJ, PER_HEAD)
+                amax = tl.maximum(amax, _tiles_amax(ya, yb, yp, m, mp, PASS))
+            s_tok = _scale_from_amax(amax, 448.0)
+            tl.store(scale_ptr + row * stride_sr, s_tok, mask=row_ok)
+            inv = tl.math.div_rn(1.0, s_tok)
+
         for c in range(N_CHUNKS):
             h = c * NH_BLOCK + h_loc
             a, b, p = _load_row_tiles(x_ptr, res_ptr, res_out_ptr, x_off, r_off, ro_off, h, i, k, n_heads,
                                       HEAD_DIM, ROT_DIM, HALF_BLOCK, PASS_BLOCK, GPTJ, HAS_RES, True, row_ok,
                                       EXACT_BF16)
-            if PER_HEAD:
-                ss = tl.sum(a * a + b * b, axis=1)
-                if PASS > 0:
-                    ss += tl.sum(p * p, axis=1)
-                rs = tl.rsqrt(ss / HEAD_DIM + eps)[:, None]
-            elif N_CHUNKS == 1:
-                ss = tl.sum(a * a + b * b)
-                if PASS > 0:
-                    ss += tl.sum(p * p)
-                rs = tl.rsqrt(ss / hidden + eps)
-            else:
-                rs = rstd
-            oa, ob = _pair_offsets(h, i, HEAD_DIM, HALF, GPTJ)
-            m = (h < n_heads) & m_half & row_ok
-            if not PER_HEAD:
-                wa, wb = _load_pairs(w_ptr, oa, ob, m, GPTJ, "evict_last")
-                wa = wa.to(tl.float32) + weight_offset
-                wb = wb.to(tl.float32) + weight_offset
-            na = a * rs * wa
-            nb = b * rs * wb
-            ya = na * c1 - nb * s1
-            yb = nb * c2 + na * s2
-            ya = tl.where(pos_ok, ya, float("nan"))
-            yb = tl.where(pos_ok, yb, float("nan"))
-            if EXACT_BF16:
-                ya = _rounded(ya, out_ptr.dtype.element_ty, True)
-                yb = _rounded(yb, out_ptr.dtype.element_ty, True)
-            _store_pairs(out_ptr + o_off, oa, ob, ya, yb, m, GPTJ)
-            if PASS > 0:
-                op = h * HEAD_DIM + ROT_DIM + k
-                mp = (h < n_heads) & (k < PASS) & row_ok
-                if not PER_HEAD:
-                    wp = tl.load(w_ptr + op, mask=mp, other=0.0, eviction_policy="evict_last").to(tl.float32)
-                    wp = wp + weight_offset
-                yp = tl.where(pos_ok, p * rs * wp, float("nan"))
+            rs = _chunk_rstd(a, b, p, rstd, hidden, eps, HEAD_DIM, PASS, PER_HEAD, N_CHUNKS)
+            ya, yb, yp, oa, ob, op, m, mp = _rope_out(a, b, p, h, i, k, rs, w_ptr, wa, wb, wp, c1, c2, s1, s2,
+                                                      pos_ok, row_ok, n_heads, weight_offset, HEAD_DIM, ROT_DIM,
+                                                      GPTJ, PER_HEAD)
+            if QUANT == 0:
                 if EXACT_BF16:
-                    yp = _rounded(yp, out_ptr.dtype.element_ty, True)
-                tl.store(out_ptr + o_off + op, yp.to(out_ptr.dtype.element_ty), mask=mp)
+                    ya = _rounded(ya, out_ptr.dtype.element_ty, True)
+                    yb = _rounded(yb, out_ptr.dtype.element_ty, True)
+                _store_pairs(out_ptr + o_off, oa, ob, ya, yb, m, GPTJ)
+                if PASS > 0:
+                    if EXACT_BF16:
+                        yp = _rounded(yp, out_ptr.dtype.element_ty, True)
+                    tl.store(out_ptr + o_off + op, yp.to(out_ptr.dtype.element_ty), mask=mp)
+            else:
+                _rope_quant_store(ya, yb, yp, oa, ob, op, m, mp, h, i, k, out_ptr + o_off, scale_ptr + row * stride_sr,
+                                  c, row_ok, n_heads, hidden, inv, QUANT, N_CHUNKS, NH_BLOCK, HEAD_DIM, ROT_DIM, GPTJ,
+                                  HEAD_GROUPS, GROUP_HEADS, OUT_BYTES)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -256,7 +404,8 @@ class RMSNormRoPEConfig:
 
 
 def pick_config(n_rows: int, hidden: int, head_dim: int, rot_dim: int | None = None, itemsize: int = 2,
-                has_residual: bool = False, n_sms: int = 132, override: dict | None = None) -> RMSNormRoPEConfig:
+                has_residual: bool = False, n_sms: int = 132, override: dict | None = None,
+                group_heads: int = 1, fp8_out: bool = False) -> RMSNormRoPEConfig:
     """Block shape and warps for a problem. Pure: depends only on its arguments.
 
     * the tile covers all heads of a row up to MAX_TILE_BYTES of input (x, plus the residual when there
@@ -276,6 +425,8 @@ def pick_config(n_rows: int, hidden: int, head_dim: int, rot_dim: int | None = N
         # Two-pass rows keep a sum-of-squares accumulator live across pass 1 as well: halve the tile (the
         # compile check showed 16 KB chunked tiles spilling 16-48 bytes on sm_80/89/90).
         nh_block = max(1, nh_block // 2)
+    # (1, 128)-block FP8 outputs of heads narrower than 128: a chunk holds whole blocks of group_heads heads
+    nh_block = max(nh_block, group_heads)
     n_chunks = cdiv(n_heads, nh_block)
     tile = per_head_elems * nh_block
     # ~128 bytes of input per thread: an 8 KB fp16 row of 4096 runs on 2 warps. Measured on an H200
@@ -334,18 +485,48 @@ class _Plan:
             residual, ro = x, y
         if self.launch is not None:
             self.launch(x, residual, weight, cos, sin, position_ids if self.pos_mode == _POS_IDS else x, y, ro,
-                        *self.ints, eps, weight_offset)
+                        None, *self.ints, eps, weight_offset)
             if out is not None or residual_out is not None:
                 mark_written(out, residual_out)
         return (y, ro) if self.has_res else y
 
 
+class _FP8Plan(_Plan):
+    """A launch writing e4m3 codes and scales (``out_dtype=torch.float8_e4m3fn``): returns ``(q, scale)`` or
+    ``(q, scale, residual_sum)``; a static plan hands back the caller's scale, dynamic scales are new
+    tensors marked valid for fp8_gemm's scale check (finite and >= 2^-126 by construction)."""
+
+    __slots__ = ("quant", "out_bytes")
+
+    def __init__(self, launch, ints, shape, dtype, has_res, pos_mode, cacheable, quant, out_bytes):
+        super().__init__(launch, ints, shape, dtype, has_res, pos_mode, cacheable)
+        self.quant, self.out_bytes = quant, out_bytes
+
+    def __call__(self, x, weight, cos, sin, position_ids, residual, out, residual_out=None, eps=1e-6,
+                 weight_offset=0.0, scale=None):
+        q = torch.empty(self.shape, dtype=F8.FP8_OUT_DTYPE, device=x.device)
+        if self.has_res:
+            ro = residual_out if residual_out is not None else x.new_empty(self.shape)
+        else:
+            residual, ro = x, x  # never written (HAS_RES off)
+        s = scale if self.quant == F8.QUANT_STATIC else torch.empty(
+            F8.scale_shape(self.quant, self.shape), dtype=torch.float32, device=x.device)
+        self.launch(x, residual, weight, cos, sin, position_ids if self.pos_mode == _POS_IDS else x,
+                    q.view(torch.uint8) if self.out_bytes else q, ro, s, *self.ints, eps, weight_offset)
+        if residual_out is not None:
+            mark_written(residual_out)
+        if self.quant != F8.QUANT_STATIC:
+            _mark_valid(s)
+        return (q, s, ro) if self.has_res else (q, s)
+
+
 def _make_plan(x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                position_ids: Optional[torch.Tensor], residual: Optional[torch.Tensor],
                out: Optional[torch.Tensor], head_dim: int, gptj: bool, per_token_tables: bool = False,
-               config: dict | None = None, residual_out: Optional[torch.Tensor] = None) -> _Plan:
+               config: dict | None = None, residual_out: Optional[torch.Tensor] = None, quant: int = 0) -> _Plan:
     """Plan a launch on validated inputs (cos/sin already 2-D tables; ``out``/``residual_out`` of x's
-    shape, or None for contiguous buffers the plan allocates on each call)."""
+    shape, or None for contiguous buffers the plan allocates on each call; ``out`` is None with an FP8
+    output, ``quant`` > 0)."""
     has_res = residual is not None
     pos_mode = _POS_IDS if position_ids is not None else (_POS_ROW if per_token_tables else _POS_SEQ)
     if x.numel() == 0:
@@ -373,19 +554,42 @@ def _make_plan(x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor, sin: to
         sps = p2.stride(1)
     per_head = weight.numel() == head_dim and head_dim != hidden
     rot = cos.shape[-1]
-    cfg = pick_config(n_rows, hidden, head_dim, rot, x.element_size(), has_res, num_sms(x.device),
-                      config or _rt.ENABLED and _tuned_config(x, n_rows, head_dim, rot, has_res))
+    head_groups, group_heads = _fp8_block_groups(head_dim) if quant == F8.QUANT_BLOCK else (1, 1)
+    # tuned configs were measured for activation-dtype outputs: FP8 outputs keep the heuristic's
+    tuned = None if quant else config or _rt.ENABLED and _tuned_config(x, n_rows, head_dim, rot, has_res)
+    # (the FP8 arguments only when there is an FP8 output: the activation-dtype call stays as it was)
+    fp8_args = {"group_heads": group_heads, "fp8_out": True} if quant else {}
+    cfg = pick_config(n_rows, hidden, head_dim, rot, x.element_size(), has_res, num_sms(x.device), tuned,
+                      **fp8_args)
+    out_bytes = bool(quant) and F8.store_bytes(x.device)
     launch = KernelLaunch(
         _rmsnorm_rope_kernel, (cdiv(n_rows, cfg.ROWS_PER_PROG),),
         dict(HEAD_DIM=head_dim, ROT_DIM=rot, HALF_BLOCK=cfg.HALF_BLOCK, PASS_BLOCK=cfg.PASS_BLOCK,
              NH_BLOCK=cfg.NH_BLOCK, N_CHUNKS=cfg.N_CHUNKS, GPTJ=gptj, PER_HEAD=per_head, HAS_RES=has_res,
              POS_MODE=pos_mode, ROWS_PER_PROG=cfg.ROWS_PER_PROG,
-             EXACT_BF16=interpreter_enabled() and x.dtype == torch.bfloat16),
+             EXACT_BF16=interpreter_enabled() and x.dtype == torch.bfloat16,
+             QUANT=quant, HEAD_GROUPS=head_groups, GROUP_HEADS=group_heads, OUT_BYTES=out_bytes),
         num_warps=cfg.num_warps)
+    # scale rows: [*lead, 1] per token (stride 1), [rows, ceil(hidden / 128)] per block
+    stride_sr = cdiv(hidden, F8.GROUP) if quant == F8.QUANT_BLOCK else (1 if quant == F8.QUANT_TOKEN else 0)
     ints = (n_rows, seq, hidden // head_dim, cos.shape[0],
             x3.stride(0), x3.stride(1), r3.stride(0), r3.stride(1), o_st[0], o_st[1],
-            ro_st[0], ro_st[1], spb, sps, cos.stride(0), sin.stride(0))
+            ro_st[0], ro_st[1], spb, sps, cos.stride(0), sin.stride(0), stride_sr)
+    if quant:
+        return _FP8Plan(launch, ints, tuple(x.shape), x.dtype, has_res, pos_mode, cacheable, quant, out_bytes)
     return _Plan(launch, ints, tuple(x.shape), x.dtype, has_res, pos_mode, cacheable)
+
+
+def _fp8_block_groups(head_dim: int) -> tuple[int, int]:
+    """(blocks per head, heads per block) of (1, 128) scale blocks along the row, or UnsupportedError where
+    blocks would straddle heads unevenly (head_dim 80, 96, 192 ...): the kernel finds a block's channels by
+    their head and position in it."""
+    if head_dim % F8.GROUP == 0:
+        return head_dim // F8.GROUP, 1
+    if F8.GROUP % head_dim == 0:
+        return 1, F8.GROUP // head_dim
+    raise UnsupportedError(f"fused_rmsnorm_rope: out_scaling='block' needs head_dim to divide 128 or be a "
+                           f"multiple of it (got head_dim={head_dim}); use out_scaling='token' or 'static'")
 
 
 def _contiguous_strides(shape) -> tuple[int, ...]:
@@ -411,6 +615,40 @@ def _launch(x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor, sin: torch
     plan = _make_plan(x3, weight, cos, sin, pos, r3, out, head_dim, gptj, per_token_tables, config,
                       residual_out=residual_out)
     plan(x3, weight, cos, sin, pos, r3, out, residual_out, float(eps), float(weight_offset))
+
+
+#: Plans of the FP8-output custom op's implementation.
+_fp8_op_plans = PlanCache("rmsnorm_rope/fp8_op")
+
+
+def _launch_fp8(x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                position_ids: Optional[torch.Tensor], residual: Optional[torch.Tensor],
+                residual_out: Optional[torch.Tensor], out_scale: Optional[torch.Tensor], eps: float, head_dim: int,
+                gptj: bool, weight_offset: float, per_token_tables: bool, quant: int
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """FP8-output launch on validated inputs (cos/sin 2-D; ``residual_out`` given with a residual):
+    ``(q, scale)``, the scale being ``out_scale`` itself for a static output. Plans are kept per signature."""
+    if x.numel() == 0:
+        q, s = F8.empty_result(quant, tuple(x.shape), x.device)
+        return q, (out_scale if quant == F8.QUANT_STATIC else s)
+    x3 = _as_3d(x, "x")
+    r3 = _as_3d(residual, "residual") if residual is not None else None
+    pos = None
+    if position_ids is not None:
+        pos = position_ids.reshape(-1, x3.shape[1]) if position_ids.dim() > 1 else position_ids
+    key = (_tensor_key(x, weight, cos, sin, position_ids, residual, residual_out, out_scale), head_dim, gptj,
+           per_token_tables, quant)
+    plan = _fp8_op_plans.get(key)
+    if plan is None:
+        plan = _make_plan(x3, weight, cos, sin, pos, r3, None, head_dim, gptj, per_token_tables,
+                          residual_out=residual_out, quant=quant)
+        plan.shape = tuple(x.shape)
+        same = x3.data_ptr() == x.data_ptr() and (r3 is None or r3.data_ptr() == residual.data_ptr()) and \
+            (pos is None or pos.data_ptr() == position_ids.data_ptr())
+        if plan.cacheable and same:
+            _fp8_op_plans.put(key, plan)
+    got = plan(x3, weight, cos, sin, pos, r3, None, residual_out, float(eps), float(weight_offset), out_scale)
+    return got[0], got[1]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -462,6 +700,27 @@ def _rmsnorm_rope_out_op(x: torch.Tensor, weight: torch.Tensor, cos: torch.Tenso
 def _(x, weight, cos, sin, position_ids, residual, out, residual_out, eps, head_dim, gptj, weight_offset,
       per_token_tables):
     return None
+
+
+# FP8 outputs (``out_dtype=torch.float8_e4m3fn``): ``quant`` is the kernel's QUANT mode (fp8_out). A static op
+# returns an empty placeholder for the scale (the functional API hands back the caller's own: a custom op's
+# outputs may not alias its inputs). No autograd: e4m3 codes carry no gradient.
+@torch.library.custom_op("triton_ops::rmsnorm_rope_fp8", mutates_args=("residual_out",))
+def _rmsnorm_rope_fp8_op(x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                         position_ids: Optional[torch.Tensor], residual: Optional[torch.Tensor],
+                         residual_out: Optional[torch.Tensor], out_scale: Optional[torch.Tensor], eps: float,
+                         head_dim: int, gptj: bool, weight_offset: float, per_token_tables: bool,
+                         quant: int) -> tuple[torch.Tensor, torch.Tensor]:
+    q, s = _launch_fp8(x, weight, cos, sin, position_ids, residual, residual_out, out_scale, eps, head_dim, gptj,
+                       weight_offset, per_token_tables, quant)
+    return q, (x.new_empty(0, dtype=torch.float32) if quant == F8.QUANT_STATIC else s)
+
+
+@_rmsnorm_rope_fp8_op.register_fake
+def _(x, weight, cos, sin, position_ids, residual, residual_out, out_scale, eps, head_dim, gptj, weight_offset,
+      per_token_tables, quant):
+    return (x.new_empty(x.shape, dtype=F8.FP8_OUT_DTYPE),
+            x.new_empty(F8.scale_shape(quant, tuple(x.shape)), dtype=torch.float32))
 
 
 # Backward: one Triton kernel (rmsnorm_rope_backward.py) reading grad_y and the normalised input once, for
@@ -596,7 +855,8 @@ def fused_rmsnorm_rope(x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor,
                        position_ids: Optional[torch.Tensor] = None, residual: Optional[torch.Tensor] = None,
                        rotary_layout: str = "neox", weight_offset: float = 0.0,
                        out: Optional[torch.Tensor] = None, rotary_dim: Optional[int] = None,
-                       half_width_tables: bool = False):
+                       half_width_tables: bool = False, out_dtype: Optional[torch.dtype] = None,
+                       out_scaling: Optional[str] = None, out_scale: Optional[torch.Tensor] = None):
     """RMSNorm over the hidden dim, then rotary embedding on every head, in one kernel.
 
     Args:
@@ -627,9 +887,37 @@ def fused_rmsnorm_rope(x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor,
             GPT-J convention). They are widened to one value per channel on each call (a copy of the table
             rows, and the call is not planned: pass full-width tables on a hot path).
 
+        out_dtype: None (x's dtype) or ``torch.float8_e4m3fn``: write e4m3 codes and fp32 scales instead,
+            quantized in the same kernel from the fp32 result before any rounding to x's dtype
+            (bit-identical to ``quantize_fp8`` of the fp32 result this op computes for fp32 inputs): e.g.
+            q/k for FP8 attention or an FP8 KV cache, 1 byte per element written instead of 2 and no
+            separate quantization pass. Not with ``out``.
+        out_scaling: with an FP8 output: ``"token"`` (default: one dynamic scale per token, ``[*lead, 1]``),
+            ``"block"`` (dynamic (1, 128) blocks along the row, ``[rows, ceil(hidden / 128)]``: one scale per
+            head and token for head_dim 128; head_dim must divide 128 or be a multiple of it) or
+            ``"static"`` (``out_scale`` given; implied by passing it). Semantics of
+            :func:`triton_ops.quantize_fp8`: ``y ~= q.float() * scale``, ``scale = amax / 448`` over finite
+            values, 1 for an all-zero group; NaN stays NaN (a token outside the tables is all NaN, scale
+            1), +-inf saturates to +-448.
+        out_scale: the static scale, a one-element fp32 tensor (checked finite and positive once per
+            tensor version).
+
     Returns:
-        the normalised and rotated tensor, or ``(out, x + residual)`` when ``residual`` is given.
+        the normalised and rotated tensor, or ``(out, x + residual)`` when ``residual`` is given. With an
+        FP8 output: ``(q, scale)`` or ``(q, scale, x + residual)``; ``scale`` is ``out_scale`` itself for a
+        static output. FP8 outputs carry no autograd.
     """
+    if out_dtype is not None and out is None:
+        # FP8 output, eager: its own plans (fp8_key), looked up before anything else.
+        fkey = _fp8_key(x, weight, cos, sin, position_ids, residual, out_scale, eps, head_dim, rotary_layout,
+                        weight_offset, rotary_dim, half_width_tables, out_dtype, out_scaling)
+        plan = _fp8_plans.get(fkey) if fkey is not None else None
+        if plan is not None:
+            if out_scale is not None:
+                check_scale_values(out_scale, "out_scale")
+            return plan(x, weight, cos, sin, position_ids, residual, None, None, eps, weight_offset, out_scale)
+    # as the caller passed them: the FP8 plan key
+    position_ids_given, head_dim_given, rotary_dim_given = position_ids, head_dim, rotary_dim
     # Sizes that are not plain ints never take a plan: 64.0 == 64 as a dict key, so a float head_dim would
     # find the plan of 64 and skip the check that refuses it (numpy integers are validated on every call).
     sizes_plain = type(head_dim) in _SIZE_TYPES and type(rotary_dim) in _SIZE_TYPES
@@ -641,7 +929,7 @@ def fused_rmsnorm_rope(x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor,
         # operations per input) and a failing check takes the validated path, which decides.
         alias = () if out is None else _alias_pattern(x, residual, out)
         key = (key, eps, head_dim, rotary_layout, weight_offset, rotary_dim, half_width_tables, _rt.ENABLED,
-               alias)
+               alias, out_dtype, out_scaling)
         plan = _plans.get(key)
         if plan is not None and (not plan.tests or V.out_apart(
                 plan.tests, (x, weight, cos, sin, position_ids, residual), out)):
@@ -727,6 +1015,18 @@ def fused_rmsnorm_rope(x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor,
                                        "grad); call it without out= to differentiate, or under torch.no_grad()")
     if position_ids is not None and position_ids.dim() == 2 and position_ids.shape[0] == 1 and x.dim() > 2:
         position_ids = position_ids[0]
+    if out_dtype is not None:
+        quant = F8.resolve_fp8_output(out_dtype, out_scaling, out_scale, x.dtype, device, "token",
+                                      "fused_rmsnorm_rope")
+        if quant:
+            if out is not None:
+                raise InvalidArgumentError("fused_rmsnorm_rope: out= is not supported with an FP8 output (the op "
+                                           "allocates the e4m3 codes and their scales)")
+            fkey = _fp8_key(x, weight, cos_given, sin_given, position_ids_given, residual, out_scale, eps,
+                            head_dim_given, rotary_layout, weight_offset, rotary_dim_given, half_width_tables,
+                            out_dtype, out_scaling)
+            return _fp8_call(fkey, x, weight, cos, sin, position_ids, residual, out_scale, eps, head_dim, gptj,
+                             weight_offset, per_token, quant, (cos_given, sin_given, position_ids_given))
     if key is not None:
         # Plain eager call: launch without the custom-op dispatcher (tens of us of host time per call,
         # several times this kernel's 2 us at decode sizes), and keep the plan for the next identical call.
@@ -767,6 +1067,49 @@ def fused_rmsnorm_rope(x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor,
 
 
 _plans = PlanCache("rmsnorm_rope")
+#: Eager plans of FP8-output calls, keyed by _fp8_key.
+_fp8_plans = PlanCache("rmsnorm_rope/fp8")
+
+
+def _fp8_key(x, weight, cos, sin, position_ids, residual, out_scale, *scalars) -> tuple | None:
+    """The eager plan key of an FP8-output call, from the arguments as the caller passed them."""
+    key = plan_key(x, weight, cos, sin, position_ids, residual, out_scale)
+    return None if key is None else (key, *scalars)
+
+
+def _fp8_call(fkey, x, weight, cos, sin, position_ids, residual, out_scale, eps, head_dim, gptj, weight_offset,
+              per_token, quant, given):
+    """An FP8-output call on validated arguments (cos/sin as 2-D tables): planned and launched directly when
+    eager (``fkey`` not None), else through the custom op. ``given``: the caller's cos, sin and position_ids
+    (a plan is kept only when none of them had to be copied)."""
+    if quant == F8.QUANT_BLOCK:
+        _fp8_block_groups(head_dim)  # refuse an unsupported head_dim before tracing or launching
+    if fkey is None:
+        ro = torch.empty_like(x, memory_format=torch.contiguous_format) if residual is not None else None
+        q, s = torch.ops.triton_ops.rmsnorm_rope_fp8(x, weight, cos, sin, position_ids, residual, ro, out_scale, eps,
+                                                     head_dim, gptj, weight_offset, per_token, quant)
+        s = out_scale if quant == F8.QUANT_STATIC else s
+        return (q, s) if residual is None else (q, s, ro)
+    if x.numel() == 0:
+        q, s = F8.empty_result(quant, tuple(x.shape), x.device)
+        s = out_scale if quant == F8.QUANT_STATIC else s
+        return (q, s) if residual is None else (q, s, x + residual)
+    x3 = _as_3d(x, "x")
+    r3 = _as_3d(residual, "residual") if residual is not None else None
+    pos = position_ids
+    if pos is not None and pos.dim() > 1:
+        pos = pos.reshape(-1, x3.shape[1])
+    plan = _make_plan(x3, weight, cos, sin, pos, r3, None, head_dim, gptj, per_token, quant=quant)
+    plan.shape = tuple(x.shape)
+    cos_given, sin_given, pos_given = given
+    same = [(x3, x), (cos, cos_given), (sin, sin_given)]
+    if r3 is not None:
+        same.append((r3, residual))
+    if pos is not None:
+        same.append((pos, pos_given))
+    if plan.cacheable and all(a.data_ptr() == b.data_ptr() for a, b in same):
+        _fp8_plans.put(fkey, plan)
+    return plan(x3, weight, cos, sin, pos, r3, None, None, eps, weight_offset, out_scale)
 
 
 class FusedRMSNormRoPE(torch.nn.Module):
@@ -813,11 +1156,15 @@ class FusedRMSNormRoPE(torch.nn.Module):
         self.weight = torch.nn.Parameter(torch.full((n,), init, device=device, dtype=dtype))
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                position_ids: Optional[torch.Tensor] = None, residual: Optional[torch.Tensor] = None):
+                position_ids: Optional[torch.Tensor] = None, residual: Optional[torch.Tensor] = None, *,
+                out_dtype: Optional[torch.dtype] = None, out_scaling: Optional[str] = None,
+                out_scale: Optional[torch.Tensor] = None):
+        """``out_dtype=torch.float8_e4m3fn`` returns e4m3 codes and scales (see :func:`fused_rmsnorm_rope`)."""
         return fused_rmsnorm_rope(x, self.weight, cos, sin, self.eps, head_dim=self.head_dim,
                                   position_ids=position_ids, residual=residual,
                                   rotary_layout=self.rotary_layout, weight_offset=self.weight_offset,
-                                  rotary_dim=self.rotary_dim, half_width_tables=self.half_width_tables)
+                                  rotary_dim=self.rotary_dim, half_width_tables=self.half_width_tables,
+                                  out_dtype=out_dtype, out_scaling=out_scaling, out_scale=out_scale)
 
     def extra_repr(self) -> str:
         extra = "" if self.rotary_dim is None else f", rotary_dim={self.rotary_dim}"
@@ -827,8 +1174,18 @@ class FusedRMSNormRoPE(torch.nn.Module):
 
 
 def rmsnorm_rope_reference(x, weight, cos, sin, eps=1e-6, *, head_dim=None, position_ids=None, residual=None,
-                           rotary_layout="neox", weight_offset=0.0):
-    """Unfused PyTorch reference with fp32 math (the baseline the benchmarks compile and time)."""
+                           rotary_layout="neox", weight_offset=0.0, out_dtype=None, out_scaling=None, out_scale=None):
+    """Unfused PyTorch reference with fp32 math (the baseline the benchmarks compile and time).
+
+    With ``out_dtype=torch.float8_e4m3fn`` the fp32 result is quantized by PyTorch ops as the fused op does
+    (:func:`triton_ops.kernels.fp8_out.quantize_reference`) and the result is ``(q, scale[, s])``."""
+    if out_dtype is not None and out_dtype != x.dtype:
+        got = rmsnorm_rope_reference(x.float() if residual is None else (x + residual).float(), weight, cos, sin,
+                                     eps, head_dim=head_dim, position_ids=position_ids,
+                                     rotary_layout=rotary_layout, weight_offset=weight_offset)
+        scaling = out_scaling or ("static" if out_scale is not None else "token")
+        q, sc = F8.quantize_reference(got, scaling, out_scale)
+        return (q, sc) if residual is None else (q, sc, x + residual)
     rot = cos.shape[-1]
     head_dim = rot if head_dim is None else head_dim
     s = x if residual is None else x + residual
@@ -893,32 +1250,72 @@ def _compile_variants():
     return out
 
 
+def _fp8_compile_variants():
+    """FP8-output combos (dtype, hidden, head_dim, rot, per_head, has_res, gptj, pos_mode, n_rows, quant): per
+    token and per block at every tile class of pick_config (one tile, chunked, packed rows, per-head) for
+    every head_dim class (blocks only where head_dim divides 128 or is a multiple of it), static scales once
+    per head_dim."""
+    out = []
+    T, B, S = F8.QUANT_TOKEN, F8.QUANT_BLOCK, F8.QUANT_STATIC
+    for head_dim, rot in ((64, 64), (80, 80), (96, 96), (128, 128), (128, 64), (256, 256), (512, 512)):
+        blocks = head_dim % 128 == 0 or 128 % head_dim == 0
+        for hidden in (head_dim * 32, head_dim * 112):
+            out.append(("fp16", hidden, head_dim, rot, False, False, False, 0, 16384, T))
+            out.append(("bf16", hidden, head_dim, rot, False, True, True, 1, 16384, T))
+            if blocks:
+                out.append(("fp16", hidden, head_dim, rot, False, True, False, 0, 16384, B))
+                out.append(("fp32", hidden, head_dim, rot, False, False, True, 1, 16384, B))
+        out.append(("fp32", head_dim * 32, head_dim, rot, False, True, True, 1, 16384, S))
+        out.append(("bf16", head_dim * 32, head_dim, rot, True, True, False, 2, 16384, B if blocks else T))
+        out.append(("fp16", head_dim * 2, head_dim, rot, False, False, False, 0, 1 << 20, T))  # packed rows
+        if blocks:
+            out.append(("fp16", head_dim * 2, head_dim, rot, False, False, True, 0, 1 << 20, B))
+    return out
+
+
 def compile_specs(arch: int):
     from ..compile_check import CompileSpec
 
     specs = []
+    seen = set()
     sig_types = {
         "x_ptr": "*{t}", "res_ptr": "*{t}", "w_ptr": "*{t}", "cos_ptr": "*fp32", "sin_ptr": "*fp32",
-        "pos_ptr": "*i64", "out_ptr": "*{t}", "res_out_ptr": "*{t}",
+        "pos_ptr": "*i64", "out_ptr": "*{o}", "res_out_ptr": "*{t}", "scale_ptr": "*fp32",
     }
     int_args = ["n_rows", "seq_len", "n_heads", "n_table_rows", "stride_xb", "stride_xs", "stride_rb",
                 "stride_rs", "stride_ob", "stride_os", "stride_rob", "stride_ros", "stride_pb", "stride_ps",
-                "stride_cos", "stride_sin"]
-    for tname, hidden, head_dim, rot, per_head, has_res, gptj, pos_mode, n_rows in _compile_variants():
-        cfg = pick_config(n_rows, hidden, head_dim, rot, _TYPE_SIZES[tname], has_res)
-        sig = {k: v.format(t=tname) for k, v in sig_types.items()}
+                "stride_cos", "stride_sin", "stride_sr"]
+    # sm_80 has no FP8 conversion: the launcher encodes the bits with integer operations there (OUT_BYTES)
+    out_bytes = arch < 89
+    variants = [v + (0,) for v in _compile_variants()] + _fp8_compile_variants()
+    for tname, hidden, head_dim, rot, per_head, has_res, gptj, pos_mode, n_rows, quant in variants:
+        head_groups, group_heads = _fp8_block_groups(head_dim) if quant == F8.QUANT_BLOCK else (1, 1)
+        cfg = pick_config(n_rows, hidden, head_dim, rot, _TYPE_SIZES[tname], has_res, group_heads=group_heads,
+                          fp8_out=bool(quant))
+        out_t = tname if not quant else ("u8" if out_bytes else "fp8e4nv")
+        sig = {k: v.format(t=tname, o=out_t) for k, v in sig_types.items()}
         sig.update({k: "i64" if k.startswith("stride") else "i32" for k in int_args})
         sig.update({"eps": "fp32", "weight_offset": "fp32"})
         const = dict(HEAD_DIM=head_dim, ROT_DIM=rot, HALF_BLOCK=cfg.HALF_BLOCK, PASS_BLOCK=cfg.PASS_BLOCK,
                      NH_BLOCK=cfg.NH_BLOCK,
                      N_CHUNKS=cfg.N_CHUNKS, GPTJ=gptj, PER_HEAD=per_head, HAS_RES=has_res,
-                     POS_MODE=pos_mode, ROWS_PER_PROG=cfg.ROWS_PER_PROG, EXACT_BF16=False)
+                     POS_MODE=pos_mode, ROWS_PER_PROG=cfg.ROWS_PER_PROG, EXACT_BF16=False,
+                     QUANT=quant, HEAD_GROUPS=head_groups, GROUP_HEADS=group_heads,
+                     OUT_BYTES=bool(quant) and out_bytes)
         sig.update({k: "constexpr" for k in const})
+        if not quant:
+            sig["scale_ptr"] = "constexpr"
+            const["scale_ptr"] = None  # unused: the launcher passes None, which the JIT makes a constexpr
+        ident = (tuple(sorted(sig.items())), tuple(sorted(const.items(), key=lambda kv: kv[0])), cfg.num_warps)
+        if ident in seen:  # another hidden size with the same tile: the same build
+            continue
+        seen.add(ident)
         specs.append(CompileSpec(
             _rmsnorm_rope_kernel, sig, const, num_warps=cfg.num_warps, num_stages=1,
             label=f"rmsnorm_rope {tname} h={hidden} hd={head_dim} rot={rot} ph={int(per_head)} "
                   f"res={int(has_res)} gptj={int(gptj)} pos={pos_mode} chunks={cfg.N_CHUNKS} "
-                  f"rows={cfg.ROWS_PER_PROG} w={cfg.num_warps}"))
+                  f"rows={cfg.ROWS_PER_PROG} w={cfg.num_warps}"
+                  + (f" fp8 quant={quant}{' bytes' if out_bytes else ''}" if quant else "")))
     return specs
 
 
