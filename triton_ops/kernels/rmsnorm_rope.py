@@ -886,7 +886,6 @@ def fused_rmsnorm_rope(x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor,
         half_width_tables: the tables hold one value per channel pair (``w = rotary_dim / 2``, the vLLM /
             GPT-J convention). They are widened to one value per channel on each call (a copy of the table
             rows, and the call is not planned: pass full-width tables on a hot path).
-
         out_dtype: None (x's dtype) or ``torch.float8_e4m3fn``: write e4m3 codes and fp32 scales instead,
             quantized in the same kernel from the fp32 result before any rounding to x's dtype
             (bit-identical to ``quantize_fp8`` of the fp32 result this op computes for fp32 inputs): e.g.
