@@ -92,11 +92,17 @@ def byte_encoding(request):
 # ----------------------------------------------------------------------------------------------------
 # fused_add_rmsnorm
 # ----------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("byte_encoding", [False, True], indirect=True, ids=["cvt", "bytes"])
+# the integer e4m3 encoding of sm_80 ("bytes") on a register tile and a chunked row, for every scaling
+NORM_CASES = [(h, dt, False) for h in (64, 199, 1000, 5120, 9000)
+              for dt in (torch.float16, torch.bfloat16, torch.float32)] + \
+    [(199, torch.bfloat16, True), (9000, torch.float16, True)]
+
+
 @pytest.mark.parametrize("scaling", ["token", "block", "static"])
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
 # 64: packed narrow rows; 199, 1000: partial last block; 5120: one 8192 tile; 9000: chunked (two passes)
-@pytest.mark.parametrize("hidden", [64, 199, 1000, 5120, 9000])
+@pytest.mark.parametrize("hidden,dtype,byte_encoding", NORM_CASES, indirect=["byte_encoding"],
+                         ids=lambda v: str(v).replace("torch.", "") if not isinstance(v, bool) else
+                         ("bytes" if v else "cvt"))
 def test_norm_matches_quantized_fp32_norm(byte_encoding, scaling, dtype, hidden):
     torch.manual_seed(hidden)
     x = (torch.randn(3, hidden) * 3).to(dtype).to(DEVICE)
@@ -278,10 +284,12 @@ ROPE_CASES = [  # (head_dim, rotary_dim, heads): 64 x 3 has a partial last block
 ]
 
 
-@pytest.mark.parametrize("byte_encoding", [False, True], indirect=True, ids=["cvt", "bytes"])
 @pytest.mark.parametrize("scaling", ["token", "block", "static"])
-@pytest.mark.parametrize("layout", ["neox", "gptj"])
-@pytest.mark.parametrize("case", ROPE_CASES, ids=lambda c: "x".join(map(str, c)))
+@pytest.mark.parametrize("case,layout,byte_encoding",
+                         [(c, lay, False) for c in ROPE_CASES for lay in ("neox", "gptj")]
+                         + [(ROPE_CASES[0], "gptj", True), (ROPE_CASES[2], "neox", True)], indirect=["byte_encoding"],
+                         ids=lambda v: "x".join(map(str, v)) if isinstance(v, tuple) else
+                         (("bytes" if v else "cvt") if isinstance(v, bool) else v))
 def test_rope_matches_quantized_fp32_rope(byte_encoding, scaling, layout, case):
     hd, rot, nh = case
     if scaling == "block" and hd == 80:
