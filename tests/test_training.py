@@ -375,6 +375,11 @@ def test_gated_mlp_fp8_is_inference_only():
         out.sum().backward()
     with torch.no_grad():
         assert m(x).shape == (3, 48)
+    # compiled: the forward traces (inference without no_grad keeps working), the backward raises when run
+    torch._dynamo.reset()
+    out = torch.compile(lambda x: m(x).sum(), fullgraph=True, backend="aot_eager")(x)
+    with pytest.raises(UnsupportedError, match="inference only"):
+        out.backward()
 
 
 def test_fused_mlp_backward_matches_hf_modes():

@@ -383,20 +383,37 @@ def wants_saving(recompute: bool | None, *tensors: torch.Tensor | None) -> bool:
 # ----------------------------------------------------------------------------------------------------
 # FP8: inference only
 # ----------------------------------------------------------------------------------------------------
+_FP8_MESSAGE = ("the FP8 gated MLP is inference only: its e4m3 weights are buffers with no FP8 backward. Train "
+                "with the bf16/fp16 module (FusedGatedMLP / FusedMLP without fp8), or run the FP8 model under "
+                "torch.no_grad()")
+
+
+@torch.library.custom_op("triton_ops::fp8_inference_only", mutates_args=())
+def _fp8_inference_only(grad: torch.Tensor, shape: list[int], dtype: torch.dtype) -> torch.Tensor:
+    """Stands for the gradient of x through the FP8 module: raises when a backward really runs. An op
+    (not a raise in the autograd formula) so that torch.compile can trace the backward graph, with this
+    fake implementation, and the error comes when the compiled backward is executed."""
+    raise UnsupportedError(_FP8_MESSAGE)
+
+
+@_fp8_inference_only.register_fake
+def _(grad, shape, dtype):
+    return grad.new_empty(shape, dtype=dtype)
+
+
 class _InferenceOnly(torch.autograd.Function):
     """Identity on the FP8 output that ties it to the input ``x`` in the autograd graph, so a backward
     through the FP8 module raises instead of leaving the layers before it without gradients."""
 
     @staticmethod
     def forward(ctx, out, x):
+        ctx.x_meta = (list(x.shape), x.dtype)
         return out
 
     @staticmethod
     def backward(ctx, grad):
-        raise UnsupportedError(
-            "the FP8 gated MLP is inference only: its e4m3 weights are buffers with no FP8 backward. Train "
-            "with the bf16/fp16 module (FusedGatedMLP / FusedMLP without fp8), or run the FP8 model under "
-            "torch.no_grad()")
+        shape, dtype = ctx.x_meta
+        return None, torch.ops.triton_ops.fp8_inference_only(grad, shape, dtype)
 
 
 def inference_only(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
