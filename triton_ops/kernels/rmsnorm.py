@@ -942,14 +942,14 @@ def _compile_variants():
 
 def _fp8_compile_variants():
     """(dtype, weight dtype, n_rows, hidden, has_res, rbw, quant) FP8-output combos: per-token and block
-    scales at every tile class of pick_config and dtype (the residual alternating between them), static
-    scales on a narrow, a register-tile and a chunked row."""
+    scales at every tile class of pick_config and dtype (with a residual on one of the two), static
+    scales on a narrow, a register-tile and a chunked row. Sizes with the same tile build once."""
     out = []
     for t in ("fp16", "bf16", "fp32"):
         wt = "fp32" if t == "bf16" else t
-        for i, hidden in enumerate((64, 128, 896, 2048, 4096, 5120, 8192, 14336, 16384)):
-            out.append((t, wt, 1 << 16, hidden, bool(i % 2), False, F8.QUANT_TOKEN))
-            out.append((t, wt, 1 << 16, hidden, not i % 2, t == "bf16", F8.QUANT_BLOCK))
+        for hidden in (64, 128, 896, 2048, 4096, 5120, 8192, 14336, 16384):
+            out.append((t, wt, 1 << 16, hidden, t == "bf16", False, F8.QUANT_TOKEN))
+            out.append((t, wt, 1 << 16, hidden, t != "bf16", t == "bf16", F8.QUANT_BLOCK))
         for hidden in (128, 4096, 14336):
             out.append((t, wt, 1 << 16, hidden, True, False, F8.QUANT_STATIC))
         out.append((t, t, 1, 4096, True, False, F8.QUANT_TOKEN))  # decode: one row
@@ -964,8 +964,13 @@ def compile_specs(arch: int):
         (t, w, n, h, r, rbw, True, q) for t, w, n, h, r, rbw, q in _fp8_compile_variants()]
     # sm_80 has no FP8 conversion: the launcher encodes the bits with integer operations there (OUT_BYTES)
     out_bytes = arch < 89
+    seen = set()
     for tname, wname, n_rows, hidden, has_res, rbw, flat, quant in variants:
         cfg = pick_config(n_rows, hidden, _TYPE_SIZES[tname], has_res, fp8_out=bool(quant))
+        ident = (tname, wname, has_res, rbw, flat, quant, cfg)
+        if ident in seen:  # another hidden size with the same tile: the same build
+            continue
+        seen.add(ident)
         out_t = tname if not quant else ("u8" if out_bytes else "fp8e4nv")
         sig = {"x_ptr": f"*{tname}", "res_ptr": f"*{tname}", "w_ptr": f"*{wname}", "out_ptr": f"*{out_t}",
                "res_out_ptr": f"*{tname}", "scale_ptr": "*fp32" if quant else "constexpr",
