@@ -7,8 +7,8 @@
   more work). The floor is a copy of the bytes the training step must move: x read and y written by the
   forward, x and dy read and dx written by the backward (10 bytes per element in bf16, 671 MB).
 * ``training_mlp``: the Qwen3-8B MLP (H = 4096, I = 12288, SwiGLU) at M = 8192 and 16384 tokens bf16:
-  :class:`~triton_ops.FusedMLP` in both recompute modes (``triton_ops``: projections recomputed in the
-  backward; ``triton_ops_save``: kept from the forward) against a Hugging Face style MLP of three
+  :class:`~triton_ops.FusedMLP` in both modes (``triton_ops``: the default, projections kept from the
+  forward; ``triton_ops_recompute``: recomputed in the backward) against a Hugging Face style MLP of three
   ``nn.Linear`` in eager mode and compiled, and Liger-Kernel's ``LigerSwiGLUMLP`` (same weights) when
   importable. TFLOPS count the useful work, 18 M H I (forward 6, backward 12), not the recomputation.
 
@@ -244,8 +244,8 @@ def _mlp_case(label: str, dims: tuple, dtype: torch.dtype, device: str) -> Bench
         return _set_reference(i, [y, x.grad, *(w.grad for w in ws)])
 
     systems: dict[str, Any] = {
-        "triton_ops": step_with(ours(True)),
-        "triton_ops_save": step_with(ours(False)),
+        "triton_ops": step_with(ours(False)),
+        "triton_ops_recompute": step_with(ours(True)),
         "torch_eager": step_with(lambda i: i["hf"](i["x"])),
         "torch_compile": step_with(comp(None)),
         "torch_compile_max": step_with(comp("max-autotune")),
