@@ -606,3 +606,65 @@ def test_fp8_gemm_damaged_tuned_entry(tuned_cache, entry):
     a, b = torch.randn(M, K, device=DEVICE), torch.randn(K, N, device=DEVICE)
     _damaged_entry_runs_the_heuristic(tuned_cache, fg.KERNEL_TYPE, (M, N, K), entry, lambda: fp8_gemm(a, b),
                                       "ignoring the tuned config of fp8_gemm")
+
+
+def test_string_and_bool_scalars_are_refused_every_time():
+    """float("1e-6") parses: a string eps used to pass validation, and the plan keyed on it then handed
+    the string itself to the kernel on the next identical call."""
+    import triton_ops as T
+
+    x, w, cos, sin = _rr_inputs()
+    for _ in range(2):
+        for eps in ("1e-6", True, b"1"):
+            with pytest.raises(InvalidArgumentError, match="eps must be a number"):
+                T.fused_add_rmsnorm(x, w, eps)
+            with pytest.raises(InvalidArgumentError, match="eps must be a number"):
+                T.fused_rmsnorm_rope(x, w, cos, sin, eps)
+        with pytest.raises(InvalidArgumentError, match="weight_offset must be a number"):
+            T.fused_add_rmsnorm(x, w, weight_offset="1")
+    import numpy as np
+
+    torch.testing.assert_close(T.fused_add_rmsnorm(x, w, np.float32(1e-5)), T.fused_add_rmsnorm(x, w, 1e-5))
+
+
+def test_int_flags_do_not_share_the_plan_of_a_bool():
+    """True == 1 as a dict key: an int flag after a call with the bool found its plan and skipped the check."""
+    import triton_ops as T
+
+    x, w, cos, sin = _rr_inputs()
+    q = torch.randn(1, 2, 3, 64, device=DEVICE)
+    T.fused_add_rmsnorm(x, w, round_before_weight=True)
+    T.fused_rmsnorm_rope(x, w, cos[:, :32].contiguous(), sin[:, :32].contiguous(), half_width_tables=True)
+    T.apply_rope(q, None, cos, sin, inplace=False)
+    for _ in range(2):
+        with pytest.raises(InvalidArgumentError, match="round_before_weight must be a bool"):
+            T.fused_add_rmsnorm(x, w, round_before_weight=1)
+        with pytest.raises(InvalidArgumentError, match="half_width_tables must be a bool"):
+            T.fused_rmsnorm_rope(x, w, cos[:, :32].contiguous(), sin[:, :32].contiguous(), half_width_tables=1)
+        with pytest.raises(InvalidArgumentError, match="inplace must be a bool"):
+            T.apply_rope(q, None, cos, sin, inplace=0)
+
+
+def test_meta_tensors_never_find_the_plan_of_cpu_ones():
+    """get_device() is -1 for CPU and meta alike: a meta weight after a CPU call of one signature found
+    its plan and reached the kernel (torch's 'Cannot copy out of meta tensor')."""
+    import triton_ops as T
+    from triton_ops.exceptions import DeviceError
+
+    x, w, cos, sin = _rr_inputs()
+    xm = torch.randn(4, 32, device=DEVICE)
+    wg = torch.randn(16, 32, device=DEVICE)
+    lin = T.FP8Linear(32, 16, device=DEVICE)
+    T.fused_rmsnorm_rope(x, w, cos, sin)
+    T.fused_gated_mlp(xm, wg, wg)
+    lin(xm)
+    bias = lin.bias
+    for _ in range(2):
+        with pytest.raises(DeviceError, match="meta"):
+            T.fused_rmsnorm_rope(x, w.to("meta"), cos, sin)
+        with pytest.raises(DeviceError, match="meta"):
+            T.fused_gated_mlp(xm, wg.to("meta"), wg)
+        lin.bias = torch.nn.Parameter(bias.detach().to("meta"))
+        with pytest.raises(DeviceError, match="meta"):
+            lin(xm)
+        lin.bias = bias

@@ -110,11 +110,20 @@ def check_choice(value: object, name: str, choices: Iterable[object]) -> None:
         raise InvalidArgumentError(f"{name}={value!r} is not supported; expected one of {choices}")
 
 
-def check_positive_finite(value: float, name: str, allow_zero: bool = False) -> float:
+def _number(value: object, name: str) -> float:
+    """``value`` as a float: ints, floats and numeric scalars (numpy, one-element tensors). Strings are
+    refused although float("1e-6") parses (an eager plan keyed on the string would hand it to a kernel on
+    the next identical call), and so are bools."""
+    if isinstance(value, (str, bytes, bool, np.bool_)):
+        raise InvalidArgumentError(f"{name} must be a number, got {type(value).__name__} {value!r}")
     try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise InvalidArgumentError(f"{name} must be a number, got {value!r}") from None
+        return float(value)
+    except (TypeError, ValueError, RuntimeError):
+        raise InvalidArgumentError(f"{name} must be a number, got {_short_repr(value)}") from None
+
+
+def check_positive_finite(value: float, name: str, allow_zero: bool = False) -> float:
+    v = _number(value, name)
     if not math.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
         kind = "non-negative" if allow_zero else "positive"
         raise NumericalError(f"{name} must be a finite {kind} number, got {value!r}")
@@ -122,10 +131,7 @@ def check_positive_finite(value: float, name: str, allow_zero: bool = False) -> 
 
 
 def check_finite(value: float, name: str) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise InvalidArgumentError(f"{name} must be a number, got {value!r}") from None
+    v = _number(value, name)
     if not math.isfinite(v):
         raise NumericalError(f"{name} must be finite, got {value!r}")
     return v

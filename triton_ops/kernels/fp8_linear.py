@@ -187,7 +187,8 @@ def _bias_sig(bias: torch.Tensor | None):
     every FP8Linear path it is used detached), so a Parameter that requires grad keys like a plain tensor."""
     if bias is None:
         return None
-    return (type(bias), bias.shape, bias.stride(), bias.dtype, bias.get_device(), bias.data_ptr() % 16 == 0)
+    # bias.device: get_device() is -1 for CPU and meta alike (see launch.plan_key)
+    return (type(bias), bias.shape, bias.stride(), bias.dtype, bias.device, bias.data_ptr() % 16 == 0)
 
 
 def _default_filter(name: str, module: nn.Linear) -> bool:

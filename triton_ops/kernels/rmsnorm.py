@@ -762,7 +762,10 @@ def fused_add_rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6, 
         ``(q, scale)`` or ``(q, scale, s)``; ``scale`` is ``out_scale`` itself for a static output. FP8
         outputs carry no autograd.
     """
-    key = plan_key(x, residual, weight, out, residual_out, out_scale)
+    # a flag or number of a kind the checks refuse never takes a plan: True == 1 == 1.0 as dict keys, so
+    # round_before_weight=1 would find the plan of True and skip the check that refuses it
+    strict = type(round_before_weight) is bool and type(eps) is not bool and type(weight_offset) is not bool
+    key = plan_key(x, residual, weight, out, residual_out, out_scale) if strict else None
     if key is not None:
         # Eager call with no autograd or tracing: a repeated signature is one dict hit and a launch.
         key = (key, eps, weight_offset, round_before_weight, _alias_pattern(x, residual, out, residual_out),

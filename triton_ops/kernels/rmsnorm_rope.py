@@ -27,7 +27,7 @@ import triton.language as tl
 from .. import validation as V
 from ..autotuner import runtime as _rt
 from ..exceptions import InvalidArgumentError, LayoutError, ShapeError, UnsupportedError
-from ..launch import KernelLaunch, PlanCache, mark_written, plan_key
+from ..launch import KernelLaunch, PlanCache, mark_written, plan_key, tensor_key
 from ..launch import tensor_key as _tensor_key
 from ..utils import cdiv, interpreter_enabled, next_power_of_2, num_sms
 from . import fp8_out as F8
@@ -612,9 +612,23 @@ def _launch(x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor, sin: torch
     pos = None
     if position_ids is not None:
         pos = position_ids.reshape(-1, x3.shape[1]) if position_ids.dim() > 1 else position_ids
-    plan = _make_plan(x3, weight, cos, sin, pos, r3, out, head_dim, gptj, per_token_tables, config,
-                      residual_out=residual_out)
+    key = None
+    if config is None:  # explicit configs (tuning runs) are never cached
+        key = (tensor_key(x, weight, cos, sin, position_ids, residual, out, residual_out), head_dim, gptj,
+               per_token_tables, _rt.ENABLED)
+    plan = _op_plans.get(key) if key is not None else None
+    if plan is None:
+        plan = _make_plan(x3, weight, cos, sin, pos, r3, out, head_dim, gptj, per_token_tables, config,
+                          residual_out=residual_out)
+        same = x3.data_ptr() == x.data_ptr() and (r3 is None or r3.data_ptr() == residual.data_ptr()) and \
+            (pos is None or pos.data_ptr() == position_ids.data_ptr())
+        if key is not None and plan.cacheable and same:
+            _op_plans.put(key, plan)
     plan(x3, weight, cos, sin, pos, r3, out, residual_out, float(eps), float(weight_offset))
+
+
+#: Plans of the custom ops' implementations (torch.compile graphs and autograd call the op through them).
+_op_plans = PlanCache("rmsnorm_rope/op")
 
 
 #: Plans of the FP8-output custom op's implementation.
@@ -917,9 +931,11 @@ def fused_rmsnorm_rope(x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor,
             return plan(x, weight, cos, sin, position_ids, residual, None, None, eps, weight_offset, out_scale)
     # as the caller passed them: the FP8 plan key
     position_ids_given, head_dim_given, rotary_dim_given = position_ids, head_dim, rotary_dim
-    # Sizes that are not plain ints never take a plan: 64.0 == 64 as a dict key, so a float head_dim would
-    # find the plan of 64 and skip the check that refuses it (numpy integers are validated on every call).
-    sizes_plain = type(head_dim) in _SIZE_TYPES and type(rotary_dim) in _SIZE_TYPES
+    # Scalars of a kind the checks refuse never take a plan: 64.0 == 64 and True == 1 as dict keys, so a
+    # float head_dim or an int flag would find the plan of the valid value and skip the check that refuses
+    # it (numpy integers are validated on every call).
+    sizes_plain = (type(head_dim) in _SIZE_TYPES and type(rotary_dim) in _SIZE_TYPES
+                   and type(half_width_tables) is bool and type(eps) is not bool and type(weight_offset) is not bool)
     key = plan_key(x, weight, cos, sin, position_ids, residual, out) if sizes_plain else None
     if key is not None:
         # Eager call with no autograd or tracing: a repeated signature is one dict hit and a launch. Which

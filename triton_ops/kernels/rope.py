@@ -596,8 +596,10 @@ def apply_rope(q: torch.Tensor, k: Optional[torch.Tensor], cos: torch.Tensor, si
     Differentiable with respect to q and k (the backward is the same kernel rotating by -angle) and to the
     tables when they require grad.
     """
-    # a rotary_dim that is not a plain int never takes a plan (32.0 == 32 as a dict key would skip its check)
-    key = plan_key(q, k, cos, sin, position_ids) if type(rotary_dim) in (int, type(None)) else None
+    # a rotary_dim that is not a plain int, or a flag that is not a bool, never takes a plan (32.0 == 32 and
+    # 1 == True as dict keys: the call would find the plan of the valid value and skip the check)
+    strict = type(rotary_dim) in (int, type(None)) and type(inplace) is bool and type(half_width_tables) is bool
+    key = plan_key(q, k, cos, sin, position_ids) if strict else None
     if key is not None:
         key = (key, rotary_layout, rotary_dim, inplace, half_width_tables, qk_layout)
         plan = _plans.get(key)
