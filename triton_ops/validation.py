@@ -429,6 +429,23 @@ def rows_view(x: torch.Tensor) -> torch.Tensor:
         return x.reshape(-1, last)
 
 
+def as_3d(t: torch.Tensor, name: str, writable: bool = False) -> torch.Tensor:
+    """View ``[..., S, H]`` as ``[B, S, H]`` keeping strides; inputs whose leading dims do not collapse are
+    copied, outputs raise. The last dim must be contiguous. Shared by the row kernels (RMSNorm,
+    RMSNorm+RoPE and their backward passes)."""
+    if t.dim() == 1:
+        return t.view(1, 1, -1)
+    if t.dim() == 2:
+        return t.unsqueeze(0)
+    try:
+        return t.view(-1, t.shape[-2], t.shape[-1])
+    except RuntimeError:
+        if writable:
+            raise LayoutError(f"{name} has shape {tuple(t.shape)} and strides {tuple(t.stride())}, whose leading "
+                              "dims cannot be flattened without a copy; pass a contiguous buffer") from None
+        return t.reshape(-1, t.shape[-2], t.shape[-1])
+
+
 def direct_launch_ok(*tensors: torch.Tensor | None) -> bool:
     """True for a plain eager call that may launch its kernels directly instead of through the registered
     custom op: not traced by torch.compile, no tensor subclasses (FakeTensor, DTensor, ...) and no autograd

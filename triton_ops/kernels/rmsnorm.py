@@ -289,20 +289,6 @@ def pick_config(n_rows: int, n_cols: int, itemsize: int = 2, has_residual: bool 
     return RMSNormConfig(block, rows, n_chunks, num_warps)
 
 
-def _as_3d(t: torch.Tensor, name: str, writable: bool = False) -> torch.Tensor:
-    """View ``[..., S, H]`` as ``[B, S, H]`` keeping strides; inputs whose leading dims do not collapse are
-    copied, outputs raise. The last dim must be contiguous."""
-    if t.dim() == 1:
-        return t.view(1, 1, -1)
-    if t.dim() == 2:
-        return t.unsqueeze(0)
-    try:
-        return t.view(-1, t.shape[-2], t.shape[-1])
-    except RuntimeError:
-        if writable:
-            raise LayoutError(f"{name} has shape {tuple(t.shape)} and strides {tuple(t.stride())}, whose leading "
-                              "dims cannot be flattened without a copy; pass a contiguous buffer") from None
-        return t.reshape(-1, t.shape[-2], t.shape[-1])
 
 
 # ---- output buffers: overlap checks shared with rope.py ---------------------------------------------
@@ -513,15 +499,15 @@ def _make_plan(x, weight, residual, out, residual_out, round_before_weight, test
     if x.numel() == 0:
         return _Plan(None, (), shape, has_res, ())
     n_cols = x.shape[-1]
-    x3 = _as_3d(x, "x")
-    r3 = _as_3d(residual, "residual") if has_res else x3
+    x3 = V.as_3d(x, "x")
+    r3 = V.as_3d(residual, "residual") if has_res else x3
     n_rows, seq = x3.shape[0] * x3.shape[1], x3.shape[1]
     dense = (seq * n_cols, n_cols)
-    o_st = _as_3d(out, "out", writable=True).stride()[:2] if out is not None else dense
+    o_st = V.as_3d(out, "out", writable=True).stride()[:2] if out is not None else dense
     if not has_res:
         ro_st = o_st
     elif residual_out is not None:
-        ro_st = _as_3d(residual_out, "residual_out", writable=True).stride()[:2]
+        ro_st = V.as_3d(residual_out, "residual_out", writable=True).stride()[:2]
     else:
         ro_st = dense
     cfg = pick_config(n_rows, n_cols, x.element_size(), has_res, num_sms(x.device), bool(quant))
@@ -549,8 +535,8 @@ def _launch(x, weight, residual, out, residual_out, eps, weight_offset, round_be
     """Plan and launch once on validated inputs; ``out`` (and ``residual_out`` with a residual) given."""
     if x.numel() == 0:
         return
-    x3 = _as_3d(x, "x")
-    r3 = _as_3d(residual, "residual") if residual is not None else None
+    x3 = V.as_3d(x, "x")
+    r3 = V.as_3d(residual, "residual") if residual is not None else None
     plan = _make_plan(x3, weight, r3, out, residual_out, round_before_weight)
     plan(x3, r3, weight, out, residual_out, float(eps), float(weight_offset))
 
@@ -562,8 +548,8 @@ def _launch_fp8(x, weight, residual, residual_out, out_scale, eps, weight_offset
     if x.numel() == 0:
         q, s = F8.empty_result(quant, tuple(x.shape), x.device)
         return q, (out_scale if quant == F8.QUANT_STATIC else s)
-    x3 = _as_3d(x, "x")
-    r3 = _as_3d(residual, "residual") if residual is not None else None
+    x3 = V.as_3d(x, "x")
+    r3 = V.as_3d(residual, "residual") if residual is not None else None
     plan = _make_plan(x3, weight, r3, None, residual_out, round_before_weight, quant=quant)
     plan.set_shape(tuple(x.shape))
     got = plan(x3, r3, weight, None, residual_out, float(eps), float(weight_offset), out_scale)
@@ -822,8 +808,8 @@ def fused_add_rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6, 
                     q, sc, residual_out if residual_out is not None else x + residual)
             y = out if out is not None else x.new_empty(x.shape)
             return y if residual is None else (y, residual_out if residual_out is not None else x + residual)
-        x3 = _as_3d(x, "x")
-        r3 = _as_3d(residual, "residual") if residual is not None else None
+        x3 = V.as_3d(x, "x")
+        r3 = V.as_3d(residual, "residual") if residual is not None else None
         plan = _make_plan(x3, weight, r3, out, residual_out, round_before_weight, tests, quant)
         plan.set_shape(tuple(x.shape))
         # A plan made for a copy of x or residual (leading dims that do not collapse) must not be reused:

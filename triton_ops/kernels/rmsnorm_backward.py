@@ -32,7 +32,8 @@ import triton.language as tl
 
 from ..launch import KernelLaunch, PlanCache, tensor_key
 from ..utils import cdiv, interpreter_enabled, next_power_of_2, num_sms
-from .rmsnorm import _as_3d, _rounded
+from ..validation import as_3d as _as_3d
+from .rmsnorm import _rounded
 
 #: Widest row held in one register tile (elements of each tensor). The kernel keeps ~5 fp32 values live
 #: per element (s, dy, the weight, the dw accumulator, temporaries), more than twice the forward, whose

@@ -26,7 +26,7 @@ import triton.language as tl
 
 from .. import validation as V
 from ..autotuner import runtime as _rt
-from ..exceptions import InvalidArgumentError, LayoutError, ShapeError, UnsupportedError
+from ..exceptions import InvalidArgumentError, ShapeError, UnsupportedError
 from ..launch import KernelLaunch, PlanCache, mark_written, plan_key, tensor_key
 from ..launch import tensor_key as _tensor_key
 from ..utils import cdiv, interpreter_enabled, next_power_of_2, num_sms
@@ -445,20 +445,6 @@ def pick_config(n_rows: int, hidden: int, head_dim: int, rot_dim: int | None = N
     return RMSNormRoPEConfig(half_block, pass_block, nh_block, n_chunks, rows, num_warps)
 
 
-def _as_3d(t: torch.Tensor, name: str, writable: bool = False) -> torch.Tensor:
-    """View ``[..., S, H]`` as ``[B, S, H]`` keeping strides; copies (inputs only) if leading dims don't
-    collapse. The last dim must be contiguous."""
-    if t.dim() == 1:
-        return t.view(1, 1, -1)
-    if t.dim() == 2:
-        return t.unsqueeze(0)
-    try:
-        return t.view(-1, t.shape[-2], t.shape[-1])
-    except RuntimeError:
-        if writable:
-            raise LayoutError(f"{name} has strides {tuple(t.stride())} whose leading dims cannot be "
-                              "flattened without a copy; pass a contiguous buffer") from None
-        return t.reshape(-1, t.shape[-2], t.shape[-1])
 
 
 class _Plan:
@@ -532,17 +518,17 @@ def _make_plan(x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor, sin: to
     if x.numel() == 0:
         return _Plan(None, (), tuple(x.shape), x.dtype, has_res, pos_mode, True)
     hidden = x.shape[-1]
-    x3 = _as_3d(x, "x")
+    x3 = V.as_3d(x, "x")
     n_rows = x3.shape[0] * x3.shape[1]
     seq = x3.shape[1]
     # Outputs the op allocates are contiguous; a given `out` keeps its own strides.
     dense = _contiguous_strides(x3.shape)
-    o_st = _as_3d(out, "out", writable=True).stride() if out is not None else dense
-    r3 = _as_3d(residual, "residual") if has_res else x3
+    o_st = V.as_3d(out, "out", writable=True).stride() if out is not None else dense
+    r3 = V.as_3d(residual, "residual") if has_res else x3
     if not has_res:
         ro_st = o_st
     elif residual_out is not None:
-        ro_st = _as_3d(residual_out, "residual_out", writable=True).stride()
+        ro_st = V.as_3d(residual_out, "residual_out", writable=True).stride()
     else:
         ro_st = dense
     cacheable = x3.data_ptr() == x.data_ptr() and (not has_res or r3.data_ptr() == residual.data_ptr())
@@ -607,8 +593,8 @@ def _launch(x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor, sin: torch
     """Plan and launch once on validated inputs. ``out``/``residual_out`` have x's shape; cos/sin are 2-D."""
     if x.numel() == 0:
         return
-    x3 = _as_3d(x, "x")
-    r3 = _as_3d(residual, "residual") if residual is not None else None
+    x3 = V.as_3d(x, "x")
+    r3 = V.as_3d(residual, "residual") if residual is not None else None
     pos = None
     if position_ids is not None:
         pos = position_ids.reshape(-1, x3.shape[1]) if position_ids.dim() > 1 else position_ids
@@ -645,8 +631,8 @@ def _launch_fp8(x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor, sin: t
     if x.numel() == 0:
         q, s = F8.empty_result(quant, tuple(x.shape), x.device)
         return q, (out_scale if quant == F8.QUANT_STATIC else s)
-    x3 = _as_3d(x, "x")
-    r3 = _as_3d(residual, "residual") if residual is not None else None
+    x3 = V.as_3d(x, "x")
+    r3 = V.as_3d(residual, "residual") if residual is not None else None
     pos = None
     if position_ids is not None:
         pos = position_ids.reshape(-1, x3.shape[1]) if position_ids.dim() > 1 else position_ids
@@ -1048,8 +1034,8 @@ def fused_rmsnorm_rope(x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor,
         if x.numel() == 0:
             y = out if out is not None else x.new_empty(x.shape)
             return y if residual is None else (y, x + residual)
-        x3 = _as_3d(x, "x")
-        r3 = _as_3d(residual, "residual") if residual is not None else None
+        x3 = V.as_3d(x, "x")
+        r3 = V.as_3d(residual, "residual") if residual is not None else None
         pos = position_ids
         if pos is not None and pos.dim() > 1:
             pos = pos.reshape(-1, x3.shape[1])
@@ -1109,8 +1095,8 @@ def _fp8_call(fkey, x, weight, cos, sin, position_ids, residual, out_scale, eps,
         q, s = F8.empty_result(quant, tuple(x.shape), x.device)
         s = out_scale if quant == F8.QUANT_STATIC else s
         return (q, s) if residual is None else (q, s, x + residual)
-    x3 = _as_3d(x, "x")
-    r3 = _as_3d(residual, "residual") if residual is not None else None
+    x3 = V.as_3d(x, "x")
+    r3 = V.as_3d(residual, "residual") if residual is not None else None
     pos = position_ids
     if pos is not None and pos.dim() > 1:
         pos = pos.reshape(-1, x3.shape[1])

@@ -48,8 +48,9 @@ import triton.language as tl
 
 from ..launch import KernelLaunch, PlanCache, tensor_key
 from ..utils import cdiv, interpreter_enabled, next_power_of_2, num_sms
+from ..validation import as_3d as _as_3d
 from .rmsnorm import _rounded
-from .rmsnorm_rope import _as_3d, _load_pairs, _pair_offsets, _store_pairs
+from .rmsnorm_rope import _load_pairs, _pair_offsets, _store_pairs
 
 #: Elements of one tensor held per register tile. The kernel keeps ~6 fp32 values live per element (s,
 #: the rotated gradient, the weight, the dw accumulator and temporaries), about three times the forward,

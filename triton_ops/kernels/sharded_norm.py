@@ -183,7 +183,7 @@ def _make_sumsq_plan(x: torch.Tensor) -> _SumsqPlan:
     shape = tuple(x.shape[:-1])
     if x.numel() == 0:
         return _SumsqPlan(None, (), shape)
-    x3 = _rn._as_3d(x, "x")
+    x3 = V.as_3d(x, "x")
     n_rows, n_cols = x3.shape[0] * x3.shape[1], x3.shape[2]
     cfg = pick_sumsq_config(n_rows, n_cols, x.element_size(), num_sms(x.device))
     launch = KernelLaunch(_row_sumsq_kernel, (cdiv(n_rows, cfg.ROWS),),
@@ -215,9 +215,9 @@ def _make_norm_plan(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pos: 
     shape = tuple(x.shape)
     if x.numel() == 0:
         return _NormPlan(None, (), shape, pos_mode, is_rstd), True
-    x3 = _rn._as_3d(x, "x")
+    x3 = V.as_3d(x, "x")
     n_rows, seq, hidden = x3.shape[0] * x3.shape[1], x3.shape[1], x3.shape[2]
-    o_st = _rn._as_3d(out, "out", writable=True).stride() if out is not None else (seq * hidden, hidden, 1)
+    o_st = V.as_3d(out, "out", writable=True).stride() if out is not None else (seq * hidden, hidden, 1)
     cacheable = x3.data_ptr() == x.data_ptr()
     spb = sps = 0
     if pos_mode == _POS_IDS:
@@ -246,14 +246,14 @@ def _pos_2d(x3: torch.Tensor, position_ids: Optional[torch.Tensor]) -> Optional[
 
 def _run_sumsq(x: torch.Tensor, out: torch.Tensor) -> None:
     if x.numel():
-        _make_sumsq_plan(x)(_rn._as_3d(x, "x"), out)
+        _make_sumsq_plan(x)(V.as_3d(x, "x"), out)
 
 
 def _run_norm(x, weight, cos, sin, position_ids, stat, out, eps, inv_n, head_dim, gptj, weight_offset,
               per_token, is_rstd) -> None:
     if x.numel() == 0:
         return
-    x3 = _rn._as_3d(x, "x")
+    x3 = V.as_3d(x, "x")
     pos = _pos_2d(x3, position_ids)
     plan, _ = _make_norm_plan(x3, cos, sin, pos, out, head_dim, gptj, per_token, is_rstd)
     plan(x3, weight, cos, sin, pos, stat, out, float(eps), float(inv_n), float(weight_offset))
@@ -339,7 +339,7 @@ def row_sum_of_squares(x: torch.Tensor, *, out: Optional[torch.Tensor] = None) -
     if key is not None:
         plan = _sumsq_plans.get(key)
         if plan is not None:
-            return plan(x if x.dim() == 3 else _rn._as_3d(x, "x"), out)
+            return plan(x if x.dim() == 3 else V.as_3d(x, "x"), out)
     V.check_tensor(x, "x")
     V.check_dtype(x, "x", V.FLOAT_DTYPES)
     V.check_ndim(x, "x", min_ndim=1)
@@ -349,7 +349,7 @@ def row_sum_of_squares(x: torch.Tensor, *, out: Optional[torch.Tensor] = None) -
         _check_stat_buffer(out, "out", x, writable=True)
     if key is not None:
         plan = _make_sumsq_plan(x)
-        x3 = _rn._as_3d(x, "x") if x.numel() else x
+        x3 = V.as_3d(x, "x") if x.numel() else x
         if x3.data_ptr() == x.data_ptr():
             _sumsq_plans.put(key, plan)
         return plan(x3, out)
@@ -392,7 +392,7 @@ def rmsnorm_rope_from_stats(x: torch.Tensor, weight: torch.Tensor, cos: torch.Te
         key = (key, rstd is not None, n_total, eps, head_dim, rotary_layout, weight_offset)
         plan = _norm_plans.get(key)
         if plan is not None:
-            x3 = x if x.dim() == 3 else _rn._as_3d(x, "x")
+            x3 = x if x.dim() == 3 else V.as_3d(x, "x")
             return plan(x3, weight, _table_2d(cos, x), _table_2d(sin, x), _pos_2d(x3, position_ids), stat, out,
                         eps, 1.0 / n_total if n_total else 0.0, weight_offset)
     if (rstd is None) == (sum_of_squares is None):
@@ -453,7 +453,7 @@ def rmsnorm_rope_from_stats(x: torch.Tensor, weight: torch.Tensor, cos: torch.Te
     if key is not None:
         if x.numel() == 0:
             return out if out is not None else x.new_empty(x.shape)
-        x3 = _rn._as_3d(x, "x")
+        x3 = V.as_3d(x, "x")
         pos = _pos_2d(x3, position_ids)
         plan, cacheable = _make_norm_plan(x3, tables_cos, tables_sin, pos, out, head_dim, gptj, per_token,
                                           rstd is not None)
