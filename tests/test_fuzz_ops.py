@@ -122,6 +122,7 @@ def _expect(call, error, check):
 def _close(got: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype, scale: float = 1.0):
     assert got.shape == ref.shape, (got.shape, ref.shape)
     tol = TOL[dtype] * scale
+    # equal_nan: NaN in the inputs must give NaN exactly where the reference has it (NaN in, NaN out)
     torch.testing.assert_close(got.double(), ref.double(), rtol=tol, atol=tol, equal_nan=True)
 
 
