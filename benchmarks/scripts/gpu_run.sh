@@ -2,7 +2,7 @@
 # One batched GPU job: tests, host profile, sweeps, benchmarks and tuning, by section.
 #
 #   bash benchmarks/scripts/gpu_run.sh OUTDIR SECTION...
-#   SECTION: tests | host | model | model_compile | profile | rmsnorm_sweep | gmlp_sweep | bench_rmsnorm_rope | bench_gated_mlp | bench_fp8 | tune
+#   SECTION: tests | liger | host | model | model_compile | profile | rmsnorm_sweep | gmlp_sweep | bench_rmsnorm_rope | bench_gated_mlp | bench_fp8 | tune
 #
 # Each section writes its log under OUTDIR and prints a short summary last. Sections run in the order given.
 # Bench sections keep only the results JSON (the device machine returns at most 8 files); rebuild the
@@ -17,10 +17,17 @@ for section in "$@"; do
   start=$(date +%s)
   case $section in
     tests)
-      timeout 330 python3 -m pytest tests -q -n 8 -p no:cacheprovider --ignore=tests/test_compile.py --maxfail=40 \
-        -W ignore::DeprecationWarning > "$out/gpu_tests.log" 2>&1
+      # --timeout per test so that one hung test is named instead of eating the whole run; -rfE lists
+      # every failure and error in the short summary at the end of the log.
+      timeout "${TESTS_TIMEOUT:-480}" python3 -m pytest tests -q -n 8 -p no:cacheprovider --ignore=tests/test_compile.py \
+        --timeout "${TEST_TIMEOUT:-180}" -rfE -W ignore::DeprecationWarning ${TESTS_ARGS:-} > "$out/gpu_tests.log" 2>&1
       summary+=("tests: $(tail -1 "$out/gpu_tests.log")")
-      summary+=("$(grep -E '^(FAILED|ERROR)' "$out/gpu_tests.log" | cut -c1-160 | head -25)")
+      summary+=("$(grep -E '^(FAILED|ERROR)' "$out/gpu_tests.log" | cut -c1-200 | head -80)")
+      ;;
+    liger)
+      # Liger-Kernel (pure Python + Triton) as a baseline of the training cases, from a wheel carried in .whl/.
+      python3 -m pip install -q --no-deps --no-index .whl/liger_kernel-*.whl > "$out/liger.log" 2>&1
+      summary+=("liger: $(python3 -c 'import liger_kernel.transformers as m; print("importable")' 2>&1 | tail -1)")
       ;;
     host)
       timeout 240 python3 -m triton_ops.cli bench host --out "$out" > "$out/host.log" 2>&1
