@@ -68,7 +68,7 @@ def case_gated_mlp(dtype_name="float32"):
     from torch.distributed.tensor.parallel import parallelize_module
 
     from triton_ops import FusedGatedMLP, fused_gated_mlp
-    from triton_ops.parallel import GatedMLPColwiseParallel
+    from triton_ops.parallel import GatedMLPColwiseParallel, full_tensor
 
     dtype = getattr(torch, dtype_name)
     tol = FP32_RTOL if dtype == torch.float32 else FP16_RTOL
@@ -81,8 +81,8 @@ def case_gated_mlp(dtype_name="float32"):
     checks = [("out vs unsharded slice", _rel(got, _chunk(want, n, r)), "<=", tol)]
     w = mod.weight
     checks.append(("weight is a DTensor", float(isinstance(w, DTensor)), "==", 1.0))
-    checks.append(("weight.full_tensor() is the packed weight", _rel(w.full_tensor(), ref.weight), "==", 0.0))
-    checks.append(("bias.full_tensor()", _rel(mod.bias.full_tensor(), ref.bias), "==", 0.0))
+    checks.append(("full_tensor(weight) is the packed weight", _rel(full_tensor(w), ref.weight), "==", 0.0))
+    checks.append(("full_tensor(bias)", _rel(full_tensor(mod.bias), ref.bias), "==", 0.0))
     sd = mod.state_dict()
     checks.append(("state_dict values are DTensors", float(all(isinstance(v, DTensor) for v in sd.values())),
                    "==", 1.0))
@@ -102,7 +102,7 @@ def case_gated_mlp(dtype_name="float32"):
     # use_local_output=False: a Shard(-1) DTensor whose full tensor is the unsharded output
     mod2 = parallelize_module(copy.deepcopy(ref), mesh, GatedMLPColwiseParallel(use_local_output=False))
     y = mod2(x)
-    checks.append(("DTensor output full_tensor", _rel(y.full_tensor(), want), "<=", tol))
+    checks.append(("DTensor output full_tensor", _rel(full_tensor(y), want), "<=", tol))
     return checks
 
 
@@ -191,10 +191,10 @@ def case_fused_mlp(packed="0"):
     ref_grads = dict(zip([k for k, _ in ref.named_parameters()],
                          torch.autograd.grad(ref(x).pow(2).sum(), list(ref.parameters()))))
     for name, p in mod.named_parameters():
-        checks.append((f"grad {name}", _rel(p.grad.full_tensor(), ref_grads[name]), "<=", FP32_RTOL))
+        checks.append((f"grad {name}", _rel(full_tensor(p.grad), ref_grads[name]), "<=", FP32_RTOL))
     sd = mod.state_dict()
     checks.append(("state_dict keys", float(sorted(sd) == sorted(ref.state_dict())), "==", 1.0))
-    checks.append(("state_dict full tensors", max(_rel(v.full_tensor(), ref.state_dict()[k]) for k, v in sd.items()),
+    checks.append(("state_dict full tensors", max(_rel(full_tensor(v), ref.state_dict()[k]) for k, v in sd.items()),
                    "==", 0.0))
     # to_fp8 on the sharded module == to_fp8 on the unsharded one, sharded (exact bytes and scales)
     with torch.no_grad():
@@ -203,16 +203,16 @@ def case_fused_mlp(packed="0"):
         y8, y8_ref = mod(x.detach()), fp8_ref(x.detach())
     checks.append(("to_fp8 gate_up bytes", _rel(full_tensor(mod.gate_up.weight_fp8).float(),
                                                 fp8_ref.gate_up.weight_fp8.float()), "==", 0.0))
-    checks.append(("to_fp8 gate_up scales", _rel(mod.gate_up.weight_scale.full_tensor(),
+    checks.append(("to_fp8 gate_up scales", _rel(full_tensor(mod.gate_up.weight_scale),
                                                  fp8_ref.gate_up.weight_scale), "==", 0.0))
     checks.append(("to_fp8 down bytes (all-reduced amax)", _rel(full_tensor(mod.down_proj.weight).float(),
                                                                fp8_ref.down_proj.weight.float()), "==", 0.0))
-    checks.append(("to_fp8 down scales", _rel(mod.down_proj.weight_scale.full_tensor(),
+    checks.append(("to_fp8 down scales", _rel(full_tensor(mod.down_proj.weight_scale),
                                              fp8_ref.down_proj.weight_scale), "==", 0.0))
     checks.append(("fp8 out (M=10: weight-only down_proj)", _rel(y8, y8_ref), "<=", FP32_RTOL))
     sd8, sd8_ref = mod.state_dict(), fp8_ref.state_dict()
     checks.append(("fp8 state_dict keys are HF keys", float(sorted(sd8) == sorted(sd8_ref)), "==", 1.0))
-    checks.append(("fp8 state_dict dequantized weights", max(_rel(v.full_tensor(), sd8_ref[k])
+    checks.append(("fp8 state_dict dequantized weights", max(_rel(full_tensor(v), sd8_ref[k])
                                                              for k, v in sd8.items()), "==", 0.0))
     # Loading Hugging Face weights (full tensors) into the sharded FP8 MLP quantizes this rank's shards.
     torch.manual_seed(3)

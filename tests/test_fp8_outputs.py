@@ -15,6 +15,7 @@ against the same results.
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import pytest
@@ -42,12 +43,18 @@ from ._rope_helpers import tables
 from .conftest import DEVICE
 
 E4M3 = torch.float8_e4m3fn
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 GRAN = {"token": ("row", None), "block": ("block", (1, 128)), "static": ("tensor", None)}
 OPCHECKS = ("test_schema", "test_faketensor", "test_aot_dispatch_dynamic")
 
 
 def _bits(q):
     return q.view(torch.uint8)
+
+
+def _dev(value, **kw):
+    """A small tensor on the test device (a scale on another device is a DeviceError, not the error tested)."""
+    return torch.tensor(value, device=DEVICE, **kw)
 
 
 def _static_scale():
@@ -64,19 +71,34 @@ def _within_one_step(got, want) -> bool:
     """e4m3 values ``got`` at most one step from ``want`` (same scale): a step is 1/8 of the value at the
     bottom of a binade (3 mantissa bits) and 2^-9 among the subnormals."""
     got, want = torch.as_tensor(got, dtype=torch.float64), torch.as_tensor(want, dtype=torch.float64)
-    return bool(((got - want).abs() <= torch.maximum(0.126 * want.abs(), torch.tensor(2.0 ** -9))).all())
+    close = (got - want).abs() <= torch.maximum(0.126 * want.abs(), torch.tensor(2.0 ** -9))
+    return bool((close | (got.isnan() & want.isnan())).all())
 
 
 def _assert_same(got, want, scaling, given=None):
+    """Codes and scales equal bit for bit in the interpreter (one fp32 evaluation order for every kernel
+    config). Compiled, the FP8-output kernel and the fp32-output kernel it is compared with run with
+    different tile configs (4-8 warps for an FP8 row, fewer for fp32), so the row's sum of squares is
+    reduced in another order and rstd, hence the amax and the scale, can differ by a few fp32 ulp
+    (measured on an H200: scales 1-2 ulp apart, codes all equal). There: scales within 4 ulp (2^-21
+    relative) and codes at most one e4m3 step apart on at most 0.1% of elements (a value within a few
+    ulp of a rounding boundary)."""
     q, s = got
     rq, rs = want
     assert q.dtype == E4M3 and q.shape == rq.shape
     diff = _bits(q) != _bits(rq)
-    assert not diff.any(), f"{int(diff.sum())} of {q.numel()} codes differ"
+    if INTERPRETED:
+        assert not diff.any(), f"{int(diff.sum())} of {q.numel()} codes differ"
+    else:
+        assert diff.float().mean() <= 1e-3 and _within_one_step(q.float().cpu(), rq.float().cpu()), \
+            f"{int(diff.sum())} of {q.numel()} codes differ"
     if scaling == "static":
         assert s is given  # the caller's own scale comes back
-    else:
+    elif INTERPRETED:
         assert s.dtype == torch.float32 and s.shape == rs.shape and torch.equal(s, rs)
+    else:
+        assert s.dtype == torch.float32 and s.shape == rs.shape
+        torch.testing.assert_close(s, rs, rtol=2.0 ** -21, atol=0)
 
 
 @pytest.fixture
@@ -139,8 +161,10 @@ def test_norm_against_independent_reference():
         gran, bs = GRAN[scaling]
         rq, rs = ref.quantize(y.astype(np.float32), "e4m3fn", gran, bs)
         # scale = amax / 448 in fp32: the fp32 kernel and the fp64-then-fp32 reference differ by the norm's
-        # fp32 rounding, a few ulp (2^-24 ~ 6e-8 each): 3e-7 is ~5 ulp
-        np.testing.assert_allclose(s.cpu().numpy(), rs, rtol=3e-7)
+        # fp32 rounding, a few ulp (2^-24 ~ 6e-8 each): 3e-7 is ~5 ulp. Compiled kernels take rsqrt from
+        # the GPU's approximate instruction (up to 2 ulp more) and reduce in a tree: 3.05e-7 measured on
+        # an H200, so 6e-7 (~10 ulp) there.
+        np.testing.assert_allclose(s.cpu().numpy(), rs, rtol=3e-7 if INTERPRETED else 6e-7)
         got = q.float().cpu().numpy()
         assert (got != rq).mean() < 0.01 and _within_one_step(got, rq)
         # dequantized against the fp64 norm: e4m3 on Gaussian data is ~31 dB (test_fp8_quantize)
@@ -257,12 +281,12 @@ def test_norm_compile_opcheck_and_autograd():
     (lambda x, w: fused_add_rmsnorm(x, w, out_dtype=E4M3, out_scaling="row"), InvalidArgumentError),
     (lambda x, w: fused_add_rmsnorm(x, w, out_dtype=E4M3, out_scaling="static"), InvalidArgumentError),
     (lambda x, w: fused_add_rmsnorm(x, w, out_scaling="token"), InvalidArgumentError),
-    (lambda x, w: fused_add_rmsnorm(x, w, out_dtype=E4M3, out_scale=torch.tensor(1.0, dtype=torch.float64)),
+    (lambda x, w: fused_add_rmsnorm(x, w, out_dtype=E4M3, out_scale=_dev(1.0, dtype=torch.float64)),
      DTypeError),
-    (lambda x, w: fused_add_rmsnorm(x, w, out_dtype=E4M3, out_scale=torch.ones(2)), ShapeError),
-    (lambda x, w: fused_add_rmsnorm(x, w, out_dtype=E4M3, out_scale=torch.tensor(0.0)), NumericalError),
-    (lambda x, w: fused_add_rmsnorm(x, w, out_dtype=E4M3, out_scale=torch.tensor(float("nan"))), NumericalError),
-    (lambda x, w: fused_add_rmsnorm(x, w, out_dtype=E4M3, out_scaling="token", out_scale=torch.tensor(1.0)),
+    (lambda x, w: fused_add_rmsnorm(x, w, out_dtype=E4M3, out_scale=_dev([1.0, 1.0])), ShapeError),
+    (lambda x, w: fused_add_rmsnorm(x, w, out_dtype=E4M3, out_scale=_dev(0.0)), NumericalError),
+    (lambda x, w: fused_add_rmsnorm(x, w, out_dtype=E4M3, out_scale=_dev(float("nan"))), NumericalError),
+    (lambda x, w: fused_add_rmsnorm(x, w, out_dtype=E4M3, out_scaling="token", out_scale=_dev(1.0)),
      InvalidArgumentError),
     (lambda x, w: fused_add_rmsnorm(x, w, out_dtype=E4M3, out_scale=1.0), InvalidArgumentError),
     (lambda x, w: fused_add_rmsnorm(x, w, out=torch.empty_like(x), out_dtype=E4M3), InvalidArgumentError),
@@ -533,7 +557,7 @@ def test_mlp_compile_opcheck_and_errors():
     with pytest.raises(UnsupportedError):
         G.fused_gated_mlp(x, wg, wu, out_dtype=torch.float8_e5m2)
     with pytest.raises(ShapeError):
-        G.fused_gated_mlp(x, wg, wu, out_dtype=E4M3, out_scale=torch.ones(2, device=DEVICE))
+        G.fused_gated_mlp(x, wg, wu, out_dtype=E4M3, out_scale=_dev([1.0, 1.0]))
     xq, xs = G.quantize_rows_fp8(x.float())
     gq, gs = G.quantize_rows_fp8(wg.float())
     with pytest.raises(ShapeError):

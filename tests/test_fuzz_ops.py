@@ -186,8 +186,8 @@ def _rmsnorm_rope_case(draw):
         kw["head_dim"] = draw(st.sampled_from([head_dim + 0.5, str(head_dim), head_dim * 2 + 1]))
         error = _also(error, InvalidArgumentError, ShapeError)
     elif bad == "pos":
-        kw["position_ids"] = draw(st.sampled_from([[0] * seq, torch.zeros(seq + 1, dtype=torch.long),
-                                                   torch.zeros(seq)]))
+        kw["position_ids"] = draw(st.sampled_from([[0] * seq, torch.zeros(seq + 1, dtype=torch.long, device=DEVICE),
+                                                   torch.zeros(seq, device=DEVICE)]))
         error = _also(error, InvalidArgumentError, ShapeError, DTypeError)
     elif bad == "tensor":
         x, error = x.cpu().numpy() if x.dtype != torch.bfloat16 else [1.0], _also(error, InvalidArgumentError)

@@ -203,3 +203,18 @@ def test_direct_writes_bump_the_version_counter(device):
         vq, vk = q._version, k._version
         T.apply_rope(q, k, c, s, inplace=True)
         assert q._version > vq and k._version > vk
+
+
+def test_interpreter_numpy_failure_names_the_fix():
+    """Triton's interpreter with numpy >= 2.3 fails inside persistent kernels with an opaque TypeError;
+    the launcher re-raises it as UnsupportedError saying what to install. Other errors pass unchanged."""
+
+    class InterpreterError(Exception):  # the name Triton's interpreter error has
+        pass
+
+    opaque = InterpreterError("TypeError('only 0-dimensional arrays can be converted to Python scalars')")
+    with pytest.raises(T.UnsupportedError, match="numpy < 2.3") as info:
+        launch._explain_interpreter_failure(opaque)
+    assert info.value.__cause__ is opaque
+    launch._explain_interpreter_failure(InterpreterError("something else"))  # not ours to explain
+    launch._explain_interpreter_failure(TypeError("only 0-dimensional arrays"))

@@ -19,6 +19,16 @@ from triton_ops.kernels.sharded_norm import (
     row_sum_of_squares,
 )
 
+from .conftest import DEVICE
+
+
+@pytest.fixture(autouse=True)
+def _on_device():
+    """Every tensor these tests make lives on the test device (the GPU where there is one)."""
+    with torch.device(DEVICE):
+        yield
+
+
 TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
 
 

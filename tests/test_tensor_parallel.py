@@ -48,13 +48,25 @@ def _check(results: dict, key: str) -> None:
     assert not failed, "\n".join(failed)
 
 
+def _interpreter_runs_gemms() -> None:
+    """Skip (with the reason) where Triton's interpreter cannot run the persistent GEMM kernels: numpy >=
+    2.3, which the package's own requirements exclude but a preinstalled environment may carry. The
+    kernels then raise UnsupportedError naming the fix (test_launch checks that message)."""
+    import numpy as np
+
+    if tuple(int(v) for v in np.__version__.split(".")[:2]) >= (2, 3):
+        pytest.skip(f"the ranks run Triton's interpreter, which needs numpy < 2.3 (numpy {np.__version__} here)")
+
+
 @pytest.fixture(scope="module")
 def world2():
+    _interpreter_runs_gemms()
     return run_group(2, CASES_2)
 
 
 @pytest.fixture(scope="module")
 def world4():
+    _interpreter_runs_gemms()
     return run_group(4, CASES_4)
 
 
@@ -77,6 +89,7 @@ def test_hf_tp_plan_auto_then_patch(tmp_path):
 
     from ._tp_cases import _hf_model
 
+    _interpreter_runs_gemms()
     model = _hf_model("llama", 2)
     model.save_pretrained(tmp_path)
     del model

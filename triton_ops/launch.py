@@ -36,6 +36,7 @@ from typing import Any
 
 import torch
 
+from .exceptions import UnsupportedError
 from .utils import interpreter_enabled
 
 _PLAIN_TYPES = (torch.Tensor, torch.nn.Parameter)
@@ -152,6 +153,22 @@ def host_only():
         _skip_launches = prev
 
 
+def _explain_interpreter_failure(exc: Exception) -> None:
+    """Turn the interpreter's numpy failure into an error that says what to install.
+
+    Triton 3.6's interpreter turns one-element arrays into Python ints for loop bounds known only at run
+    time (``tl.range(pid, n, step)``); numpy >= 2.3 refuses that conversion, so the persistent GEMM kernels
+    fail with an opaque ``TypeError('only 0-dimensional arrays ...')``. The package pins numpy < 2.3;
+    this names the cause where another numpy was installed anyway.
+    """
+    if type(exc).__name__ == "InterpreterError" and "only 0-dimensional arrays" in str(exc):
+        import numpy as np
+
+        raise UnsupportedError(
+            f"Triton's interpreter (TRITON_INTERPRET=1) cannot run this kernel with numpy {np.__version__}: "
+            "it needs numpy < 2.3 (pip install 'numpy<2.3')") from exc
+
+
 class KernelLaunch:
     """One kernel with a fixed grid, constexprs and launch options.
 
@@ -221,7 +238,11 @@ class KernelLaunch:
                 compiled.run(g[0], g[1], g[2], stream, compiled.function, compiled.packed_metadata, meta,
                              enter, rt.launch_exit_hook, *full)
                 return
-        result = self.fn[self.grid](*args, **self.constexprs, **self.options)
+        try:
+            result = self.fn[self.grid](*args, **self.constexprs, **self.options)
+        except Exception as exc:
+            _explain_interpreter_failure(exc)
+            raise
         if self._tail is not None and result is not None and hasattr(result, "packed_metadata"):
             launcher = result.run  # loads the module and builds the launcher now, not on the hot path
             self._compiled = result

@@ -220,11 +220,37 @@ def full_tensor(t: torch.Tensor) -> torch.Tensor:
     DTensors are gathered as bytes (gloo has no FP8 types; ``DTensor.full_tensor()`` fails on them there)."""
     if not isinstance(t, DTensor):
         return t
+    if t.device_mesh.ndim == 1 and isinstance(t.placements[0], _StridedShard):
+        return _gather_strided(t)
     if t.dtype in FP8_DTYPES:
         b = DTensor.from_local(t.to_local().view(torch.uint8), t.device_mesh, t.placements, run_check=False,
                                shape=t.shape, stride=t.stride())
         return b.full_tensor().view(t.dtype)
     return t.full_tensor()
+
+
+def _gather_strided(t: DTensor) -> torch.Tensor:
+    """Full tensor of a ``_StridedShard`` DTensor on a 1-D mesh, gathered here: torch 2.11's
+    ``full_tensor()`` refuses these placements ("unable to be interpreted into a corresponding
+    shard_order"); 2.13's accepts them. Rank r holds piece r of each of the ``split_factor`` parts, in
+    part order, so its local tensor splits into ``split_factor`` equal pieces (the parts are chunked alike)."""
+    p = t.placements[0]
+    group, world = t.device_mesh.get_group(), t.device_mesh.size()
+    local = t.to_local().detach()
+    raw = local.view(torch.uint8) if local.dtype in FP8_DTYPES else local  # gloo has no FP8 types
+    raw = raw.movedim(p.dim, 0).contiguous()
+    n = torch.tensor([raw.shape[0]], device=raw.device)
+    sizes = [torch.zeros_like(n) for _ in range(world)]
+    dist.all_gather(sizes, n, group=group)
+    sizes = [int(v) for v in sizes]
+    padded = raw.new_zeros((max(sizes), *raw.shape[1:]))
+    padded[: raw.shape[0]] = raw
+    parts = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(parts, padded, group=group)
+    pieces = [q[:sz].chunk(p.split_factor) for q, sz in zip(parts, sizes)]
+    full = torch.cat([pieces[r][j] for j in range(p.split_factor) for r in range(world)])
+    full = full.movedim(0, p.dim)
+    return full.view(local.dtype) if local.dtype in FP8_DTYPES else full
 
 
 def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
