@@ -11,6 +11,7 @@
   forward; ``triton_ops_recompute``: recomputed in the backward) against a Hugging Face style MLP of three
   ``nn.Linear`` in eager mode and compiled, and Liger-Kernel's ``LigerSwiGLUMLP`` (same weights) when
   importable. TFLOPS count the useful work, 18 M H I (forward 6, backward 12), not the recomputation.
+  The ceiling ``cublas_6_gemms`` runs the step's six GEMMs alone (gate/up packed) with torch.mm.
 
 Each system's timed call zeroes nothing and allocates its gradients afresh (``.grad = None`` first), as a
 training step with ``zero_grad(set_to_none=True)`` does. Its correctness is checked once on the forward
@@ -264,14 +265,37 @@ def _mlp_case(label: str, dims: tuple, dtype: torch.dtype, device: str) -> Bench
 
         systems["liger"] = step_with(liger)
 
+    gemm_operands: dict[str, Any] = {}
+
+    def cublas_gemms(i):
+        """The six GEMMs of the step alone (gate and up packed as one), in the input dtype, on operands made
+        once: forward [G U] = x W_gu^T and y = h W_d^T; backward dh = dy W_d, dW_d = dy^T h,
+        dx = [dG dU] W_gu and dW_gu = [dG dU]^T x. No activation, no allocation of gradients beyond the
+        GEMM outputs: the floor a fused step is measured against."""
+        if not gemm_operands:
+            w_gu = torch.cat([i["hf"].gate_proj.weight, i["hf"].up_proj.weight]).detach()
+            gemm_operands.update(x=i["x"].detach(), w_gu=w_gu, w_d=i["hf"].down_proj.weight.detach(),
+                                 h=torch.randn(M, inter, device=device, dtype=dtype) * 0.1,
+                                 d_gu=torch.randn(M, 2 * inter, device=device, dtype=dtype) * 0.1, dy=i["dy"])
+        o = gemm_operands
+        o["x"] @ o["w_gu"].t()
+        o["h"] @ o["w_d"].t()
+        o["dy"] @ o["w_d"]
+        o["dy"].t() @ o["h"]
+        o["d_gu"] @ o["w_gu"]
+        return o["d_gu"].t() @ o["x"]
+
+    systems["cublas_6_gemms"] = cublas_gemms
+
     def grads(i):
         return [i["x"].grad, *(p.grad for p in params(i))]
 
-    extra = {name: _checked(fn, grads) for name, fn in systems.items()}
+    extra = {name: _checked(fn, grads) for name, fn in systems.items() if name != "cublas_6_gemms"}
     return BenchCase(
         op="training_mlp", shape=label, dtype=str(dtype).replace("torch.", ""), make_inputs=make_inputs,
         systems=systems, reference=reference, flops=18.0 * M * H * inter, rtol=_RTOL[dtype], extra=extra,
-        gpu_only=("torch_compile", "torch_compile_max"), size=float(M), measure_memory=True)
+        ceiling="cublas_6_gemms", unchecked=("cublas_6_gemms",),
+        gpu_only=("torch_compile", "torch_compile_max", "cublas_6_gemms"), size=float(M), measure_memory=True)
 
 
 def cases(quick: bool = False, shapes: list[str] | None = None, device: str = "cuda") -> list[BenchCase]:
