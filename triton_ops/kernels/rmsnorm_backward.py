@@ -47,8 +47,15 @@ PACK_ELEMS = 4096
 #: Tile elements per thread: 8 (one 16-byte load each of a 16-bit s and dy), as the RMSNorm+RoPE
 #: backward, whose compile check spilled at 16.
 ELEMS_PER_THREAD = 8
-#: Resident warps per SM the persistent grid aims for (half of an H100/H200 SM's 64).
-WARPS_PER_SM = 32
+#: Resident warps per SM the persistent grid aims for: 16 warps of <= 128 registers always fit an SM's
+#: 64K registers (32 assumed two 16-warp programs resident, which the register use does not allow: the
+#: second half of the grid ran as a second wave).
+WARPS_PER_SM = 16
+#: Software-pipelining depth of the row loop, as in the RMSNorm+RoPE backward (rmsnorm_rope_backward.
+#: PIPELINE_STAGES, which has the measurement): the next tiles' s and dy loads go through shared memory
+#: with cp.async while the current tile is reduced. Two-pass rows keep 1 (a global read-modify-write of
+#: the partial weight-gradient row per iteration must not be reordered).
+PIPELINE_STAGES = 3
 
 #: Route the autograd formula through the fp32 PyTorch formula (rmsnorm._norm_grads) instead of the
 #: kernel. For tests and debugging.
@@ -66,7 +73,7 @@ def _rmsnorm_bwd_kernel(
     eps, weight_offset,
     BLOCK: tl.constexpr, ROWS: tl.constexpr, N_CHUNKS: tl.constexpr, HAS_GRAD_S: tl.constexpr,
     NEED_DX: tl.constexpr, NEED_DW: tl.constexpr, ROUND_BEFORE_WEIGHT: tl.constexpr, FLAT: tl.constexpr,
-    EXACT_BF16: tl.constexpr,
+    EXACT_BF16: tl.constexpr, STAGES: tl.constexpr,
 ):
     DTYPE: tl.constexpr = s_ptr.dtype.element_ty
     pid = tl.program_id(0)
@@ -79,7 +86,7 @@ def _rmsnorm_bwd_kernel(
     if N_CHUNKS == 1:
         w = tl.load(w_ptr + cols, mask=cols < n_cols, other=0.0).to(tl.float32) + weight_offset
     n_blocks = tl.cdiv(n_rows, ROWS)
-    for it in range(0, tl.cdiv(n_blocks - pid, n_progs)):
+    for it in tl.range(0, tl.cdiv(n_blocks - pid, n_progs), num_stages=STAGES):
         # int64 row offsets: rows x row stride passes 2^31 elements at e.g. 262144 tokens x 8192.
         rows = (pid64 + it * n_progs) * ROWS + r_loc
         row_ok = rows < n_rows
@@ -167,6 +174,7 @@ class RMSNormBackwardConfig:
     N_CHUNKS: int
     num_warps: int
     progs_per_sm: int
+    num_stages: int
 
 
 def _prev_power_of_2(n: int) -> int:
@@ -197,7 +205,8 @@ def pick_backward_config(n_rows: int, n_cols: int, n_sms: int = 132, max_block: 
             break
         rows *= 2
     num_warps = _prev_power_of_2(min(16, max(1, block * rows // (32 * ELEMS_PER_THREAD))))
-    return RMSNormBackwardConfig(block, rows, n_chunks, num_warps, max(1, WARPS_PER_SM // num_warps))
+    return RMSNormBackwardConfig(block, rows, n_chunks, num_warps, max(1, WARPS_PER_SM // num_warps),
+                                 PIPELINE_STAGES if n_chunks == 1 else 1)
 
 
 class _Plan:
@@ -222,8 +231,8 @@ def _make_plan(dy3, s3, gs3, x_st, round_before_weight, need_dx, need_dw, max_bl
         _rmsnorm_bwd_kernel, (n_progs,),
         dict(BLOCK=cfg.BLOCK, ROWS=cfg.ROWS, N_CHUNKS=cfg.N_CHUNKS, HAS_GRAD_S=gs3 is not None,
              NEED_DX=bool(need_dx), NEED_DW=bool(need_dw), ROUND_BEFORE_WEIGHT=bool(round_before_weight),
-             FLAT=flat, EXACT_BF16=interpreter_enabled() and s3.dtype == torch.bfloat16),
-        num_warps=cfg.num_warps)
+             FLAT=flat, EXACT_BF16=interpreter_enabled() and s3.dtype == torch.bfloat16, STAGES=cfg.num_stages),
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     ints = (n_rows, n_cols, seq, n_progs, *(v for p in pairs for v in p))
     return _Plan(launch, ints, n_progs)
 
@@ -337,11 +346,12 @@ def compile_specs(arch: int):
                                         "stride_gs", "stride_xb", "stride_xs")})
         sig.update({"eps": "fp32", "weight_offset": "fp32"})
         const = dict(BLOCK=cfg.BLOCK, ROWS=cfg.ROWS, N_CHUNKS=cfg.N_CHUNKS, HAS_GRAD_S=grad_s, NEED_DX=need_dx,
-                     NEED_DW=True, ROUND_BEFORE_WEIGHT=rbw, FLAT=flat, EXACT_BF16=False)
+                     NEED_DW=True, ROUND_BEFORE_WEIGHT=rbw, FLAT=flat, EXACT_BF16=False, STAGES=cfg.num_stages)
         sig.update({k: "constexpr" for k in const})
         specs.append(CompileSpec(
-            _rmsnorm_bwd_kernel, sig, const, num_warps=cfg.num_warps, num_stages=1,
-            aligned=("dy_ptr", "s_ptr", "w_ptr", "gs_ptr", "dx_ptr", "dw_ptr", "n_cols"),
+            _rmsnorm_bwd_kernel, sig, const, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+            aligned=("dy_ptr", "s_ptr", "w_ptr", "gs_ptr", "dx_ptr", "dw_ptr", "n_cols", "stride_dyb", "stride_dys",
+                     "stride_sb", "stride_ss", "stride_gb", "stride_gs", "stride_xb", "stride_xs"),
             label=f"add_rmsnorm_bwd {tname} w={wname} h={hidden} gs={int(grad_s)} rbw={int(rbw)} "
                   f"flat={int(flat)} dx={int(need_dx)} block={cfg.BLOCK} rows={cfg.ROWS} chunks={cfg.N_CHUNKS} "
                   f"warps={cfg.num_warps}"))
