@@ -46,6 +46,7 @@ OP_FAMILIES: dict[str, str] = {
     "gated_mlp": "triton_ops.benchmark.cases_gated_mlp",
     "fp8": "triton_ops.benchmark.cases_fp8",
     "training": "triton_ops.benchmark.cases_training",
+    "norm": "triton_ops.benchmark.cases_norm",
 }
 #: Systems skipped by default with no GPU: Inductor builds C++ for the CPU (about 30 s per graph here)
 #: and its timings would say nothing about the GPU. ``cpu_skip=()`` runs them anyway.
