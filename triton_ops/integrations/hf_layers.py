@@ -11,6 +11,11 @@ the result is the one Hugging Face's forward computes. Everything else in the fo
 * ``"phi3"``: the same, after Phi-3's residual dropout;
 * ``"gemma2"`` (Gemma2, Gemma3, post-norm attention output): the add before ``pre_feedforward_layernorm``.
 
+When the MLP is an FP8 :class:`~triton_ops.FusedMLP` (``patch_model(..., fp8=True)``), that norm writes its
+output as e4m3 with per-token scales and the MLP takes them as they are: norm -> gated-MLP GEMM (FP8
+epilogue, (1, 128) block scales) -> down GEMM, every activation between the norm and the down projection
+crossing memory once, in one byte per element.
+
 The add at the end of each layer feeds the next layer's ``input_layernorm``; fusing it would change the
 model's own forward (the layer loop), so it stays as it is.
 """
@@ -19,9 +24,23 @@ from __future__ import annotations
 
 import types
 
+import torch
+
+from ..kernels.mlp import FusedMLP
+
 #: Which norm absorbs the residual add, per layer style.
 FUSED_NORM = {"llama": "post_attention_layernorm", "phi3": "post_attention_layernorm",
               "gemma2": "pre_feedforward_layernorm"}
+
+
+def _norm_mlp(layer, norm, hidden_states, residual):
+    """``mlp(norm(hidden_states + residual))`` and the new residual; FP8 from the norm on for an FP8 MLP."""
+    mlp = layer.mlp
+    if isinstance(mlp, FusedMLP) and mlp.is_fp8:
+        q, scale, residual = norm(hidden_states, residual, out_dtype=torch.float8_e4m3fn, out_scaling="token")
+        return mlp(q, scale, out_dtype=residual.dtype), residual
+    hidden_states, residual = norm(hidden_states, residual)
+    return mlp(hidden_states), residual
 
 
 def _llama_forward(self, hidden_states, attention_mask=None, position_ids=None, past_key_values=None,
@@ -37,8 +56,7 @@ def _llama_forward(self, hidden_states, attention_mask=None, position_ids=None, 
         position_embeddings=position_embeddings,
         **kwargs,
     )
-    hidden_states, residual = self.post_attention_layernorm(hidden_states, residual)
-    hidden_states = self.mlp(hidden_states)
+    hidden_states, residual = _norm_mlp(self, self.post_attention_layernorm, hidden_states, residual)
     hidden_states = residual + hidden_states
     return hidden_states
 
@@ -56,8 +74,8 @@ def _phi3_forward(self, hidden_states, attention_mask=None, position_ids=None, p
         position_embeddings=position_embeddings,
         **kwargs,
     )
-    hidden_states, residual = self.post_attention_layernorm(self.resid_attn_dropout(hidden_states), residual)
-    hidden_states = self.mlp(hidden_states)
+    hidden_states, residual = _norm_mlp(self, self.post_attention_layernorm, self.resid_attn_dropout(hidden_states),
+                                        residual)
     hidden_states = residual + self.resid_mlp_dropout(hidden_states)
     return hidden_states
 
@@ -75,8 +93,7 @@ def _gemma2_forward(self, hidden_states, position_embeddings=None, attention_mas
         **kwargs,
     )
     hidden_states = self.post_attention_layernorm(hidden_states)
-    hidden_states, residual = self.pre_feedforward_layernorm(hidden_states, residual)
-    hidden_states = self.mlp(hidden_states)
+    hidden_states, residual = _norm_mlp(self, self.pre_feedforward_layernorm, hidden_states, residual)
     hidden_states = self.post_feedforward_layernorm(hidden_states)
     hidden_states = residual + hidden_states
     return hidden_states

@@ -145,7 +145,15 @@ class FP8Linear(KeepBufferDtypes, nn.Module):
         s = self.weight_scale
         return s.reshape(1, -1) if s.numel() > 1 else s.reshape(1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, x_scale: torch.Tensor | None = None, *,
+                out_dtype: torch.dtype | None = None) -> torch.Tensor:
+        """``x @ W^T (+ bias)``. A float ``x`` is quantized per token inside the call. An FP8 ``x`` comes with
+        its ``x_scale`` -- per token ``[..., 1]`` or per (1, 128) block ``[..., ceil(K / 128)]``, as
+        ``fused_add_rmsnorm`` / ``fused_gated_mlp`` emit them with ``out_dtype=torch.float8_e4m3fn`` -- and
+        is used as is: the activation crosses memory once, in one byte per element. ``out_dtype`` (FP8
+        input only; default bfloat16, or the bias's dtype) is the output's dtype."""
+        if x_scale is not None or out_dtype is not None:
+            return self._forward_fp8_input(x, x_scale, out_dtype)
         w, ws, bias = self.weight, self.weight_scale, self.bias
         key = plan_key(x, w, ws)
         if key is not None:
@@ -173,6 +181,30 @@ class FP8Linear(KeepBufferDtypes, nn.Module):
         # torch.compile, autograd on x, tensor subclasses: the registered custom op (same plan inside)
         return fp8_gemm(x, w_t, b_scale=self._w_scale_cols(), bias=None if bias is None else bias.detach(),
                         out_dtype=x.dtype, check_scales=False)
+
+    def _forward_fp8_input(self, x, x_scale, out_dtype):
+        check_tensor(x, "x")
+        if x.dtype not in FP8_DTYPES:
+            raise InvalidArgumentError(f"x_scale / out_dtype are for an FP8 x with its scales; x is {x.dtype} "
+                                       "(a float x is quantized by the layer: call it with x alone)")
+        if x_scale is None:
+            raise InvalidArgumentError("an FP8 x needs x_scale: per token [..., 1] or per (1, 128) block "
+                                       "[..., ceil(K / 128)]")
+        check_tensor(x_scale, "x_scale")
+        if x.dim() < 1 or x.shape[-1] != self.in_features:
+            raise ShapeError(f"x has shape {tuple(x.shape)}; FP8Linear({self.in_features}, {self.out_features}) "
+                             f"expects [..., {self.in_features}]")
+        if out_dtype is None:
+            out_dtype = self.bias.dtype if self.bias is not None else torch.bfloat16
+        lead = x.shape[:-1]
+        # fp8_gemm takes [M, K] with [M, 1] / [M, groups] scales: the token dims flattened (views when
+        # x and its scales are contiguous, as the producing kernels write them)
+        x2 = x.reshape(-1, self.in_features)
+        s2 = x_scale.reshape(x2.shape[0], -1) if x_scale.dim() > 0 and x_scale.numel() > 1 else x_scale
+        bias = self.bias
+        y = fp8_gemm(x2, self.weight.t(), a_scale=s2, b_scale=self._w_scale_cols(),
+                     bias=None if bias is None else bias.detach(), out_dtype=out_dtype, check_scales=False)
+        return y.reshape(*lead, self.out_features)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ..exceptions import InvalidArgumentError, UnsupportedError
-from ..validation import check_choice, check_float_dtype_or_none, check_int, check_module_device
+from ..validation import FLOAT_DTYPES, check_choice, check_float_dtype_or_none, check_int, check_module_device
 from .fp8_linear import FP8Linear
 from .gated_mlp import ACTIVATIONS, FusedGatedMLP, canonical_activation, fused_gated_mlp, quantize_rows_fp8
 
@@ -211,9 +211,20 @@ class FusedMLP(nn.Module):
 
     # --- forward ------------------------------------------------------------------------------------
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, x_scale: torch.Tensor | None = None, *,
+                out_dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The MLP of ``x``. An FP8 module also takes an e4m3 ``x`` with its per-token ``x_scale`` (from
+        ``fused_add_rmsnorm(..., out_dtype=torch.float8_e4m3fn, out_scaling="token")``; ``out_dtype``,
+        default bfloat16, is then the output's dtype). In FP8 the gated kernel's epilogue writes
+        ``act(gate) * up`` as e4m3 with (1, 128) block scales, which the down projection reads directly:
+        the [tokens, intermediate] activation crosses memory once, in one byte per element."""
         if self.is_fp8:
-            return self.down_proj(self.gate_up(x))
+            if out_dtype is None:
+                out_dtype = x.dtype if x_scale is None and x.dtype in FLOAT_DTYPES else torch.bfloat16
+            h_q, h_s = self.gate_up(x, x_scale, out_dtype=torch.float8_e4m3fn, out_scaling="block")
+            return self.down_proj(h_q, h_s, out_dtype=out_dtype)
+        if x_scale is not None or out_dtype is not None:
+            raise InvalidArgumentError("x_scale / out_dtype are for an FP8 FusedMLP (call to_fp8() first)")
         g, u, gb, ub = self._gate_up()
         return self.down_proj(fused_gated_mlp(x, g, u, self.activation, gate_bias=gb, up_bias=ub,
                                               recompute=self.recompute))
