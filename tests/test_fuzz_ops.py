@@ -512,7 +512,11 @@ def test_fuzz_fp8_gemm(case):
         assert got.dtype == (kw["out_dtype"] or a.dtype) and got.shape == ref.shape
         # e4m3 operands: ~3% relative error per product, averaging over K; the output rounding adds bf16's
         err = (got.double() - ref).norm() / ref.norm().clamp_min(1e-12)
-        assert err < 0.1, float(err)
+        # ~5% rms relative error per output; with few outputs and a short K the measured ratio scatters
+        # around it: at [1, 16] x [16, 8] (8 outputs) seeds 0-299 gave a 99th percentile of 0.066 and a
+        # maximum of 0.103 (the same bits with torch 2.11 and 2.13). 0.15 below 1024 multiply-adds, 0.1 above.
+        bound = 0.1 if got.numel() * a.shape[-1] >= 1024 else 0.15
+        assert err < bound, float(err)
 
     _expect(lambda: T.fp8_gemm(a, b, **kw), error, check)
 
@@ -593,7 +597,11 @@ def test_fuzz_fp8_gemm_prequantized(case):
     def check(got):
         ref = a.double() @ w.double().t()
         err = (got.double() - ref).norm() / ref.norm().clamp_min(1e-12)
-        assert err < 0.1, float(err)  # e4m3 operands: ~3% relative error per product
+        # ~5% rms relative error per output; with few outputs and a short K the measured ratio scatters
+        # around it: at [1, 16] x [16, 8] (8 outputs) seeds 0-299 gave a 99th percentile of 0.066 and a
+        # maximum of 0.103 (the same bits with torch 2.11 and 2.13). 0.15 below 1024 multiply-adds, 0.1 above.
+        bound = 0.1 if got.numel() * a.shape[-1] >= 1024 else 0.15
+        assert err < bound, float(err)  # e4m3 operands: ~3% relative error per product
 
     _expect(lambda: T.fp8_gemm(qa, b, **kw), error, check)
 

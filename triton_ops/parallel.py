@@ -4,8 +4,9 @@ Every class here is a ``ParallelStyle`` for :func:`torch.distributed.tensor.para
 on a 1-D device mesh (the tensor-parallel dimension). Each one
 
 * turns the module's weights (and FP8 scales) into ``DTensor`` parameters/buffers holding this rank's
-  shard, so ``state_dict()`` returns DTensors (``full_tensor()`` of each is the unsharded tensor, in the
-  unsharded module's layout) and torch's distributed checkpointing works on them;
+  shard, so ``state_dict()`` returns DTensors (:func:`full_tensor` of each is the unsharded tensor, in the
+  unsharded module's layout; torch 2.11's own ``DTensor.full_tensor()`` refuses the packed gate/up
+  weight's ``_StridedShard`` placement, 2.13's accepts it) and torch's distributed checkpointing works on them;
 * replaces the module's ``forward`` (on the instance) by one that runs this library's kernels on the
   local shards -- plain tensors, so the kernels keep their one-dictionary-hit eager fast path -- and does
   the one collective the layout needs;
