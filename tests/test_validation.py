@@ -7,7 +7,14 @@ import pytest
 import torch
 
 from triton_ops import validation as v
-from triton_ops.exceptions import DeviceError, DTypeError, InvalidArgumentError, ShapeError, TritonOpsError
+from triton_ops.exceptions import (
+    DeviceError,
+    DTypeError,
+    InvalidArgumentError,
+    LayoutError,
+    ShapeError,
+    TritonOpsError,
+)
 
 # ---------------------------------------------------------------------------------------------- dtype, device
 
@@ -214,8 +221,132 @@ def test_all_errors_are_library_errors():
 
 def test_views_too_large_to_enumerate_are_refused(monkeypatch):
     base = torch.randn(6, 8)
+    flat = torch.randn(512)
+    # rows every 96 and every 128 elements: no common row period, only enumeration tells them apart
+    x, out = flat.as_strided((2, 32), (96, 1), 0), flat.as_strided((2, 32), (128, 1), 32)
+    v.check_no_overlap(out, "out", {"x": x})
     v.check_no_overlap(base[:, :4], "out", {"x": base[:, 4:]})
     monkeypatch.setattr(v, "_MAX_ENUMERATED", 8)  # as if they were huge: refuse rather than guess
     with pytest.raises(InvalidArgumentError, match="partially overlaps"):
-        v.check_no_overlap(base[:, :4], "out", {"x": base[:, 4:]})
+        v.check_no_overlap(out, "out", {"x": x})
     v.check_no_overlap(base[:3], "out", {"x": base[3:]})  # disjoint spans need no enumeration
+    # nor do column slices with one row period (q and k of a fused QKV buffer): decided at any size
+    v.check_no_overlap(base[:, :4], "out", {"x": base[:, 4:]})
+
+
+# ------------------------------------------------------------------- several written buffers (check_writes)
+
+
+@pytest.mark.parametrize("label, out, x", list(_layouts()), ids=[t[0] for t in _layouts()])
+def test_check_writes_is_exact(label, out, x):
+    """check_writes decides overlap as check_no_overlap does (exact in-place allowed where listed), and
+    hands back one address test per pair it accepted apart."""
+    exact = v.same_view(out, x)
+    truth = bool(_bytes(out) & _bytes(x)) and not exact
+    try:
+        tests = v.check_writes({"out": out}, {"x": x}, {("out", "x")})
+        ours = False
+    except InvalidArgumentError as exc:
+        assert "overlaps x" in str(exc) and "it may be exactly x" in str(exc)
+        ours = True
+    assert ours == truth, label
+    if not ours:
+        assert [(a, b) for a, b, _ in tests] == ([] if exact else [("out", "x")])
+        if tests:  # a test never calls overlapping addresses apart
+            assert not (v.writes_apart([(0, 1, tests[0][2])], (out, x)) and _bytes(out) & _bytes(x))
+
+
+def test_check_writes_between_outputs_and_self_overlap():
+    x = torch.randn(4, 8)
+    buf = torch.empty(4, 16)
+    v.check_writes({"out": buf[:, :8], "residual_out": buf[:, 8:]}, {"x": x}, set())
+    with pytest.raises(InvalidArgumentError, match="out .* overlaps residual_out"):
+        v.check_writes({"out": buf[:, :8], "residual_out": buf[:, 4:12]}, {"x": x}, set())
+    with pytest.raises(LayoutError, match="several elements share one address"):
+        v.check_writes({"out": torch.empty(8).expand(4, 8)}, {"x": x}, set())
+    # empty and missing buffers are skipped; meta tensors have no addresses to compare
+    assert v.check_writes({"out": x[:0], "residual_out": None}, {"x": x}, set()) == []
+    meta = torch.empty(4, 8, device="meta")
+    assert v.check_writes({"out": meta}, {"x": meta}, set()) == []
+
+
+def test_check_no_self_overlap_is_exact():
+    buf = torch.empty(64)
+    with pytest.raises(LayoutError, match="share one address"):
+        v.check_no_self_overlap(torch.empty(1, 8).expand(4, 8), "out")
+    with pytest.raises(LayoutError, match="share one address"):
+        v.check_no_self_overlap(buf.as_strided((3, 3), (1, 1)), "out")
+    v.check_no_self_overlap(buf.as_strided((2, 3), (3, 2)), "out")  # offsets 0 2 4 3 5 7: distinct
+    v.check_no_self_overlap(buf.as_strided((4, 4), (8, 2)), "out")
+    v.check_no_self_overlap(buf[:0], "out")
+
+
+def test_row_and_rotary_kernels_use_the_validation_checks():
+    """One overlap mechanism: the names the kernels import are validation's own objects."""
+    from triton_ops.kernels import rmsnorm
+
+    assert rmsnorm.Disjoint is v.Disjoint and rmsnorm.check_writes is v.check_writes
+    assert rmsnorm.same_view is v.same_view and rmsnorm.check_no_self_overlap is v.check_no_self_overlap
+
+
+def test_output_apart_only_by_the_exact_check_is_accepted_and_rechecked():
+    """x rows every 96 floats, out rows every 128 from float 32: their spans intersect and no row period
+    covers both (the per-call address test cannot tell), but no element is shared. Accepted, computed,
+    revalidated on the next call; the same signature moved onto x is refused."""
+    from triton_ops.kernels.rmsnorm import add_rmsnorm_reference, fused_add_rmsnorm
+
+    torch.manual_seed(0)
+    buf = torch.randn(512)
+    x = buf.as_strided((2, 32), (96, 1), 0)
+    w = torch.randn(32)
+    for _ in range(2):
+        out = buf.as_strided((2, 32), (128, 1), 32)
+        out.fill_(float("nan"))
+        want = add_rmsnorm_reference(x.clone(), w)
+        got = fused_add_rmsnorm(x, w, out=out)
+        assert got is out
+        torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5)
+    with pytest.raises(InvalidArgumentError, match="overlaps x"):
+        fused_add_rmsnorm(x, w, out=buf.as_strided((2, 32), (128, 1), 96))
+
+
+# ------------------------------------------------------- plan keys: a refused scalar never finds a plan
+
+
+def _fp8_rr_call(**kw):
+    from triton_ops.kernels.rmsnorm_rope import fused_rmsnorm_rope
+
+    torch.manual_seed(1)
+    x = torch.randn(1, 3, 128)
+    w = torch.randn(128)
+    cos, sin = torch.rand(8, 64), torch.rand(8, 64)
+    if kw.get("half_width_tables"):
+        cos, sin = cos[:, :32].contiguous(), sin[:, :32].contiguous()
+    return fused_rmsnorm_rope(x, w, cos, sin, out_dtype=torch.float8_e4m3fn, **kw)
+
+
+@pytest.mark.parametrize("scaling", ["token", "block"])
+@pytest.mark.parametrize("good, bad", [
+    ({"head_dim": 64}, {"head_dim": 64.0}),
+    ({"rotary_dim": 64}, {"rotary_dim": 64.0}),
+    ({"head_dim": 64, "rotary_dim": 64}, {"head_dim": np.float64(64), "rotary_dim": 64}),
+    ({"half_width_tables": True}, {"half_width_tables": 1}),
+    ({"eps": 1}, {"eps": True}),
+    ({"weight_offset": 1}, {"weight_offset": True}),
+], ids=["head_dim", "rotary_dim", "head_dim-np-float", "half_width_tables", "eps", "weight_offset"])
+def test_fp8_output_plans_refuse_what_a_first_call_refuses(good, bad, scaling):
+    """The FP8-output fast path of fused_rmsnorm_rope keys its plans on the scalars as given: 64.0 == 64
+    and True == 1 as dict keys, so a refused value must not reach the key. After valid calls have planned
+    the signature, the refused one raises what it raised on a first call."""
+    from triton_ops.launch import plan_counts
+
+    with pytest.raises(TritonOpsError) as first:
+        _fp8_rr_call(out_scaling=scaling, **bad)
+    for _ in range(2):
+        q, s = _fp8_rr_call(out_scaling=scaling, **good)
+        assert q.dtype == torch.float8_e4m3fn
+    if not good.get("half_width_tables"):  # widened tables are copies: those calls are never planned
+        assert plan_counts().get("rmsnorm_rope/fp8", 0) >= 1
+    with pytest.raises(type(first.value)) as again:
+        _fp8_rr_call(out_scaling=scaling, **bad)
+    assert str(again.value) == str(first.value)

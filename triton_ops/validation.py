@@ -196,36 +196,35 @@ def _dense(t: torch.Tensor) -> bool:
     return True
 
 
-def _has_internal_overlap(t: torch.Tensor) -> bool:
-    """Whether two elements of ``t`` share memory (an expanded / stride-0 dim, or an as_strided view)."""
-    if t.numel() <= 1:
-        return False
-    status = torch._debug_has_internal_overlap(t)  # 0: no, 1: yes, 2: too hard for torch to tell
-    if status != 2:
-        return status == 1
-    # torch gives up on non-dense layouts: dims sorted by stride that each step past everything the
-    # smaller strides reach cannot overlap; otherwise count the distinct offsets
-    reach = 0
-    for st, sz in sorted((st, sz) for sz, st in zip(t.shape, t.stride()) if sz > 1):
-        if st <= reach:
-            break
-        reach += st * (sz - 1)
-    else:
-        return False
-    if t.numel() > _MAX_ENUMERATED:
-        return True  # too large to enumerate: refuse rather than risk a racy write
-    offsets = _offsets(t)
-    return int(torch.unique(offsets).numel()) < offsets.numel()
-
-
 def _strides_may_overlap(t: torch.Tensor) -> bool:
-    """The stride test alone: False when sorted by stride every dim steps past all the smaller ones span."""
+    """The stride test alone: False when sorted by stride every dim steps past all the smaller ones span
+    (then no two elements share an address); True when it cannot tell."""
     reach = 0
     for st, sz in sorted((st, sz) for sz, st in zip(t.shape, t.stride()) if sz > 1):
         if st <= reach:
             return True
         reach += st * (sz - 1)
     return False
+
+
+def _has_internal_overlap(t: torch.Tensor) -> bool:
+    """Whether two elements of ``t`` share memory (an expanded / stride-0 dim, or an as_strided view).
+
+    Layouts the stride test clears are decided without a call into torch (so tensor subclasses never
+    reach its overlap query); under ``torch.compile`` tracing, where that query cannot run, the stride
+    test alone decides, conservatively."""
+    if t.numel() <= 1 or not _strides_may_overlap(t):
+        return False
+    if torch.compiler.is_compiling():
+        return True
+    status = torch._debug_has_internal_overlap(t)  # 0: no, 1: yes, 2: too hard for torch to tell
+    if status != 2:
+        return status == 1
+    # torch gives up on non-dense layouts that the stride test could not clear either: count the offsets
+    if t.numel() > _MAX_ENUMERATED:
+        return True  # too large to enumerate: refuse rather than risk a racy write
+    offsets = _offsets(t)
+    return int(torch.unique(offsets).numel()) < offsets.numel()
 
 
 def _shares_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -255,6 +254,13 @@ def _is_fake(t: torch.Tensor) -> bool:
     return is_fake(t)
 
 
+def _byte_extent(t: torch.Tensor) -> int:
+    """Bytes from ``t``'s first element to one past its last (0 when empty)."""
+    if t.numel() == 0:
+        return 0
+    return (sum((n - 1) * st for n, st in zip(t.shape, t.stride())) + 1) * t.element_size()
+
+
 def _byte_span(t: torch.Tensor) -> tuple[int, int] | None:
     """``[first, last + 1)`` byte addresses ``t`` can touch, or None (empty, or no real memory)."""
     if t.numel() == 0 or t.device.type == "meta" or _is_fake(t):
@@ -263,8 +269,74 @@ def _byte_span(t: torch.Tensor) -> tuple[int, int] | None:
         start = t.data_ptr()
     except Exception:  # tensors under tracing may have no memory to compare
         return None
-    extent = sum((sz - 1) * st for sz, st in zip(t.shape, t.stride())) + 1
-    return start, start + extent * t.element_size()
+    return start, start + _byte_extent(t)
+
+
+def _dense_block(t: torch.Tensor) -> tuple[int, list[int]]:
+    """(bytes of t's innermost dense block, byte strides of the dims outside it). The block merges the
+    smallest-stride dims while each steps exactly over the block so far: the heads and channels of a
+    ``[b, s, h, d]`` slice of a fused QKV buffer form one block of ``h * d`` elements."""
+    isz = t.element_size()
+    width, lead = isz, []
+    for st, n in sorted((st, n) for n, st in zip(t.shape, t.stride()) if n > 1):
+        if not lead and st * isz == width:
+            width *= n
+        else:
+            lead.append(st * isz)
+    return width, lead
+
+
+class Disjoint:
+    """A test, fixed by two tensors' shapes, strides and dtypes, that they share no byte given their base
+    addresses: built once per plan, it costs a few integer operations per call. Sound (True only when
+    no byte is shared) but not complete: False means "cannot tell here", and the caller then takes the
+    exact check (:func:`check_no_overlap`, :func:`check_writes`).
+
+    Disjoint byte ranges are disjoint. Interleaved views (q and k as column slices of one fused QKV buffer,
+    ``x`` and ``out`` as two halves of each row) are recognised too: when every leading stride of both
+    tensors is a multiple of one row period ``P`` and both rows fit in it, the tensors are disjoint exactly
+    when their row windows, taken modulo ``P``, are.
+    """
+
+    __slots__ = ("ext_a", "ext_b", "period", "wa", "wb")
+
+    def __init__(self, a: torch.Tensor, b: torch.Tensor) -> None:
+        self.ext_a, self.ext_b = _byte_extent(a), _byte_extent(b)
+        self.wa, lead_a = _dense_block(a)
+        self.wb, lead_b = _dense_block(b)
+        lead = lead_a + lead_b
+        period = min(lead) if lead else 0
+        ok = period > 0 and all(x % period == 0 for x in lead) and max(self.wa, self.wb) <= period
+        self.period = period if ok else 0
+
+    def __call__(self, pa: int, pb: int) -> bool:
+        if pa + self.ext_a <= pb or pb + self.ext_b <= pa or not self.ext_a or not self.ext_b:
+            return True
+        p = self.period
+        if not p:
+            return False
+        d = (pb - pa) % p
+        return d >= self.wa and (p - d) % p >= self.wb
+
+
+def same_view(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """``a`` and ``b`` are the same elements: same address, shape, strides and dtype."""
+    return (a.data_ptr() == b.data_ptr() and a.shape == b.shape and a.stride() == b.stride()
+            and a.dtype == b.dtype)
+
+
+def _overlapping(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether some byte belongs to an element of both ``a`` and ``b`` (False for tensors on different
+    devices, empty ones and ones without real memory). Disjoint spans and the views :class:`Disjoint`
+    recognises are decided without enumerating; anything else by :func:`_shares_memory`."""
+    if a.device != b.device:
+        return False
+    span_a, span_b = _byte_span(a), _byte_span(b)
+    if span_a is None or span_b is None or span_a[1] <= span_b[0] or span_b[1] <= span_a[0]:
+        return False
+    if Disjoint(a, b)(span_a[0], span_b[0]):
+        return False
+    return _shares_memory(a, b)
 
 
 def check_no_overlap(out: torch.Tensor | None, name: str, inputs: Mapping[str, torch.Tensor | None], *,
@@ -276,8 +348,9 @@ def check_no_overlap(out: torch.Tensor | None, name: str, inputs: Mapping[str, t
       one buffer, ``buf[:, :n]`` and ``buf[:, n:]``, are fine). With ``allow_exact_alias``, ``out`` may be
       exactly an input (same address, shape, strides and dtype), for ops that are safe in place.
 
-    Views of one buffer are compared element by element only when their spans intersect and one of them
-    is not dense; past 4M elements such a pair is refused rather than enumerated.
+    Views of one buffer are compared element by element only when their spans intersect, :class:`Disjoint`
+    cannot tell them apart and one of them is not dense; past 4M elements such a pair is refused rather
+    than enumerated.
 
     Under ``torch.compile`` tracing tensors have no addresses (the compiler's functionalization resolves
     aliasing of a mutating custom op) and torch's overlap query cannot be traced: only ``out``'s strides
@@ -297,17 +370,10 @@ def check_no_overlap(out: torch.Tensor | None, name: str, inputs: Mapping[str, t
             f"{name} (shape {tuple(out.shape)}, strides {tuple(out.stride())}) has elements that share memory "
             f"(an expanded or stride-0 dim), so writing it would race; pass {name}={name}.clone() or a fresh "
             "buffer")
-    span = _byte_span(out)
-    if span is None:
-        return
     for iname, t in inputs.items():
-        if not isinstance(t, torch.Tensor) or t.device != out.device:
+        if not isinstance(t, torch.Tensor) or not _overlapping(out, t):
             continue
-        other = _byte_span(t)
-        if other is None or span[1] <= other[0] or other[1] <= span[0] or not _shares_memory(out, t):
-            continue
-        exact = (out.data_ptr() == t.data_ptr() and out.shape == t.shape and out.stride() == t.stride()
-                 and out.dtype == t.dtype)
+        exact = same_view(out, t)
         if exact and allow_exact_alias:
             continue
         if exact:
@@ -319,11 +385,80 @@ def check_no_overlap(out: torch.Tensor | None, name: str, inputs: Mapping[str, t
             "memory with the inputs")
 
 
+def check_no_self_overlap(t: torch.Tensor, name: str) -> None:
+    """A buffer a kernel writes must not map two indices to one address (an ``expand``-ed view, say):
+    :class:`LayoutError` otherwise. The same test as :func:`check_no_overlap`'s first one, with the
+    error of the row and rotary kernels' output checks."""
+    if _has_internal_overlap(t):
+        raise LayoutError(f"{name} has shape {tuple(t.shape)} and strides {tuple(t.stride())}, under which "
+                          "several elements share one address; pass a buffer with distinct elements")
+
+
+def check_writes(writes: Mapping[str, torch.Tensor | None], others: Mapping[str, torch.Tensor | None],
+                 alias_ok: set[tuple[str, str]]) -> list[tuple[str, str, Disjoint]]:
+    """Every buffer in ``writes`` (an op writing several outputs, or writing its inputs in place) has
+    distinct elements (:func:`check_no_self_overlap`) and shares no memory with any other tensor of the
+    call, or is exactly the same view of an input where ``(write, input)`` is in ``alias_ok`` (safe for
+    the kernel: each element read before it is written). Raises :class:`InvalidArgumentError` on any other
+    overlap. Overlap is decided as in :func:`check_no_overlap`.
+
+    Returns the ``(write, other, Disjoint)`` tests the eager fast path repeats on later calls with the same
+    signature and aliasing pattern (they depend on the addresses, which the plan key does not hold; see
+    :func:`writes_apart`).
+    """
+    tests = []
+    items = list(writes.items()) + list(others.items())
+    # Traced by torch.compile: tensors have no addresses yet (the mutating custom op is functionalized, so
+    # aliases are resolved by the compiler); only the layout of each write buffer can be checked.
+    traced = torch.compiler.is_compiling()
+    for i, (wn, w) in enumerate(writes.items()):
+        if w is None or w.numel() == 0:
+            continue
+        check_no_self_overlap(w, wn)
+        if traced or _byte_span(w) is None:
+            continue
+        for on, o in items[i + 1:]:  # the other writes after this one (each pair once), then the inputs
+            if o is None or _byte_span(o) is None:
+                continue
+            test = Disjoint(w, o)
+            # apart: kept as a test (when the quick test cannot tell for these addresses, a later call
+            # fails it and is validated again here)
+            if test(w.data_ptr(), o.data_ptr()) or not _overlapping(w, o):
+                tests.append((wn, on, test))
+                continue
+            if same_view(w, o) and ((wn, on) in alias_ok or (on, wn) in alias_ok):
+                continue
+            allowed = sorted(b for a, b in alias_ok if a == wn)
+            hint = f" (it may be exactly {' or '.join(allowed)}, for in-place use)" if allowed else ""
+            raise InvalidArgumentError(
+                f"{wn} (shape {tuple(w.shape)}, strides {tuple(w.stride())}) overlaps {on} (shape "
+                f"{tuple(o.shape)}, strides {tuple(o.stride())}) in memory; pass a separate buffer{hint}")
+    return tests
+
+
+def writes_apart(tests: Sequence[tuple[int, int, Disjoint]], args: Sequence[torch.Tensor | None]) -> bool:
+    """Whether the ``(index, index, Disjoint)`` tests of a validated call (:func:`check_writes`, names
+    mapped to indices into ``args``) hold for these tensors' addresses; False sends the call to full
+    validation."""
+    for i, j, test in tests:  # noqa: SIM110 (a plain loop: this runs on every planned call)
+        if not test(args[i].data_ptr(), args[j].data_ptr()):
+            return False
+    return True
+
+
+def out_tests(out: torch.Tensor, args: Sequence[torch.Tensor | None]) -> tuple[tuple[int, Disjoint], ...]:
+    """``(index in args, Disjoint)`` for each input a validated ``out`` (:func:`check_no_overlap`) is not
+    exactly (exact aliases are fixed by the plan key's alias pattern): the tests :func:`out_apart` repeats
+    on a plan hit."""
+    return tuple((i, Disjoint(out, t)) for i, t in enumerate(args)
+                 if t is not None and t.numel() and not same_view(out, t))
+
+
 def out_apart(tests: Sequence, args: Sequence[torch.Tensor | None], out: torch.Tensor) -> bool:
     """Whether a planned ``out=`` still shares no memory with the call's inputs: ``tests`` holds
     ``(index into args, test)`` pairs built when the plan's first call was validated with
-    :func:`check_no_overlap`; a test is ``triton_ops.kernels.rmsnorm.Disjoint(out, input)`` (a function of
-    shapes, strides and dtypes, which the plan key fixes; ``ext_a`` / ``ext_b`` are the two byte extents).
+    :func:`check_no_overlap`; a test is a :class:`Disjoint` of ``(out, input)`` (a function of shapes,
+    strides and dtypes, which the plan key fixes; ``ext_a`` / ``ext_b`` are the two byte extents).
     Disjoint byte ranges are decided here inline (~0.1 us an input, most of it ``data_ptr()``), anything
     else by the test; False sends the call to full validation."""
     po = out.data_ptr()

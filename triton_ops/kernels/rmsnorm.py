@@ -11,9 +11,8 @@ residual) and accumulates the sum of squares, pass 2 re-reads ``s`` (mostly from
 
 In-place use (vLLM's convention, ``out=x, residual_out=residual``) is safe: every element a program writes
 is one it read itself first (a store depends on the load of the same element), and the chunked pass 2 reads
-the sum back from ``residual_out`` after a barrier, never the overwritten inputs.
-
-This module also holds the output-buffer overlap checks shared with :mod:`triton_ops.kernels.rope`.
+the sum back from ``residual_out`` after a barrier, never the overwritten inputs. Output buffers are
+checked by :func:`triton_ops.validation.check_writes`.
 """
 
 from __future__ import annotations
@@ -26,7 +25,7 @@ import triton
 import triton.language as tl
 
 from .. import validation as V
-from ..exceptions import InvalidArgumentError, LayoutError, ShapeError
+from ..exceptions import InvalidArgumentError, ShapeError
 from ..launch import KernelLaunch, PlanCache, mark_written, plan_key
 from ..utils import cdiv, interpreter_enabled, next_power_of_2, num_sms
 from . import fp8_out as F8
@@ -291,112 +290,12 @@ def pick_config(n_rows: int, n_cols: int, itemsize: int = 2, has_residual: bool 
 
 
 
-# ---- output buffers: overlap checks shared with rope.py ---------------------------------------------
-def _byte_extent(t: torch.Tensor) -> int:
-    """Bytes from ``t``'s first element to one past its last (0 when empty)."""
-    if t.numel() == 0:
-        return 0
-    return (sum((n - 1) * st for n, st in zip(t.shape, t.stride())) + 1) * t.element_size()
-
-
-def _dense_block(t: torch.Tensor) -> tuple[int, list[int]]:
-    """(bytes of t's innermost dense block, byte strides of the dims outside it). The block merges the
-    smallest-stride dims while each steps exactly over the block so far: the heads and channels of a
-    ``[b, s, h, d]`` slice of a fused QKV buffer form one block of ``h * d`` elements."""
-    isz = t.element_size()
-    width, lead = isz, []
-    for st, n in sorted((st, n) for n, st in zip(t.shape, t.stride()) if n > 1):
-        if not lead and st * isz == width:
-            width *= n
-        else:
-            lead.append(st * isz)
-    return width, lead
-
-
-class Disjoint:
-    """A test, fixed by two tensors' shapes, strides and dtypes, that they share no byte given their base
-    addresses: built once per plan, it costs a few integer operations per call.
-
-    Disjoint byte ranges are disjoint. Interleaved views (q and k as column slices of one fused QKV buffer,
-    ``x`` and ``out`` as two halves of each row) are recognised too: when every leading stride of both
-    tensors is a multiple of one row period ``P`` and both rows fit in it, the tensors are disjoint exactly
-    when their row windows, taken modulo ``P``, are.
-    """
-
-    __slots__ = ("ext_a", "ext_b", "period", "wa", "wb")
-
-    def __init__(self, a: torch.Tensor, b: torch.Tensor) -> None:
-        self.ext_a, self.ext_b = _byte_extent(a), _byte_extent(b)
-        self.wa, lead_a = _dense_block(a)
-        self.wb, lead_b = _dense_block(b)
-        lead = lead_a + lead_b
-        period = min(lead) if lead else 0
-        ok = period > 0 and all(x % period == 0 for x in lead) and max(self.wa, self.wb) <= period
-        self.period = period if ok else 0
-
-    def __call__(self, pa: int, pb: int) -> bool:
-        if pa + self.ext_a <= pb or pb + self.ext_b <= pa or not self.ext_a or not self.ext_b:
-            return True
-        p = self.period
-        if not p:
-            return False
-        d = (pb - pa) % p
-        return d >= self.wa and (p - d) % p >= self.wb
-
-
-def same_view(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """``a`` and ``b`` are the same elements: same address, shape, strides and dtype."""
-    return (a.data_ptr() == b.data_ptr() and a.shape == b.shape and a.stride() == b.stride()
-            and a.dtype == b.dtype)
-
-
-def check_no_self_overlap(t: torch.Tensor, name: str) -> None:
-    """A buffer the op writes must not map two indices to one address (an ``expand``-ed view, say): sorted
-    by stride, each dim must step past everything the smaller ones span."""
-    dims = sorted((st, n) for n, st in zip(t.shape, t.stride()) if n > 1)
-    span = 1
-    for st, n in dims:
-        if st < span:
-            raise LayoutError(f"{name} has shape {tuple(t.shape)} and strides {tuple(t.stride())}, under which "
-                              "several elements share one address; pass a buffer with distinct elements")
-        span = st * (n - 1) + span
-
-
-def check_writes(writes: dict[str, torch.Tensor | None], others: dict[str, torch.Tensor | None],
-                 alias_ok: set[tuple[str, str]]) -> list[tuple[str, str, Disjoint]]:
-    """Every buffer in ``writes`` is disjoint from every other tensor of the call, or exactly the same view
-    of an input where ``(write, input)`` is in ``alias_ok`` (safe for the kernel: each element read before
-    it is written). Raises :class:`InvalidArgumentError` on any other overlap.
-
-    Returns the ``(write, other, Disjoint)`` tests the eager fast path repeats on later calls with the same
-    signature and aliasing pattern (they depend on the addresses, which the plan key does not hold).
-    """
-    tests = []
-    items = list(writes.items()) + list(others.items())
-    # Traced by torch.compile: tensors have no addresses yet (the mutating custom op is functionalized, so
-    # aliases are resolved by the compiler); only the layout of each write buffer can be checked.
-    traced = torch.compiler.is_compiling()
-    for i, (wn, w) in enumerate(writes.items()):
-        if w is None or w.numel() == 0:
-            continue
-        check_no_self_overlap(w, wn)
-        if traced:
-            continue
-        for on, o in items[i + 1:]:  # the other writes after this one (each pair once), then the inputs
-            if o is None or o.numel() == 0:
-                continue
-            test = Disjoint(w, o)
-            if test(w.data_ptr(), o.data_ptr()):
-                tests.append((wn, on, test))
-                continue
-            if same_view(w, o) and ((wn, on) in alias_ok or (on, wn) in alias_ok):
-                continue
-            allowed = sorted(b for a, b in alias_ok if a == wn)
-            hint = f" (it may be exactly {' or '.join(allowed)}, for in-place use)" if allowed else ""
-            raise InvalidArgumentError(
-                f"{wn} (shape {tuple(w.shape)}, strides {tuple(w.stride())}) overlaps {on} (shape "
-                f"{tuple(o.shape)}, strides {tuple(o.stride())}) in memory; pass a separate buffer{hint}")
-    return tests
+# ---- output buffers ----------------------------------------------------------------------------------
+# The overlap checks live in validation.py (one mechanism for every op); the names stay importable here.
+Disjoint = V.Disjoint
+same_view = V.same_view
+check_no_self_overlap = V.check_no_self_overlap
+check_writes = V.check_writes
 
 
 # ---- plans -------------------------------------------------------------------------------------------
@@ -429,13 +328,6 @@ class _Plan:
     def set_shape(self, shape: tuple) -> None:
         """The caller's shape (the plan was made on the 3-D view), which the outputs take."""
         self.shape = shape
-
-    def safe(self, args: tuple) -> bool:
-        """The output-overlap tests of the validated call hold for these tensors' addresses."""
-        for i, j, test in self.tests:
-            if not test(args[i].data_ptr(), args[j].data_ptr()):
-                return False
-        return True
 
     def __call__(self, x, residual, weight, out, residual_out, eps, weight_offset, scale=None):
         y = out if out is not None else x.new_empty(self.shape)
@@ -757,7 +649,8 @@ def fused_add_rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6, 
         key = (key, eps, weight_offset, round_before_weight, _alias_pattern(x, residual, out, residual_out),
                out_dtype, out_scaling)
         plan = _plans.get(key)
-        if plan is not None and (not plan.tests or plan.safe((x, residual, weight, out, residual_out))):
+        if plan is not None and (not plan.tests or V.writes_apart(plan.tests, (x, residual, weight, out,
+                                                                              residual_out))):
             if out_scale is not None:
                 check_scale_values(out_scale, "out_scale")
             return plan(x, residual, weight, out, residual_out, eps, weight_offset, out_scale)
@@ -796,8 +689,8 @@ def fused_add_rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6, 
         raise InvalidArgumentError("residual_out is only written when residual is given")
     V.check_out(out, "out", x.shape, x.dtype, device)
     V.check_out(residual_out, "residual_out", x.shape, x.dtype, device)
-    tests = check_writes({"out": out, "residual_out": residual_out},
-                         {"x": x, "residual": residual, "weight": weight}, _ALIAS_OK)
+    tests = V.check_writes({"out": out, "residual_out": residual_out},
+                           {"x": x, "residual": residual, "weight": weight}, _ALIAS_OK)
 
     if key is not None:
         if x.numel() == 0:

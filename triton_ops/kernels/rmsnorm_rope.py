@@ -33,7 +33,7 @@ from ..utils import cdiv, interpreter_enabled, next_power_of_2, num_sms
 from . import fp8_out as F8
 from .fp8_out import _fp8_codes
 from .fp8_quantize import _finite_abs, _mark_valid, _scale_from_amax, check_scale_values
-from .rmsnorm import Disjoint, _rounded, same_view
+from .rmsnorm import _rounded
 from .rope import _rot_dim
 
 LAYOUTS = ("neox", "gptj")
@@ -458,7 +458,7 @@ class _Plan:
     def __init__(self, launch, ints, shape, dtype, has_res, pos_mode, cacheable):
         self.launch, self.ints, self.shape, self.dtype = launch, ints, shape, dtype
         self.has_res, self.pos_mode, self.cacheable = has_res, pos_mode, cacheable
-        # (argument index, rmsnorm.Disjoint) per input a given `out` must stay apart from: they depend on
+        # (argument index, validation.Disjoint) per input a given `out` must stay apart from: they depend on
         # the addresses, which the plan key does not hold, so the eager fast path repeats them per call
         self.tests = ()
 
@@ -843,13 +843,6 @@ def _alias_pattern(x: torch.Tensor, residual: Optional[torch.Tensor], out: torch
     return po == x.data_ptr(), residual is not None and po == residual.data_ptr()
 
 
-def _out_tests(out: torch.Tensor, args: tuple) -> tuple:
-    """(index in ``args``, rmsnorm.Disjoint) for each input the validated ``out`` is not exactly: the
-    per-call re-check of a plan hit (exact aliases are fixed by the key's alias pattern)."""
-    return tuple((i, Disjoint(out, t)) for i, t in enumerate(args)
-                 if t is not None and t.numel() and not same_view(out, t))
-
-
 def fused_rmsnorm_rope(x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                        eps: float = 1e-6, *, head_dim: Optional[int] = None,
                        position_ids: Optional[torch.Tensor] = None, residual: Optional[torch.Tensor] = None,
@@ -906,7 +899,12 @@ def fused_rmsnorm_rope(x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor,
         FP8 output: ``(q, scale)`` or ``(q, scale, x + residual)``; ``scale`` is ``out_scale`` itself for a
         static output. FP8 outputs carry no autograd.
     """
-    if out_dtype is not None and out is None:
+    # Scalars of a kind the checks refuse never take a plan, FP8 or not: 64.0 == 64 and True == 1 as dict
+    # keys, so a float head_dim or an int flag would find the plan of the valid value and skip the check
+    # that refuses it (numpy integers are validated on every call).
+    sizes_plain = (type(head_dim) in _SIZE_TYPES and type(rotary_dim) in _SIZE_TYPES
+                   and type(half_width_tables) is bool and type(eps) is not bool and type(weight_offset) is not bool)
+    if out_dtype is not None and out is None and sizes_plain:
         # FP8 output, eager: its own plans (fp8_key), looked up before anything else.
         fkey = _fp8_key(x, weight, cos, sin, position_ids, residual, out_scale, eps, head_dim, rotary_layout,
                         weight_offset, rotary_dim, half_width_tables, out_dtype, out_scaling)
@@ -917,11 +915,6 @@ def fused_rmsnorm_rope(x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor,
             return plan(x, weight, cos, sin, position_ids, residual, None, None, eps, weight_offset, out_scale)
     # as the caller passed them: the FP8 plan key
     position_ids_given, head_dim_given, rotary_dim_given = position_ids, head_dim, rotary_dim
-    # Scalars of a kind the checks refuse never take a plan: 64.0 == 64 and True == 1 as dict keys, so a
-    # float head_dim or an int flag would find the plan of the valid value and skip the check that refuses
-    # it (numpy integers are validated on every call).
-    sizes_plain = (type(head_dim) in _SIZE_TYPES and type(rotary_dim) in _SIZE_TYPES
-                   and type(half_width_tables) is bool and type(eps) is not bool and type(weight_offset) is not bool)
     key = plan_key(x, weight, cos, sin, position_ids, residual, out) if sizes_plain else None
     if key is not None:
         # Eager call with no autograd or tracing: a repeated signature is one dict hit and a launch. Which
@@ -1025,7 +1018,7 @@ def fused_rmsnorm_rope(x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor,
                                            "allocates the e4m3 codes and their scales)")
             fkey = _fp8_key(x, weight, cos_given, sin_given, position_ids_given, residual, out_scale, eps,
                             head_dim_given, rotary_layout, weight_offset, rotary_dim_given, half_width_tables,
-                            out_dtype, out_scaling)
+                            out_dtype, out_scaling) if sizes_plain else None
             return _fp8_call(fkey, x, weight, cos, sin, position_ids, residual, out_scale, eps, head_dim, gptj,
                              weight_offset, per_token, quant, (cos_given, sin_given, position_ids_given))
     if key is not None:
@@ -1049,7 +1042,7 @@ def fused_rmsnorm_rope(x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor,
         if pos is not None:
             same.append((pos, position_ids))
         if out is not None:
-            plan.tests = _out_tests(out, (x, weight, cos_given, sin_given, position_ids, residual))
+            plan.tests = V.out_tests(out, (x, weight, cos_given, sin_given, position_ids, residual))
         apart = not plan.tests or V.out_apart(plan.tests, (x, weight, cos_given, sin_given, position_ids,
                                                             residual), out)
         if plan.cacheable and apart and all(a.data_ptr() == b.data_ptr() for a, b in same):

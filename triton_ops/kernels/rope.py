@@ -30,7 +30,7 @@ from .. import validation as V
 from ..exceptions import InvalidArgumentError, ShapeError
 from ..launch import KernelLaunch, PlanCache, mark_written, plan_key, tensor_key
 from ..utils import cdiv, interpreter_enabled, next_power_of_2, num_sms
-from .rmsnorm import _rounded, check_writes
+from .rmsnorm import _rounded
 
 LAYOUTS = ("neox", "gptj")
 #: q/k dim orders: Hugging Face attention's ``[batch, heads, seq, head_dim]`` (also as a transposed view
@@ -269,12 +269,6 @@ class _Plan:
     def __init__(self, launch, ints, q_out, k_out, inplace, has_k, pos_mode, tests):
         self.launch, self.ints, self.q_out, self.k_out = launch, ints, q_out, k_out
         self.inplace, self.has_k, self.pos_mode, self.tests = inplace, has_k, pos_mode, tests
-
-    def safe(self, args: tuple) -> bool:
-        for i, j, test in self.tests:
-            if not test(args[i].data_ptr(), args[j].data_ptr()):
-                return False
-        return True
 
     def __call__(self, q, k, cos, sin, position_ids, q_out=None, k_out=None):
         if self.inplace:
@@ -555,7 +549,7 @@ def _validate(q, k, cos, sin, position_ids, rotary_layout, rotary_dim, inplace, 
     rot = _rot_dim(c2.shape[-1], head_dim, rotary_dim, half_width_tables)
     tests = ()
     if inplace:
-        tests = check_writes({"q": q, "k": k}, {"cos": cos, "sin": sin, "position_ids": position_ids}, set())
+        tests = V.check_writes({"q": q, "k": k}, {"cos": cos, "sin": sin, "position_ids": position_ids}, set())
     return rot, bshd, tests
 
 
@@ -603,7 +597,7 @@ def apply_rope(q: torch.Tensor, k: Optional[torch.Tensor], cos: torch.Tensor, si
     if key is not None:
         key = (key, rotary_layout, rotary_dim, inplace, half_width_tables, qk_layout)
         plan = _plans.get(key)
-        if plan is not None and (not plan.tests or plan.safe((q, k, cos, sin, position_ids))):
+        if plan is not None and (not plan.tests or V.writes_apart(plan.tests, (q, k, cos, sin, position_ids))):
             return plan(q, k, cos, sin, position_ids)
     rot, bshd, tests = _validate(q, k, cos, sin, position_ids, rotary_layout, rotary_dim, inplace,
                                  half_width_tables, qk_layout)
