@@ -14,7 +14,17 @@ Semantics this library implements and tests (the Triton kernels follow this refe
   column or block) to the format's largest finite value: ``scale = amax / fmax``.
 * **Safe scales.** An all-zero group (or one holding only NaN/inf) gets ``scale = 1``; a scale is never
   smaller than ``MIN_SCALE`` = 2^-126 (so ``1 / scale`` <= 2^126 stays finite in fp32): no division by
-  zero and no overflow of the reciprocal.
+  zero and no overflow of the reciprocal. (vLLM floors every per-token scale at ``1 / (fmax * 512)``
+  instead, so its all-zero row gets that floor; the codes are 0 either way and dequantize to 0. Here a
+  group of tiny values -- 1e-30, or subnormals -- keeps ``scale = amax / fmax`` down to 2^-126, so it
+  dequantizes close to itself rather than to 0.)
+* **Groups.** ``block_size=(bm, bk)`` over the ``[M, K]`` view: one scale per ``bm x bk`` block, scale
+  shape ``[ceil(M/bm), ceil(K/bk)]``; ``-1`` stands for the full extent of that dim (one group along it:
+  ``(-1, 128)`` is one scale per 128 columns over all rows, ``[1, ceil(K/128)]``; ``(1, -1)`` is per row).
+  Ragged last groups hold fewer values (no padding takes part in the amax).
+* **scale_ub** (dynamic scales only, vLLM's ``scaled_fp8_quant(..., scale_ub=)``): an upper bound on the
+  group's *amax*, not on the scale: ``amax = min(amax, fp32(scale_ub))``, then ``scale = amax / fmax``
+  as usual, so values above ``scale_ub`` saturate to +-fmax.
 * **amax ignores non-finite values.** NaN and +-inf do not take part in the amax (one stray inf must not
   zero a whole row); NaN then stays NaN in the output and +-inf saturates to +-fmax.
 * **Quantization** computes ``v = fp32(x) * fp32(1 / scale)`` in fp32 (one reciprocal per group, then a
@@ -127,30 +137,64 @@ def finite_abs(x) -> np.ndarray:
     return np.where(np.isfinite(ax), ax, np.float32(0.0))
 
 
-def _block_view(x: np.ndarray, bm: int, bk: int) -> tuple[np.ndarray, int, int]:
+def block_dims(shape, block_size) -> tuple[int, int]:
+    """``(bm, bk)`` of ``block_size`` for a 2-D ``shape`` with ``-1`` (full extent) resolved: ``-1`` along a
+    dim of size n is one group of n (at least 1) values."""
+    m, k = shape
+    bm, bk = block_size
+    for v in (bm, bk):
+        if not isinstance(v, (int, np.integer)) or isinstance(v, (bool, np.bool_)) or (v < 1 and v != -1):
+            raise ValueError(f"block_size entries must be ints >= 1 or -1, got {block_size!r}")
+    return (max(m, 1) if bm == -1 else int(bm)), (max(k, 1) if bk == -1 else int(bk))
+
+
+def block_grid(shape, block_size) -> tuple[int, int]:
+    """Shape of the block scales of a 2-D ``shape``: ``[ceil(M/bm), ceil(K/bk)]``, 1 along a ``-1`` dim (one
+    group, even an empty one)."""
+    (m, k), (bm, bk) = shape, block_dims(shape, block_size)
+    return (1 if block_size[0] == -1 else -(-m // bm)), (1 if block_size[1] == -1 else -(-k // bk))
+
+
+def _block_view(x: np.ndarray, block_size) -> tuple[np.ndarray, int, int]:
     m, k = x.shape
-    gm, gk = -(-m // bm), -(-k // bk)
+    bm, bk = block_dims(x.shape, block_size)
+    gm, gk = block_grid(x.shape, block_size)
     pad = np.zeros((gm * bm, gk * bk), dtype=x.dtype)
     pad[:m, :k] = x
     return pad.reshape(gm, bm, gk, bk), gm, gk
 
 
-def compute_scale(x, granularity: str = "tensor", fmt: str = "e4m3fn", block_size=None) -> np.ndarray:
+def _check_ub(scale_ub) -> np.float32:
+    ub = np.float32(scale_ub)
+    if not (np.isfinite(ub) and ub > 0):
+        raise ValueError(f"scale_ub must be finite and > 0 (in fp32), got {scale_ub!r}")
+    return ub
+
+
+def compute_scale(x, granularity: str = "tensor", fmt: str = "e4m3fn", block_size=None,
+                  scale_ub=None) -> np.ndarray:
     """Dynamic scale of ``x`` (2-D for row/column/block). Shapes: tensor ``()``, row ``[M, 1]``,
-    column ``[1, N]``, block ``[ceil(M/bm), ceil(K/bk)]`` (the ragged edge blocks hold fewer values)."""
+    column ``[1, N]``, block ``[ceil(M/bm), ceil(K/bk)]`` (the ragged edge blocks hold fewer values;
+    ``-1`` in ``block_size`` is the full extent). ``scale_ub`` bounds each group's amax from above
+    (``min(amax, fp32(scale_ub))``) before the scale is taken."""
     ax = finite_abs(x)
+    ub = None if scale_ub is None else _check_ub(scale_ub)
+
+    def scale(amax):
+        amax = _f32(amax)
+        return scale_from_amax(amax if ub is None else np.minimum(amax, ub), fmt)
+
     if granularity == "tensor":
-        return scale_from_amax(ax.max() if ax.size else 0.0, fmt).reshape(())
+        return scale(ax.max() if ax.size else 0.0).reshape(())
     if ax.ndim != 2:
         raise ValueError(f"granularity {granularity!r} needs a 2-D array, got shape {ax.shape}")
     if granularity == "row":
-        return scale_from_amax(ax.max(axis=1, keepdims=True, initial=0.0), fmt)
+        return scale(ax.max(axis=1, keepdims=True, initial=0.0))
     if granularity == "column":
-        return scale_from_amax(ax.max(axis=0, keepdims=True, initial=0.0), fmt)
+        return scale(ax.max(axis=0, keepdims=True, initial=0.0))
     if granularity == "block":
-        bm, bk = block_size
-        blocks, _, _ = _block_view(ax, bm, bk)
-        return scale_from_amax(blocks.max(axis=(1, 3)), fmt)
+        blocks, _, _ = _block_view(ax, block_size)
+        return scale(blocks.max(axis=(1, 3), initial=0.0))
     raise ValueError(f"unknown granularity {granularity!r}")
 
 
@@ -159,19 +203,22 @@ def expand_scale(scale, shape, granularity: str, block_size=None) -> np.ndarray:
     s = _f32(scale)
     if granularity in ("tensor", "row", "column"):
         return np.broadcast_to(s.reshape(()) if granularity == "tensor" else s, shape).astype(np.float32)
-    bm, bk = block_size
+    bm, bk = block_dims(shape, block_size)
     m, k = shape
     return np.repeat(np.repeat(s, bm, axis=0), bk, axis=1)[:m, :k].astype(np.float32)
 
 
-def quantize(x, fmt: str = "e4m3fn", granularity: str = "tensor", block_size=None, scale=None):
+def quantize(x, fmt: str = "e4m3fn", granularity: str = "tensor", block_size=None, scale=None, scale_ub=None):
     """``(q, scale)``: ``q`` float64 values on the FP8 grid, ``scale`` fp32 (dynamic when None).
 
     ``q = round_to_fp8(fp32(x) * fp32(1 / scale))`` with saturation, as in the module docstring.
+    ``scale_ub`` (dynamic scales only) clamps each group's amax from above before its scale is taken.
     """
     x32 = _f32(x)
     if scale is None:
-        scale = compute_scale(x32, granularity, fmt, block_size)
+        scale = compute_scale(x32, granularity, fmt, block_size, scale_ub)
+    elif scale_ub is not None:
+        raise ValueError("scale_ub only applies to dynamic scales (scale=None)")
     scale = _f32(scale)
     full = expand_scale(scale, x32.shape, granularity, block_size)
     inv = (np.float32(1.0) / full).astype(np.float32)

@@ -38,13 +38,13 @@ from .fp8_quantize import (
     TILE_CONFIGS,
     _amax_cols_kernel,
     _amax_rows_kernel,
-    _block_warps,
     _finalize_cols_kernel,
     _gemm_prep_kernel,
     _quant_block_kernel,
     _quant_cols_kernel,
     _quant_rows_kernel,
     _scale_tile_kernel,
+    block_config,
     row_config,
 )
 
@@ -64,7 +64,7 @@ _TT = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32",
 #: tiles spill (8 B in scale_tile, 100 B in amax_rows on sm_90) where the run-time build does not.
 _ALIGNED = {
     "rows": ("x_ptr", "q_ptr", "s_ptr", "K", "stride_xm", "stride_qm"),
-    "block": ("x_ptr", "q_ptr", "s_ptr", "K", "stride_xm", "stride_qm"),
+    "block": ("x_ptr", "q_ptr", "s_ptr", "amax_ptr", "K", "stride_xm", "stride_qm"),
     "amax_rows": ("x_ptr", "part_ptr", "C", "stride_r"),
     "scale_tile": ("x_ptr", "y_ptr", "s_ptr", "C", "stride_xr", "stride_yr", "stride_yc"),
     "amax_cols": ("x_ptr", "part_ptr", "C", "stride_r"),
@@ -72,6 +72,10 @@ _ALIGNED = {
     "prep": ("a_ptr", "qa_ptr", "sa_ptr", "K", "stride_am", "stride_qam", "b_ptr", "part_ptr", "N", "stride_bk"),
     "quant_cols": ("x_ptr", "q_ptr", "part_ptr", "s_ptr", "C", "stride_xr", "stride_xc", "stride_qr", "stride_qc"),
 }
+
+
+#: Type of the ``ub`` argument of the quantize kernels per UB mode (0: unused, a float 0.0 is passed).
+_UB_TYPE = {0: "fp32", 1: "*fp32", 2: "fp32"}
 
 
 def quantize_compile_specs(arch: int) -> list[CompileSpec]:
@@ -85,26 +89,48 @@ def quantize_compile_specs(arch: int) -> list[CompileSpec]:
         ti, to = _TT[din], _TT[dout]
         fmax = FP8_MAX[dout]
         blocks = ROW_BLOCKS if bi == 0 else (4096,)
+        # per row (None), power-of-two (1, g) groups (the tile reshaped) and other g (lanes masked); the
+        # amax bound (UB 1: a tensor, 2: a float) on the bf16 per-row and (1, 128) configs
+        groups = (None, 16, 32, 64, 128, 100, 1000) if bi == 0 else (None, 128)
         for block_k in blocks:
-            for group in (None, 128):
+            for group in groups:
                 cfg = row_config(block_k, group)
                 for single in ({cfg["SINGLE"], False} if group is None else {True}):
+                    for ub in (0, 1, 2) if bi == 0 and group in (None, 128) and block_k == 4096 else (0,):
+                        specs.append(CompileSpec(
+                            _quant_rows_kernel,
+                            {"x_ptr": f"*{ti}", "q_ptr": f"*{to}", "s_ptr": "*fp32", "ub": _UB_TYPE[ub], "M": "i32",
+                             "K": "i32", "stride_xm": "i64", "stride_qm": "i64", "stride_sm": "i64",
+                             "FMAX": "constexpr", "GROUP": "constexpr", "GP": "constexpr", "ROWS": "constexpr",
+                             "BLOCK_K": "constexpr", "SINGLE": "constexpr", "UB": "constexpr"},
+                            {"FMAX": fmax, "GROUP": group or cfg["BLOCK_K"], "GP": cfg["GP"], "ROWS": cfg["ROWS"],
+                             "BLOCK_K": cfg["BLOCK_K"], "SINGLE": single, "UB": ub},
+                            num_warps=cfg["num_warps"],
+                            label=f"quant_rows {ti}->{to} K{cfg['BLOCK_K']} g{group} s{single} ub{ub}",
+                            aligned=_ALIGNED["rows"]))
+        # (bm, bk) blocks: one-tile blocks (PHASE 0, power-of-two or masked), a looping program per block
+        # (1), row splits of tall blocks (2, 3); shapes chosen by block_config from (M, K, bm, bk)
+        block_cases = ((4096, 4096, 128, 128),) if bi else (
+            (4096, 4096, 128, 128), (4096, 4096, 16, 128), (4096, 4096, 64, 256), (4096, 4096, 4, 256),
+            (4096, 4096, 3, 100), (64, 4096, -1, 128), (8192, 8192, 300, 300), (8192, 4096, -1, 128),
+            (4, 20000, 1, 10000))
+        for M, K, bm, bk in block_cases:
+            cfg = block_config(M, K, bm, bk, 132)
+            for phase in (2, 3) if cfg["PHASE"] == 2 else (cfg["PHASE"],):
+                for ub in (0, 1, 2) if bi == 0 and (bm, bk) == (128, 128) else (0,):
+                    # n_split == 1 (phases 0 and 1) is specialised by the JIT, as here
+                    one = {"n_split": 1} if phase < 2 else {}
                     specs.append(CompileSpec(
-                        _quant_rows_kernel,
-                        {"x_ptr": f"*{ti}", "q_ptr": f"*{to}", "s_ptr": "*fp32", "M": "i32", "K": "i32",
-                         "stride_xm": "i64", "stride_qm": "i64", "stride_sm": "i64", "FMAX": "constexpr",
-                         "GROUP": "constexpr", "ROWS": "constexpr", "BLOCK_K": "constexpr", "SINGLE": "constexpr"},
-                        {"FMAX": fmax, "GROUP": group or cfg["BLOCK_K"], "ROWS": cfg["ROWS"],
-                         "BLOCK_K": cfg["BLOCK_K"], "SINGLE": single},
-                        num_warps=cfg["num_warps"], label=f"quant_rows {ti}->{to} K{block_k} g{group} s{single}",
-                        aligned=_ALIGNED["rows"]))
-        for bm, bk in ((128, 128),) if bi else ((128, 128), (16, 128), (64, 256)):
-            specs.append(CompileSpec(
-                _quant_block_kernel,
-                {"x_ptr": f"*{ti}", "q_ptr": f"*{to}", "s_ptr": "*fp32", "M": "i32", "K": "i32", "stride_xm": "i64",
-                 "stride_qm": "i64", "stride_sm": "i64", "FMAX": "constexpr", "BM": "constexpr", "BK": "constexpr"},
-                {"FMAX": fmax, "BM": bm, "BK": bk}, num_warps=_block_warps(bm, bk),
-                label=f"quant_block {ti}->{to} {bm}x{bk}", aligned=_ALIGNED["block"]))
+                        _quant_block_kernel,
+                        {"x_ptr": f"*{ti}", "q_ptr": f"*{to}", "s_ptr": "*fp32",
+                         "amax_ptr": "*i32" if phase > 1 else "*fp32", "ub": _UB_TYPE[ub], "M": "i32", "K": "i32",
+                         "stride_xm": "i64", "stride_qm": "i64", "stride_sm": "i64",
+                         "n_split": "constexpr" if one else "i32", "rows_per_split": "i32", "FMAX": "constexpr",
+                         "BM": "constexpr", "BK": "constexpr", "TILE_M": "constexpr", "TILE_K": "constexpr",
+                         "PHASE": "constexpr", "UB": "constexpr"},
+                        {**one, "FMAX": fmax, "BM": bm, "BK": bk, "TILE_M": cfg["TILE_M"], "TILE_K": cfg["TILE_K"],
+                         "PHASE": phase, "UB": ub}, num_warps=cfg["num_warps"],
+                        label=f"quant_block {ti}->{to} {bm}x{bk} p{phase} ub{ub}", aligned=_ALIGNED["block"]))
         for name, (br, bc, warps) in TILE_CONFIGS.items():
             if name == "square":
                 continue  # transposed outputs go through _quant_cols_kernel; no launcher picks "square"

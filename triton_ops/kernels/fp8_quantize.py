@@ -6,19 +6,29 @@ Semantics (the NumPy reference ``triton_ops.compute.fp8`` is the specification):
   convention); dynamic scaling maps the group's amax to the format's largest finite value (448 for
   e4m3fn, 57344 for e5m2);
 * the amax ignores NaN and +-inf; NaN stays NaN, +-inf and out-of-range values saturate to +-fmax;
-* an all-zero group gets scale 1 and scales are clamped to >= 2^-126, so nothing divides by zero;
+* an all-zero group gets scale 1 and scales are clamped to >= 2^-126, so nothing divides by zero (vLLM
+  floors per-token scales at ``1 / (fmax * 512)`` instead: its all-zero row gets that floor; the codes
+  are 0 either way). A group of tiny values (1e-30, subnormals) keeps ``amax / fmax`` down to 2^-126, so
+  it dequantizes close to itself;
+* ``scale_ub`` (dynamic row / block scales, vLLM's ``scaled_fp8_quant(..., scale_ub=)``) bounds each
+  group's amax: ``scale = scale_from_amax(min(amax, fp32(scale_ub)))``;
 * ``q = round_nearest_even(fp32(x) * fp32(1 / scale))``, identical to ``Tensor.to(float8)`` in range.
 
 Scale shapes: per tensor ``[]``; per row (token) ``[*lead, 1]``; per column (channel) ``[1, K]`` (the
-last dim); per block ``[ceil(M/bm), ceil(K/bk)]`` over the ``[M, K]`` view (ragged edge blocks hold
-fewer values, no padding is written).
+last dim); per block ``[ceil(M/bm), ceil(K/bk)]`` over the ``[M, K]`` view, any ``bm, bk >= 1`` and -1
+for the full extent of a dim (vLLM's GroupShape: ``(-1, 128)`` gives ``[1, ceil(K/128)]``); ragged edge
+blocks hold fewer values, no padding is written.
 
 Kernels and bytes (B = input element size; the output is 1 byte per element):
 
-* per row and (1, bk) blocks: ONE pass, ``_quant_rows_kernel`` holds up to 8192 elements of a row in
-  registers, takes the amax and writes q and the scale (B + 1 bytes per element). Longer rows are read
-  twice, the second time mostly from L2.
-* (bm, bk) blocks: ONE pass, one program per block (``_quant_block_kernel``).
+* per row and (1, g) groups (g up to 8192, any g: a power of two reshapes the tile, others mask the
+  lanes of a ``[rows, groups, next_pow2(g)]`` tile): ONE pass, ``_quant_rows_kernel`` holds up to 8192
+  elements of a row in registers, takes the amax and writes q and the scale (B + 1 bytes per element).
+  Longer rows are read twice (per row) or launched per slice of whole groups ((1, g)).
+* (bm, bk) blocks (``_quant_block_kernel``, power-of-two tiles masked to the block): ONE pass, one
+  program per block, up to 16384 (padded) elements; larger blocks loop over the block twice (the second
+  read mostly from L2); few tall blocks (``(-1, 128)`` over a weight) split their rows over programs: an
+  amax launch merging with an atomic max, then a quantize launch (2B + 1 bytes per element).
 * per tensor, dynamic: two launches and no host sync. ``_amax_rows_kernel`` writes one partial amax per
   program (at most 1024), then ``_scale_tile_kernel`` reduces the partials in each program (4 KB from L2)
   and quantizes. The second pass walks the tiles in reverse order, so its first tiles are the ones the
@@ -41,6 +51,7 @@ needs no device sync for them.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import triton
 import triton.language as tl
@@ -65,6 +76,8 @@ FP8_MAX = {torch.float8_e4m3fn: 448.0, torch.float8_e5m2: 57344.0}
 #: Scales never go below this, so ``1/scale`` (<= 2^126) is finite in fp32.
 MIN_SCALE = 2.0**-126
 GRANULARITIES = ("tensor", "row", "column", "block")
+#: Granularities whose dynamic scales take a ``scale_ub`` (amax upper bound).
+UB_GRANULARITIES = ("row", "block")
 _FMT_NAME = {torch.float8_e4m3fn: "e4m3fn", torch.float8_e5m2: "e5m2"}
 _FMT_DTYPE = {v: k for k, v in _FMT_NAME.items()}
 #: Round in fp32 before the fp8 cast (interpreter only, see _round_to_fp8_grid).
@@ -76,9 +89,19 @@ SOFT_ROUND = tl.constexpr(interpreter_enabled())
 
 
 @triton.jit
+def _to_f32(x):
+    """``x.to(fp32)``. Under the interpreter a bf16 input is widened by its bits: Triton 3.6's interpreter
+    decodes bf16 subnormals wrongly (1e-39 reads as 4.4e-39, 1.8e-40 as 0); compiled kernels cast."""
+    if SOFT_ROUND:
+        if x.dtype == tl.bfloat16:
+            return (x.to(tl.uint16, bitcast=True).to(tl.uint32) << 16).to(tl.float32, bitcast=True)
+    return x.to(tl.float32)
+
+
+@triton.jit
 def _finite_abs(x):
     """|x| in fp32 with NaN and inf mapped to 0 (NaN < inf is false, so one compare covers both)."""
-    ax = tl.abs(x.to(tl.float32))
+    ax = tl.abs(_to_f32(x))
     return tl.where(ax < float("inf"), ax, 0.0)
 
 
@@ -122,7 +145,7 @@ def _round_to_fp8_grid(v, OUT: tl.constexpr):
 def _to_fp8(x, inv, FMAX: tl.constexpr, OUT: tl.constexpr):
     """Scale in fp32, saturate to +-FMAX (comparisons are false for NaN, so NaN passes through), cast
     with round-to-nearest-even."""
-    v = x.to(tl.float32) * inv
+    v = _to_f32(x) * inv
     v = tl.where(v > FMAX, FMAX, v)
     v = tl.where(v < -FMAX, -FMAX, v)
     if SOFT_ROUND:
@@ -134,42 +157,70 @@ def _to_fp8(x, inv, FMAX: tl.constexpr, OUT: tl.constexpr):
 
 
 @triton.jit
-def _rows_block(x_ptr, q_ptr, s_ptr, pid, M, K, stride_xm, stride_qm, stride_sm, FMAX: tl.constexpr,
-                GROUP: tl.constexpr, ROWS: tl.constexpr, BLOCK_K: tl.constexpr, SINGLE: tl.constexpr):
+def _ub_amax(amax, ub, UB: tl.constexpr):
+    """``min(amax, scale_ub)``: UB 0 no bound, 1 ``ub`` points at the fp32 bound, 2 ``ub`` is the bound."""
+    if UB == 1:
+        amax = tl.minimum(amax, tl.load(ub))
+    elif UB == 2:
+        amax = tl.minimum(amax, ub)
+    return amax
+
+
+@triton.jit
+def _rows_block(x_ptr, q_ptr, s_ptr, ub, pid, M, K, stride_xm, stride_qm, stride_sm, FMAX: tl.constexpr,
+                GROUP: tl.constexpr, GP: tl.constexpr, ROWS: tl.constexpr, BLOCK_K: tl.constexpr,
+                SINGLE: tl.constexpr, UB: tl.constexpr):
     """ROWS rows starting at ``pid * ROWS``: dynamic per-row (GROUP == BLOCK_K, one scale per row) or
-    per-(1, GROUP) block quantization. SINGLE: the row fits in BLOCK_K, read once; otherwise (per-row
-    only) loop twice over the row (the second read mostly from L2)."""
+    per-(1, GROUP) group quantization, GP = next_power_of_2(GROUP) <= BLOCK_K: BLOCK_K // GP groups per
+    row and tile (a power-of-two GROUP reshapes the loaded tile; any other one is loaded as
+    ``[ROWS, groups, GP]`` with the lanes past GROUP masked off). SINGLE: the row fits in BLOCK_K, read
+    once; otherwise (per-row only) loop twice over the row (the second read mostly from L2). UB: the amax
+    bound, see _ub_amax."""
     rows = pid.to(tl.int64) * ROWS + tl.arange(0, ROWS)
     rmask = rows < M
     cols = tl.arange(0, BLOCK_K)
     OUT = q_ptr.dtype.element_ty
     if SINGLE:
-        mask = rmask[:, None] & (cols[None, :] < K)
-        x = tl.load(x_ptr + rows[:, None] * stride_xm + cols[None, :], mask=mask, other=0.0)
         if GROUP == BLOCK_K:
-            amax = tl.max(_finite_abs(x), axis=1)
+            mask = rmask[:, None] & (cols[None, :] < K)
+            x = tl.load(x_ptr + rows[:, None] * stride_xm + cols[None, :], mask=mask, other=0.0)
+            amax = _ub_amax(tl.max(_finite_abs(x), axis=1), ub, UB)
             s = _scale_from_amax(amax, FMAX)
             inv = tl.math.div_rn(tl.full([ROWS], 1.0, tl.float32), s)
             q = _to_fp8(x, inv[:, None], FMAX, OUT)
             tl.store(s_ptr + rows * stride_sm, s, mask=rmask)
+            tl.store(q_ptr + rows[:, None] * stride_qm + cols[None, :], q, mask=mask)
         else:
-            NG: tl.constexpr = BLOCK_K // GROUP
-            xg = tl.reshape(x, [ROWS, NG, GROUP])
-            amax = tl.max(_finite_abs(xg), axis=2)
-            s = _scale_from_amax(amax, FMAX)
-            inv = tl.math.div_rn(tl.full([ROWS, NG], 1.0, tl.float32), s)
-            q = tl.reshape(_to_fp8(xg, inv[:, :, None], FMAX, OUT), [ROWS, BLOCK_K])
+            NG: tl.constexpr = BLOCK_K // GP
             g = tl.arange(0, NG)
             smask = rmask[:, None] & (g[None, :] < tl.cdiv(K, GROUP))
+            if GROUP == GP:
+                mask = rmask[:, None] & (cols[None, :] < K)
+                x = tl.load(x_ptr + rows[:, None] * stride_xm + cols[None, :], mask=mask, other=0.0)
+                xg = tl.reshape(x, [ROWS, NG, GROUP])
+                amax = _ub_amax(tl.max(_finite_abs(xg), axis=2), ub, UB)
+                s = _scale_from_amax(amax, FMAX)
+                inv = tl.math.div_rn(tl.full([ROWS, NG], 1.0, tl.float32), s)
+                q = tl.reshape(_to_fp8(xg, inv[:, :, None], FMAX, OUT), [ROWS, BLOCK_K])
+                tl.store(q_ptr + rows[:, None] * stride_qm + cols[None, :], q, mask=mask)
+            else:
+                j = tl.arange(0, GP)
+                gc = g[:, None] * GROUP + j[None, :]  # [NG, GP] column of each lane
+                mask = rmask[:, None, None] & ((j[None, :] < GROUP) & (gc < K))[None, :, :]
+                x = tl.load(x_ptr + rows[:, None, None] * stride_xm + gc[None, :, :], mask=mask, other=0.0)
+                amax = _ub_amax(tl.max(_finite_abs(x), axis=2), ub, UB)
+                s = _scale_from_amax(amax, FMAX)
+                inv = tl.math.div_rn(tl.full([ROWS, NG], 1.0, tl.float32), s)
+                tl.store(q_ptr + rows[:, None, None] * stride_qm + gc[None, :, :],
+                         _to_fp8(x, inv[:, :, None], FMAX, OUT), mask=mask)
             tl.store(s_ptr + rows[:, None] * stride_sm + g[None, :], s, mask=smask)
-        tl.store(q_ptr + rows[:, None] * stride_qm + cols[None, :], q, mask=mask)
     else:
         amax = tl.zeros([ROWS], dtype=tl.float32)
         for k0 in range(0, K, BLOCK_K):
             mask = rmask[:, None] & ((k0 + cols)[None, :] < K)
             x = tl.load(x_ptr + rows[:, None] * stride_xm + (k0 + cols)[None, :], mask=mask, other=0.0)
             amax = tl.maximum(amax, tl.max(_finite_abs(x), axis=1))
-        s = _scale_from_amax(amax, FMAX)
+        s = _scale_from_amax(_ub_amax(amax, ub, UB), FMAX)
         inv = tl.math.div_rn(tl.full([ROWS], 1.0, tl.float32), s)
         tl.store(s_ptr + rows * stride_sm, s, mask=rmask)
         for k0 in range(0, K, BLOCK_K):
@@ -180,30 +231,122 @@ def _rows_block(x_ptr, q_ptr, s_ptr, pid, M, K, stride_xm, stride_qm, stride_sm,
 
 
 @triton.jit
-def _quant_rows_kernel(x_ptr, q_ptr, s_ptr, M, K, stride_xm, stride_qm, stride_sm, FMAX: tl.constexpr,
-                       GROUP: tl.constexpr, ROWS: tl.constexpr, BLOCK_K: tl.constexpr,
-                       SINGLE: tl.constexpr):
-    """Dynamic per-row or per-(1, GROUP) block quantization, ROWS rows per program."""
-    _rows_block(x_ptr, q_ptr, s_ptr, tl.program_id(0), M, K, stride_xm, stride_qm, stride_sm, FMAX, GROUP, ROWS,
-                BLOCK_K, SINGLE)
+def _quant_rows_kernel(x_ptr, q_ptr, s_ptr, ub, M, K, stride_xm, stride_qm, stride_sm, FMAX: tl.constexpr,
+                       GROUP: tl.constexpr, GP: tl.constexpr, ROWS: tl.constexpr, BLOCK_K: tl.constexpr,
+                       SINGLE: tl.constexpr, UB: tl.constexpr):
+    """Dynamic per-row or per-(1, GROUP) group quantization, ROWS rows per program."""
+    _rows_block(x_ptr, q_ptr, s_ptr, ub, tl.program_id(0), M, K, stride_xm, stride_qm, stride_sm, FMAX, GROUP, GP,
+                ROWS, BLOCK_K, SINGLE, UB)
 
 
 @triton.jit
-def _quant_block_kernel(x_ptr, q_ptr, s_ptr, M, K, stride_xm, stride_qm, stride_sm, FMAX: tl.constexpr,
-                        BM: tl.constexpr, BK: tl.constexpr):
-    """Dynamic (BM, BK)-block quantization: one program per block, one pass."""
-    pid_m = tl.program_id(0)
+def _block_range(pid, n, B: tl.constexpr):
+    """``[lo, hi)`` of block ``pid`` along a dim of size ``n`` (B == -1: the whole dim)."""
+    if B == -1:
+        lo = pid.to(tl.int64) * 0
+        hi = lo + n
+    else:
+        lo = pid.to(tl.int64) * B
+        hi = tl.minimum(lo + B, n)
+    return lo, hi
+
+
+@triton.jit
+def _block_amax(x_ptr, r0, r1, c0, c1, stride_xm, TILE_M: tl.constexpr, TILE_K: tl.constexpr):
+    """amax of ``x[r0:r1, c0:c1]`` in TILE_M x TILE_K tiles (a per-row accumulator, as _amax_rows_kernel)."""
+    rr = tl.arange(0, TILE_M)
+    cc = tl.arange(0, TILE_K)
+    acc = tl.zeros([TILE_M], dtype=tl.float32)
+    for r in range(r0, r1, TILE_M):
+        rows = r + rr
+        for c in range(c0, c1, TILE_K):
+            cols = c + cc
+            mask = (rows < r1)[:, None] & (cols < c1)[None, :]
+            x = tl.load(x_ptr + rows[:, None] * stride_xm + cols[None, :], mask=mask, other=0.0)
+            acc = tl.maximum(acc, tl.max(_finite_abs(x), axis=1))
+    return tl.max(acc, axis=0)
+
+
+@triton.jit
+def _block_store(x_ptr, q_ptr, inv, r0, r1, c0, c1, stride_xm, stride_qm, FMAX: tl.constexpr,
+                 TILE_M: tl.constexpr, TILE_K: tl.constexpr):
+    """``q[r0:r1, c0:c1] = fp8(x * inv)`` in TILE_M x TILE_K tiles."""
+    rr = tl.arange(0, TILE_M)
+    cc = tl.arange(0, TILE_K)
+    for r in range(r0, r1, TILE_M):
+        rows = r + rr
+        for c in range(c0, c1, TILE_K):
+            cols = c + cc
+            mask = (rows < r1)[:, None] & (cols < c1)[None, :]
+            x = tl.load(x_ptr + rows[:, None] * stride_xm + cols[None, :], mask=mask, other=0.0)
+            tl.store(q_ptr + rows[:, None] * stride_qm + cols[None, :],
+                     _to_fp8(x, inv, FMAX, q_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _tile_mask(idx, n, hi, B: tl.constexpr, T: tl.constexpr):
+    """Lanes of a one-tile block inside the tensor and the block: a tile that is the block (or spans the
+    whole dim) is only cut by the tensor's edge, a wider one (non-power-of-two B) by the block's too."""
+    if B == -1:
+        m = idx < n
+    elif B == T:
+        m = idx < n
+    else:
+        m = idx < hi
+    return m
+
+
+@triton.jit
+def _quant_block_kernel(x_ptr, q_ptr, s_ptr, amax_ptr, ub, M, K, stride_xm, stride_qm, stride_sm, n_split,
+                        rows_per_split, FMAX: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr,
+                        TILE_M: tl.constexpr, TILE_K: tl.constexpr, PHASE: tl.constexpr, UB: tl.constexpr):
+    """Dynamic (BM, BK)-block quantization; -1 is the full extent of that dim. Program (i, k) handles
+    block (i // n_split, k), row split i % n_split.
+
+    PHASE 0: the block fits one TILE_M x TILE_K tile: one pass. 1: one program loops over the block twice
+    (amax, then quantize; the second read mostly from L2). 2 and 3, two launches for few tall blocks
+    ((-1, 128) over a weight) whose rows are split over ``n_split`` programs of ``rows_per_split`` rows:
+    2 takes each split's amax and merges it into ``amax_ptr[block]`` (int32, zeroed) with an atomic max
+    (non-negative floats order as their bits do); 3 quantizes each split from the merged amax, the first
+    split writing the scale. UB: the amax bound, see _ub_amax.
+    """
+    pid0 = tl.program_id(0)
     pid_k = tl.program_id(1)
-    rows = pid_m.to(tl.int64) * BM + tl.arange(0, BM)
-    cols = pid_k.to(tl.int64) * BK + tl.arange(0, BK)
-    mask = (rows < M)[:, None] & (cols < K)[None, :]
-    x = tl.load(x_ptr + rows[:, None] * stride_xm + cols[None, :], mask=mask, other=0.0)
-    amax = tl.max(tl.max(_finite_abs(x), axis=1), axis=0)
-    s = _scale_from_amax(amax, FMAX)
-    inv = tl.math.div_rn(1.0, s)
-    tl.store(q_ptr + rows[:, None] * stride_qm + cols[None, :], _to_fp8(x, inv, FMAX, q_ptr.dtype.element_ty),
-             mask=mask)
-    tl.store(s_ptr + pid_m.to(tl.int64) * stride_sm + pid_k, s)
+    pid_m = pid0 // n_split
+    split = pid0 % n_split
+    r_lo, r_hi = _block_range(pid_m, M, BM)
+    c_lo, c_hi = _block_range(pid_k, K, BK)
+    s_off = pid_m.to(tl.int64) * stride_sm + pid_k
+    if PHASE == 0:
+        rows = r_lo + tl.arange(0, TILE_M)
+        cols = c_lo + tl.arange(0, TILE_K)
+        mask = _tile_mask(rows, M, r_hi, BM, TILE_M)[:, None] & _tile_mask(cols, K, c_hi, BK, TILE_K)[None, :]
+        x = tl.load(x_ptr + rows[:, None] * stride_xm + cols[None, :], mask=mask, other=0.0)
+        amax = _ub_amax(tl.max(tl.max(_finite_abs(x), axis=1), axis=0), ub, UB)
+        s = _scale_from_amax(amax, FMAX)
+        inv = tl.math.div_rn(1.0, s)
+        tl.store(q_ptr + rows[:, None] * stride_qm + cols[None, :], _to_fp8(x, inv, FMAX, q_ptr.dtype.element_ty),
+                 mask=mask)
+        tl.store(s_ptr + s_off, s)
+    elif PHASE == 1:
+        amax = _ub_amax(_block_amax(x_ptr, r_lo, r_hi, c_lo, c_hi, stride_xm, TILE_M, TILE_K), ub, UB)
+        s = _scale_from_amax(amax, FMAX)
+        tl.store(s_ptr + s_off, s)
+        _block_store(x_ptr, q_ptr, tl.math.div_rn(1.0, s), r_lo, r_hi, c_lo, c_hi, stride_xm, stride_qm, FMAX,
+                     TILE_M, TILE_K)
+    else:
+        r0 = r_lo + split * rows_per_split
+        r1 = tl.minimum(r0 + rows_per_split, r_hi)
+        if PHASE == 2:
+            amax = _block_amax(x_ptr, r0, r1, c_lo, c_hi, stride_xm, TILE_M, TILE_K)
+            tl.atomic_max(amax_ptr + s_off, amax.to(tl.int32, bitcast=True))
+        else:
+            amax = _ub_amax(tl.load(amax_ptr + s_off).to(tl.float32, bitcast=True), ub, UB)
+            s = _scale_from_amax(amax, FMAX)
+            if split == 0:
+                tl.store(s_ptr + s_off, s)
+            _block_store(x_ptr, q_ptr, tl.math.div_rn(1.0, s), r0, r1, c_lo, c_hi, stride_xm, stride_qm, FMAX,
+                         TILE_M, TILE_K)
 
 
 @triton.jit
@@ -266,8 +409,8 @@ def _gemm_prep_kernel(a_ptr, qa_ptr, sa_ptr, M, K, stride_am, stride_qam, n_a,
     after (bottom-up), are the freshest in L2."""
     pid = tl.program_id(0)
     if pid < n_a:
-        _rows_block(a_ptr, qa_ptr, sa_ptr, pid, M, K, stride_am, stride_qam, 1, FMAX, BLOCK_K, ROWS, BLOCK_K,
-                    SINGLE)
+        _rows_block(a_ptr, qa_ptr, sa_ptr, sa_ptr, pid, M, K, stride_am, stride_qam, 1, FMAX, BLOCK_K, BLOCK_K, ROWS,
+                    BLOCK_K, SINGLE, 0)
     else:
         p = pid - n_a
         _col_amax_block(b_ptr, part_ptr, p % n_cb, p // n_cb, K, N, stride_bk, stride_bn, rows_per_split, CB_R,
@@ -383,8 +526,11 @@ MAX_PARTIALS = 1024
 
 
 def row_config(K: int, group: int | None = None) -> dict:
-    """Per-row / (1, group) kernel config: BLOCK_K, ROWS per program, num_warps, SINGLE."""
-    need = max(K, group or 1)
+    """Per-row / (1, group) kernel config: BLOCK_K, ROWS per program, num_warps, SINGLE, and GP (the
+    padded group: BLOCK_K // GP groups per row and tile)."""
+    gp = None if group is None else next_power_of_2(group)
+    # the tile's lanes a row needs: K, or its groups each padded to GP
+    need = max(K, 1) if group is None else cdiv(max(K, 1), group) * gp
     block_k = next((b for b in ROW_BLOCKS if b >= need), ROW_BLOCKS[-1])
     single = need <= block_k
     if group is not None and not single:
@@ -393,13 +539,61 @@ def row_config(K: int, group: int | None = None) -> dict:
         single = True
     # ~4096 elements per program: enough bytes in flight per SM without starving the grid of programs.
     rows = max(1, 4096 // block_k)
-    warps = 8 if block_k * rows >= 8192 else 4
-    return {"BLOCK_K": block_k, "ROWS": rows, "num_warps": warps, "SINGLE": single}
+    gp = gp or block_k
+    # the masked [ROWS, groups, GP] tile of a non-power-of-two group: 4 warps spilled (K256 g100, sm_89/90)
+    warps = 8 if block_k * rows >= 8192 or (group is not None and gp != group) else 4
+    return {"BLOCK_K": block_k, "ROWS": rows, "num_warps": warps, "SINGLE": single, "GP": gp}
 
 
 def _block_warps(bm: int, bk: int) -> int:
     """Warps for one (bm, bk) block: ~1024 elements per warp (128x128 spilled 16-28 B with 8 warps)."""
     return max(4, min(16, bm * bk // 1024))
+
+
+#: (1, g) groups up to this (padded) size take the per-row kernel; longer ones the block kernel.
+MAX_ROW_GROUP = ROW_BLOCKS[-1]
+#: A (bm, bk) block up to this many (padded) elements is one tile of one program, read once.
+BLOCK_TILE_MAX = 16384
+#: Tile of the looping block kernel (larger blocks, and -1 dims that do not fit one tile).
+BLOCK_LOOP_ELEMS = 4096
+
+
+def block_dims(M: int, K: int, bm: int, bk: int) -> tuple[int, int]:
+    """``(bm, bk)`` with -1 (the full extent) resolved for an ``[M, K]`` view."""
+    return (max(M, 1) if bm == -1 else bm), (max(K, 1) if bk == -1 else bk)
+
+
+def block_grid(M: int, K: int, bm: int, bk: int) -> tuple[int, int]:
+    """Shape of the block scales: ``[ceil(M/bm), ceil(K/bk)]``, 1 along a -1 dim (one group)."""
+    return (1 if bm == -1 else cdiv(M, bm)), (1 if bk == -1 else cdiv(K, bk))
+
+
+def uses_row_kernel(bm: int, bk: int) -> bool:
+    """(1, g) groups (g up to MAX_ROW_GROUP, or -1: per row) go through the per-row kernel."""
+    return bm == 1 and (bk == -1 or next_power_of_2(bk) <= MAX_ROW_GROUP)
+
+
+def block_config(M: int, K: int, bm: int, bk: int, sms: int) -> dict:
+    """Config of ``_quant_block_kernel`` for (bm, bk) blocks of ``[M, K]`` on a GPU with ``sms`` SMs: the
+    tile, PHASE (0 one tile per block, 1 a looping program per block, 2+3 row splits of few tall blocks),
+    ``n_split`` / ``rows_per_split`` and num_warps. A pure function of its arguments."""
+    em, ek = block_dims(M, K, bm, bk)
+    gm, gk = block_grid(M, K, bm, bk)
+    pm, pk = next_power_of_2(em), next_power_of_2(ek)
+    if pm * pk <= BLOCK_TILE_MAX:
+        return {"PHASE": 0, "TILE_M": pm, "TILE_K": pk, "n_split": 1, "rows_per_split": em,
+                "num_warps": _block_warps(pm, pk)}
+    tk = min(pk, 1024)
+    tm = min(pm, max(1, BLOCK_LOOP_ELEMS // tk))
+    n_split, per = 1, em
+    want = 2 * sms
+    if gm * gk < want and em > 2 * tm:
+        # too few blocks to fill the GPU: split each block's rows over several programs
+        n_split = min(cdiv(want, gm * gk), cdiv(em, tm))
+        per = cdiv(cdiv(em, n_split), tm) * tm
+        n_split = cdiv(em, per)
+    return {"PHASE": 1 if n_split == 1 else 2, "TILE_M": tm, "TILE_K": tk, "n_split": n_split,
+            "rows_per_split": per, "num_warps": 8 if tm * tk >= 4096 else 4}
 
 
 def tile_config(R: int, C: int, transposed: bool = False) -> tuple[int, int, int]:
@@ -422,35 +616,79 @@ def _grid_rows(R: int, device: torch.device) -> tuple[int, int]:
     return cdiv(R, per), per
 
 
+def _row_slice(K: int, group: int | None) -> int | None:
+    """Width of the column slices (1, group) rows longer than the largest tile are launched over: a whole
+    number of groups per tile; None when the row is not sliced."""
+    if group is None:
+        return None
+    cfg = row_config(K, group)
+    width = (cfg["BLOCK_K"] // cfg["GP"]) * group
+    return None if K <= width else width
+
+
 def rows_sliced(K: int, group: int | None) -> bool:
     """(1, group) rows longer than the largest tile: launched per column slice, on 2-D views."""
-    return group is not None and K > row_config(K, group)["BLOCK_K"]
+    return _row_slice(K, group) is not None
 
 
 def rows_step(M: int, K: int, stride_xm: int, stride_qm: int, stride_sm: int, fmax: float,
-              group: int | None):
+              group: int | None, ub_mode: int = 0):
     """Dynamic per-row (``group`` None) or (1, group) quantization of ``x [M, K]`` (K contiguous) into
-    ``q`` (K contiguous) and ``s``: ``run(x, q, s)``; x, q and s must be 2-D when ``rows_sliced``."""
+    ``q`` (K contiguous) and ``s``: ``run(x, q, s, ub=0.0)``; x, q and s must be 2-D when ``rows_sliced``.
+    ``ub_mode``: 0 no amax bound, 1 ``ub`` a 1-element fp32 tensor, 2 ``ub`` a float (see _ub_amax)."""
     cfg = row_config(K, group)
-    if rows_sliced(K, group):
-        # Long rows with (1, group) blocks: one launch per column slice of BLOCK_K (a multiple of group;
-        # slices start at multiples of 8192 elements, so their alignment is the tensor's).
-        bk = cfg["BLOCK_K"]
-        parts = [(k0, min(bk, K - k0), rows_step(M, min(bk, K - k0), stride_xm, stride_qm, stride_sm, fmax, group))
-                 for k0 in range(0, K, bk)]
+    width = _row_slice(K, group)
+    if width is not None:
+        # Long rows with (1, group) groups: one launch per column slice of whole groups.
+        parts = [(k0, min(width, K - k0),
+                  rows_step(M, min(width, K - k0), stride_xm, stride_qm, stride_sm, fmax, group, ub_mode))
+                 for k0 in range(0, K, width)]
 
-        def run_sliced(x, q, s):
+        def run_sliced(x, q, s, ub=0.0):
             for k0, kk, step in parts:
-                step(x[:, k0:k0 + kk], q[:, k0:k0 + kk], s[:, k0 // group:])
+                step(x[:, k0:k0 + kk], q[:, k0:k0 + kk], s[:, k0 // group:], ub)
         return run_sliced
     launch = KernelLaunch(_quant_rows_kernel, (cdiv(M, cfg["ROWS"]),),
-                          dict(FMAX=fmax, GROUP=group or cfg["BLOCK_K"], ROWS=cfg["ROWS"], BLOCK_K=cfg["BLOCK_K"],
-                               SINGLE=cfg["SINGLE"]), num_warps=cfg["num_warps"])
+                          dict(FMAX=fmax, GROUP=group or cfg["BLOCK_K"], GP=cfg["GP"], ROWS=cfg["ROWS"],
+                               BLOCK_K=cfg["BLOCK_K"], SINGLE=cfg["SINGLE"], UB=ub_mode), num_warps=cfg["num_warps"])
     ints = (M, K, stride_xm, stride_qm, stride_sm)
 
-    def run(x, q, s):
-        launch(x, q, s, *ints)
+    def run(x, q, s, ub=0.0):
+        launch(x, q, s, ub, *ints)
     return run
+
+
+def blocks_step(M: int, K: int, stride_xm: int, stride_qm: int, bm: int, bk: int, fmax: float,
+                device: torch.device, ub_mode: int = 0):
+    """Dynamic (bm, bk)-block quantization of ``x [M, K]`` (K contiguous) into ``q`` (K contiguous) and
+    ``s [gm, gk]`` (``_quant_block_kernel``): ``run(x, q, s, ub=0.0)``; ``ub_mode`` as for rows_step."""
+    cfg = block_config(M, K, bm, bk, num_sms(device))
+    gm, gk = block_grid(M, K, bm, bk)
+    n_split = cfg["n_split"]
+    const = dict(FMAX=fmax, BM=bm, BK=bk, TILE_M=cfg["TILE_M"], TILE_K=cfg["TILE_K"], UB=ub_mode)
+    ints = (M, K, stride_xm, stride_qm, gk, n_split, cfg["rows_per_split"])
+    if cfg["PHASE"] < 2:
+        launch = KernelLaunch(_quant_block_kernel, (gm, gk), dict(const, PHASE=cfg["PHASE"]),
+                              num_warps=cfg["num_warps"])
+
+        def run(x, q, s, ub=0.0):
+            launch(x, q, s, s, ub, *ints)
+        return run
+    amax = KernelLaunch(_quant_block_kernel, (gm * n_split, gk), dict(const, PHASE=2), num_warps=cfg["num_warps"])
+    quant = KernelLaunch(_quant_block_kernel, (gm * n_split, gk), dict(const, PHASE=3), num_warps=cfg["num_warps"])
+
+    def run_split(x, q, s, ub=0.0):
+        part = torch.zeros(gm, gk, dtype=torch.int32, device=device)  # amax bits, merged by atomic max
+        amax(x, q, s, part, ub, *ints)
+        quant(x, q, s, part, ub, *ints)
+    return run_split
+
+
+def _block_tile_args(M: int, K: int, bm: int, bk: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """``(BM, BK)`` and the scale strides for ``_scale_tile_kernel`` MODE 4 over ``[gm, gk]`` block scales:
+    a -1 dim becomes block size 1 with scale stride 0 (every row / column reads the one group's scale)."""
+    gm, gk = block_grid(M, K, bm, bk)
+    return (1 if bm == -1 else bm, 1 if bk == -1 else bk), (0 if bm == -1 else gk, 0 if bk == -1 else 1)
 
 
 def scale_tiles_step(R: int, C: int, x_strides, y_strides, s_strides, mode: int, fmax: float, *, dequant: bool,
@@ -636,7 +874,7 @@ def scale_shape(shape: tuple[int, ...], granularity: str, block_size: tuple[int,
     if granularity == "column":
         return (1,) * (len(shape) - 1) + (K,)
     bm, bk = block_size
-    return (cdiv(M, bm), cdiv(K, bk))
+    return block_grid(M, K, bm, bk)
 
 
 #: Attribute set on the scale tensors dynamic quantization returns: ``(id, data_ptr, version)`` at creation.
@@ -664,11 +902,12 @@ def _marked_valid(t: torch.Tensor) -> bool:
 
 
 def _plan_quantize(x: torch.Tensor, fmt: str, granularity: str, bm: int, bk: int, has_scale: bool,
-                   transpose_out: bool = False, mark_valid: bool = False):
-    """A quantization plan for x's signature: ``run(x, scale) -> (q, s)``. ``transpose_out`` (2-D x,
-    column granularity only) writes q as the contiguous ``[K, M]`` transpose, returned as a ``[M, K]`` view
-    (fp8_gemm's K-major weights). ``mark_valid``: remember the dynamic scales it returns as valid (finite,
-    >= 2^-126 by construction), so fp8_gemm's ``check_scales`` needs no device sync for them."""
+                   transpose_out: bool = False, mark_valid: bool = False, ub_mode: int = 0):
+    """A quantization plan for x's signature: ``run(x, scale, ub=None) -> (q, s)``. ``transpose_out`` (2-D
+    x, column granularity only) writes q as the contiguous ``[K, M]`` transpose, returned as a ``[M, K]``
+    view (fp8_gemm's K-major weights). ``mark_valid``: remember the dynamic scales it returns as valid
+    (finite, >= 2^-126 by construction), so fp8_gemm's ``check_scales`` needs no device sync for them.
+    ``ub_mode`` (dynamic row / block only): 0 no ``scale_ub``, 1 ``ub`` a 1-element fp32 tensor, 2 a float."""
     dtype = _FMT_DTYPE[fmt]
     fmax = FP8_MAX[dtype]
     dev = x.device
@@ -682,13 +921,13 @@ def _plan_quantize(x: torch.Tensor, fmt: str, granularity: str, bm: int, bk: int
         return torch.empty(shape, dtype=dtype, device=dev)
 
     if x.numel() == 0:
-        def run_empty(x, scale):
+        def run_empty(x, scale, ub=None):
             s = torch.ones(s_shape, dtype=torch.float32, device=dev) if scale is None else \
                 scale.to(torch.float32).reshape(s_shape).clone()
             return alloc_q(), s
         return run_empty
     if _on_sm80(dev):
-        return lambda x, scale: _quantize_torch(x, dtype, granularity, block, scale, alloc_q())
+        return lambda x, scale, ub=None: _quantize_torch(x, dtype, granularity, block, scale, alloc_q(), ub)
     # The column path's kernels take any strides (a transposed weight w.t() is read in place).
     col2d = granularity == "column" and x.dim() == 2
     x2 = x if col2d else _as_2d(x)
@@ -703,11 +942,14 @@ def _plan_quantize(x: torch.Tensor, fmt: str, granularity: str, bm: int, bk: int
 
     if has_scale:
         mode = {"tensor": 0, "row": 2, "column": 3, "block": 4}[granularity]
-        ss = (1, 0) if granularity == "row" else (0, 1) if granularity == "column" else \
-            (0, 0) if mode == 0 else (cdiv(K, bk), 1)
-        step = scale_tiles_step(M, K, xs, qs, ss, mode, fmax, dequant=False, block=block or (1, 1))
+        tile_block = (1, 1)
+        if mode == 4:
+            tile_block, ss = _block_tile_args(M, K, bm, bk)
+        else:
+            ss = (1, 0) if mode == 2 else (0, 1) if mode == 3 else (0, 0)
+        step = scale_tiles_step(M, K, xs, qs, ss, mode, fmax, dequant=False, block=tile_block)
 
-        def run_static(x, scale):
+        def run_static(x, scale, ub=None):
             s = scale.to(torch.float32).reshape(s_shape).contiguous()
             if s.data_ptr() == scale.data_ptr():
                 s = s.clone()  # never hand back the caller's tensor as an output
@@ -716,32 +958,31 @@ def _plan_quantize(x: torch.Tensor, fmt: str, granularity: str, bm: int, bk: int
             return q, s
         return run_static
 
-    if granularity in ("row", "block") and (granularity == "row" or bm == 1):
-        group = None if granularity == "row" else bk
+    if granularity == "row" or (granularity == "block" and uses_row_kernel(bm, bk)):
+        group = None if granularity == "row" or bk == -1 else bk
         s2_shape = (M, 1) if group is None else (M, cdiv(K, bk))
-        step = rows_step(M, K, xs[0], K, s2_shape[1], fmax, group)
+        step = rows_step(M, K, xs[0], K, s2_shape[1], fmax, group, ub_mode)
         sliced = rows_sliced(K, group)
 
-        def run_rows(x, scale):
+        def run_rows(x, scale, ub=None):
             q = alloc_q()
-            s = torch.empty(s_shape if group is None else s2_shape, dtype=torch.float32, device=dev)
+            s = torch.empty(s_shape if granularity == "row" else s2_shape, dtype=torch.float32, device=dev)
+            u = 0.0 if ub is None else ub
             if sliced:
-                step(_as_2d(x), q.view(M, K), s)
+                step(_as_2d(x), q.view(M, K), s, u)
             else:
-                step(src(x), q, s)
+                step(src(x), q, s, u)
             if keep is not None:
                 keep(s)
             return q, s
         return run_rows
     if granularity == "block":
-        launch = KernelLaunch(_quant_block_kernel, (cdiv(M, bm), cdiv(K, bk)), dict(FMAX=fmax, BM=bm, BK=bk),
-                              num_warps=_block_warps(bm, bk))
-        ints = (M, K, xs[0], K, cdiv(K, bk))
+        step = blocks_step(M, K, xs[0], K, bm, bk, fmax, dev, ub_mode)
 
-        def run_block(x, scale):
+        def run_block(x, scale, ub=None):
             q = alloc_q()
-            s = torch.empty(cdiv(M, bm), cdiv(K, bk), dtype=torch.float32, device=dev)
-            launch(src(x), q, s, *ints)
+            s = torch.empty(s_shape, dtype=torch.float32, device=dev)
+            step(src(x), q, s, 0.0 if ub is None else ub)
             if keep is not None:
                 keep(s)
             return q, s
@@ -749,7 +990,7 @@ def _plan_quantize(x: torch.Tensor, fmt: str, granularity: str, bm: int, bk: int
     if granularity == "tensor":
         step = tensor_quant_step(M, K, xs, qs, fmax, dev)
 
-        def run_tensor(x, scale):
+        def run_tensor(x, scale, ub=None):
             q = alloc_q()
             s = step(src(x), q)
             if keep is not None:
@@ -759,7 +1000,7 @@ def _plan_quantize(x: torch.Tensor, fmt: str, granularity: str, bm: int, bk: int
     # column
     step = cols_step(M, K, xs, qs, fmax, dev)
 
-    def run_cols(x, scale):
+    def run_cols(x, scale, ub=None):
         q = alloc_q()
         s = torch.empty(s_shape, dtype=torch.float32, device=dev)
         step(src(x), q, s)
@@ -770,45 +1011,59 @@ def _plan_quantize(x: torch.Tensor, fmt: str, granularity: str, bm: int, bk: int
 
 
 def _quantize_impl(x: torch.Tensor, fmt: str, granularity: str, bm: int, bk: int,
-                   scale: torch.Tensor | None, transpose_out: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                   scale: torch.Tensor | None, transpose_out: bool = False,
+                   scale_ub: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Launcher (x validated), planned for this one call: the custom op's implementation."""
-    return _plan_quantize(x, fmt, granularity, bm, bk, scale is not None, transpose_out)(x, scale)
+    return _plan_quantize(x, fmt, granularity, bm, bk, scale is not None, transpose_out,
+                          ub_mode=0 if scale_ub is None else 1)(x, scale, scale_ub)
 
 
-def _quantize_torch(x, dtype, granularity, block, scale, q):
-    """Same semantics with PyTorch ops (sm_80: no FP8 conversion instructions for Triton)."""
+def _quantize_torch(x, dtype, granularity, block, scale, q, scale_ub=None):
+    """Same semantics with PyTorch ops (sm_80: no FP8 conversion instructions for Triton). ``scale_ub``: a
+    float or a 1-element tensor bounding the dynamic amax."""
     xf = x.float()
     fmax = FP8_MAX[dtype]
     ax = xf.abs()
     ax = torch.where(torch.isfinite(ax), ax, torch.zeros((), device=x.device))
     s_shape = scale_shape(tuple(x.shape), granularity, block)
+    K = x.shape[-1] if x.dim() else 1
     if scale is None:
         if granularity == "tensor":
             amax = ax.amax()
         elif granularity == "row":
             amax = ax.amax(dim=-1, keepdim=True)
         elif granularity == "column":
-            amax = ax.reshape(-1, x.shape[-1]).amax(dim=0).reshape(s_shape)
+            amax = ax.reshape(-1, K).amax(dim=0).reshape(s_shape)
         else:
-            bm, bk = block
-            a2 = ax.reshape(-1, x.shape[-1])
-            M, K = a2.shape
-            pad = torch.zeros(cdiv(M, bm) * bm, cdiv(K, bk) * bk, device=x.device)
+            a2 = ax.reshape(-1, K)
+            M = a2.shape[0]
+            em, ek = block_dims(M, K, *block)
+            gm, gk = s_shape
+            pad = torch.zeros(gm * em, gk * ek, device=x.device)
             pad[:M, :K] = a2
-            amax = pad.reshape(cdiv(M, bm), bm, cdiv(K, bk), bk).amax(dim=(1, 3))
+            amax = pad.reshape(gm, em, gk, ek).amax(dim=(1, 3))
+        if scale_ub is not None:
+            ub = scale_ub.to(torch.float32).reshape(()) if isinstance(scale_ub, torch.Tensor) else \
+                torch.tensor(scale_ub, dtype=torch.float32, device=x.device)
+            amax = torch.minimum(amax, ub)
         s = torch.where(amax > 0, amax / fmax, torch.ones((), device=x.device)).clamp_min(MIN_SCALE)
     else:
         s = scale.to(torch.float32).reshape(s_shape)
     if granularity == "block":
-        bm, bk = block
-        x2 = xf.reshape(-1, x.shape[-1])
-        full = s.repeat_interleave(bm, 0).repeat_interleave(bk, 1)[: x2.shape[0], : x2.shape[1]].reshape(x.shape)
+        full = _expand_block_scales(s, xf.reshape(-1, K).shape, block).reshape(x.shape)
     else:
         full = s
     v = (xf * (1.0 / full)).clamp(-fmax, fmax)
     v = torch.where(torch.isnan(xf), xf, v)
     q.copy_(v.to(dtype))
     return q, s.contiguous()
+
+
+def _expand_block_scales(s: torch.Tensor, shape2: tuple, block) -> torch.Tensor:
+    """Block scales ``[gm, gk]`` repeated over the ``[M, K]`` view (PyTorch ops, for sm_80)."""
+    M, K = shape2
+    em, ek = block_dims(M, K, *block)
+    return s.float().repeat_interleave(em, 0).repeat_interleave(ek, 1)[:M, :K]
 
 
 def _plan_dequantize(q: torch.Tensor, scale: torch.Tensor, granularity: str, bm: int, bk: int,
@@ -823,16 +1078,19 @@ def _plan_dequantize(q: torch.Tensor, scale: torch.Tensor, granularity: str, bm:
             out = torch.empty(shape, dtype=out_dtype, device=dev)
             if granularity == "block":
                 q2 = q.reshape(-1, q.shape[-1]).float()
-                full = scale.float().repeat_interleave(bm, 0).repeat_interleave(bk, 1)[: q2.shape[0], : q2.shape[1]]
-                return out.copy_((q2 * full).reshape(shape))
+                return out.copy_((q2 * _expand_block_scales(scale, q2.shape, (bm, bk))).reshape(shape))
             return out.copy_(q.float() * scale.float().reshape(scale_shape(shape, granularity, None)))
         return run_torch
     q2 = _as_2d(q)
     direct = _same_memory(q2, q)
     R, C = q2.shape
     mode = {"tensor": 0, "row": 2, "column": 3, "block": 4}[granularity]
-    ss = (1, 0) if mode == 2 else (0, 1) if mode == 3 else (0, 0) if mode == 0 else (scale.shape[-1], 1)
-    step = scale_tiles_step(R, C, q2.stride(), (C, 1), ss, mode, 0.0, dequant=True, block=(bm, bk))
+    tile_block = (1, 1)
+    if mode == 4:
+        tile_block, ss = _block_tile_args(R, C, bm, bk)
+    else:
+        ss = (1, 0) if mode == 2 else (0, 1) if mode == 3 else (0, 0)
+    step = scale_tiles_step(R, C, q2.stride(), (C, 1), ss, mode, 0.0, dequant=True, block=tile_block)
     as_is = scale.dtype == torch.float32 and scale.is_contiguous()
 
     def run(q, scale):
@@ -854,12 +1112,13 @@ def _dequantize_impl(q: torch.Tensor, scale: torch.Tensor, granularity: str, bm:
 
 @torch.library.custom_op("triton_ops::fp8_quantize", mutates_args=())
 def _fp8_quantize_op(x: torch.Tensor, fmt: str, granularity: str, bm: int, bk: int,
-                     scale: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    return _quantize_impl(x, fmt, granularity, bm, bk, scale)
+                     scale: torch.Tensor | None, scale_ub: torch.Tensor | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    return _quantize_impl(x, fmt, granularity, bm, bk, scale, scale_ub=scale_ub)
 
 
 @_fp8_quantize_op.register_fake
-def _(x, fmt, granularity, bm, bk, scale):
+def _(x, fmt, granularity, bm, bk, scale, scale_ub=None):
     block = (bm, bk) if granularity == "block" else None
     q = x.new_empty(x.shape, dtype=_FMT_DTYPE[fmt])
     return q, x.new_empty(scale_shape(tuple(x.shape), granularity, block), dtype=torch.float32)
@@ -907,16 +1166,44 @@ def _check_block(granularity: str, block_size) -> tuple[int, int]:
         pair = ()
     if len(pair) != 2:
         raise InvalidArgumentError(f"block_size must be a pair of ints, got {block_size!r}")
-    # (1.5, 128) or ("1", 128) are refused, not truncated
+    # (1.5, 128), (1.0, 128), ("1", 128) or (True, 128) are refused, not truncated
     bm, bk = (check_int(v, f"block_size[{i}]") for i, v in enumerate(pair))
-    ok_k = bk >= 16 and bk <= 256 and bk & (bk - 1) == 0
-    ok_m = bm == 1 or (16 <= bm <= 256 and bm & (bm - 1) == 0 and bm * bk <= 16384)
-    if not (ok_k and ok_m):
-        raise InvalidArgumentError(
-            f"block_size={block_size!r} is not supported; bk must be a power of two in [16, 256] and bm 1 or a "
-            "power of two in [16, 256] with bm * bk <= 16384, one block per program "
-            "(typical: (1, 128) per token group, (128, 128) for weights)")
+    for i, v in enumerate((bm, bk)):
+        if v < 1 and v != -1:
+            raise InvalidArgumentError(
+                f"block_size={block_size!r} is not supported: block_size[{i}] must be >= 1, or -1 for the full "
+                f"extent of that dim (e.g. (1, 128) per token group, (128, 128) for weights, (-1, 128) per "
+                f"128 columns over all rows), got {v}")
     return bm, bk
+
+
+def _check_scale_ub(scale_ub, granularity: str, has_scale: bool, x: torch.Tensor, check: bool):
+    """``scale_ub`` validated: None, a Python float, or a 1-element fp32 tensor on x's device."""
+    if scale_ub is None:
+        return None
+    if has_scale:
+        raise InvalidArgumentError("scale_ub bounds dynamic scales; it cannot be combined with a given scale")
+    if granularity not in UB_GRANULARITIES:
+        raise InvalidArgumentError(f"scale_ub is supported with granularity in {UB_GRANULARITIES} (dynamic), not "
+                                   f"{granularity!r}")
+    if isinstance(scale_ub, torch.Tensor):
+        check_tensor(scale_ub, "scale_ub")
+        check_dtype(scale_ub, "scale_ub", (torch.float32,))
+        if scale_ub.numel() != 1:
+            raise ShapeError(f"scale_ub must hold one value (a 0-d fp32 tensor), got shape {tuple(scale_ub.shape)}")
+        check_same_device({"x": x, "scale_ub": scale_ub})
+        if check:
+            check_scale_values(scale_ub, "scale_ub")
+        return scale_ub
+    if isinstance(scale_ub, (bool, np.bool_)) or not isinstance(scale_ub, (int, float, np.integer, np.floating)):
+        raise InvalidArgumentError(f"scale_ub must be a float or a 0-d fp32 tensor, got {type(scale_ub).__name__} "
+                                   f"{scale_ub!r}")
+    v = float(scale_ub)
+    # finite and > 0 once rounded to fp32: above half the smallest subnormal (2^-150 rounds to 0) and below
+    # the midpoint between fp32's largest value and 2^128 (which rounds to inf)
+    if not (2.0**-150 < v < 2.0**128 - 2.0**103):
+        raise InvalidArgumentError(f"scale_ub must be finite and > 0 in fp32, got {scale_ub!r}")
+    return v
 
 
 def _skip_value_checks() -> bool:
@@ -975,24 +1262,48 @@ _dequant_plans = PlanCache("dequantize_fp8")
 
 def quantize_fp8(x: torch.Tensor, *, dtype: torch.dtype = torch.float8_e4m3fn, granularity: str = "tensor",
                  block_size: tuple[int, int] | None = None, scale: torch.Tensor | None = None,
-                 check_scale: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+                 check_scale: bool = True, scale_ub: float | torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Quantize ``x`` (fp16/bf16/fp32) to FP8; returns ``(q, scale)`` with ``x ~= q.float() * scale``.
 
     granularity: "tensor" (scale ``[]``), "row" (per token, ``[*lead, 1]``), "column" (per channel over
-    the last dim, ``[1, K]``) or "block" with ``block_size=(1, 128)`` or ``(128, 128)`` over the ``[M, K]``
-    view (scale ``[ceil(M/bm), ceil(K/bk)]``). ``scale=None`` computes it from the amax (dynamic, no host
-    sync); a given scale is used as is (static). ``check_scale`` verifies a static scale is finite and
-    positive (one host sync per new scale tensor or version, skipped under torch.compile / CUDA-graph
-    capture).
+    the last dim, ``[1, K]``) or "block" with ``block_size=(bm, bk)`` over the ``[M, K]`` view of the
+    leading dims (scale ``[ceil(M/bm), ceil(K/bk)]``, fp32). Any ``bm, bk >= 1`` works, and -1 stands for
+    the full extent of that dim (vLLM's ``GroupShape``): ``(1, 128)`` / ``(1, 64)`` / ``(1, 32)`` /
+    ``(1, 16)`` or ``(1, g)`` for any g are per-token groups, ``(128, 128)`` / ``(4, 256)`` 2-D blocks,
+    ``(-1, 128)`` one scale per 128 columns over all rows (scale ``[1, ceil(K/128)]``), ``(1, -1)`` per
+    row (scale ``[M, 1]``) and ``(-1, -1)`` one scale (``[1, 1]``). A group that K (or M) does not divide
+    is ragged: the last one holds fewer values.
+
+    ``scale=None`` computes the scale from the amax (dynamic, no host sync): ``scale = amax / fmax`` (448
+    for e4m3fn, 57344 for e5m2) with NaN and +-inf left out of the amax. An all-zero group (or one holding
+    only NaN/inf) gets scale 1 -- vLLM floors it at ``1 / (fmax * 512)`` instead; the codes are 0 and
+    dequantize to 0 either way -- and a scale is never below 2^-126, so ``1 / scale`` is finite: a group
+    of tiny values (1e-30, subnormals) gets a tiny finite scale and dequantizes close to itself. A given
+    scale is used as is (static). ``check_scale`` verifies a static scale (and a ``scale_ub`` tensor) is
+    finite and positive (one host sync per new tensor or version, skipped under torch.compile /
+    CUDA-graph capture).
+
+    ``scale_ub`` (dynamic "row" and "block" only; vLLM's ``scaled_fp8_quant(..., scale_ub=)``): an upper
+    bound on each group's *amax* (not on the scale), a float or a one-element fp32 tensor on x's device:
+    ``scale = max(min(amax, scale_ub) / fmax, 2^-126)`` (1 for an all-zero group); values above
+    ``scale_ub`` then saturate to +-fmax. The bound is taken in fp32.
     """
-    key = plan_key(x, scale) if _plain_block(block_size) else None
+    ub = scale_ub
+    if type(ub) is int:
+        ub = float(ub)
+    ub_tensor = ub if type(ub) in (torch.Tensor, torch.nn.Parameter) else None
+    ub_key = None if ub is None else ("f", ub) if type(ub) is float else "t" if ub_tensor is not None else ()
+    key = plan_key(x, scale, ub_tensor) if _plain_block(block_size) and ub_key != () else None
     if key is not None:
-        key = (key, dtype, granularity, block_size, check_scale)
+        key = (key, dtype, granularity, block_size, check_scale, ub_key)
         plan = _quant_plans.get(key)
         if plan is not None:
             if scale is not None and check_scale:
                 check_scale_values(scale, "scale")
-            return plan(x, scale)
+            if ub_tensor is not None and check_scale:
+                check_scale_values(ub_tensor, "scale_ub")
+            return plan(x, scale, ub)
     check_tensor(x, "x")
     check_dtype(x, "x", FLOAT_DTYPES)
     fmt = _check_fp8_dtype(dtype)
@@ -1008,13 +1319,17 @@ def quantize_fp8(x: torch.Tensor, *, dtype: torch.dtype = torch.float8_e4m3fn, g
         check_scale_shape(scale, tuple(x.shape), granularity, (bm, bk), "scale")
         if check_scale:
             check_scale_values(scale, "scale")
+    ub = _check_scale_ub(scale_ub, granularity, scale is not None, x, check_scale)
     check_runnable_device(x.device, "x")
     if key is not None:
         # Plain eager call: plan once per signature, launch directly (no custom-op dispatcher).
+        ub_mode = 0 if ub is None else 2 if isinstance(ub, float) else 1
         plan = _quant_plans.put(key, _plan_quantize(x, fmt, granularity, bm, bk, scale is not None,
-                                                     mark_valid=True))
-        return plan(x, scale)
-    return _fp8_quantize_op(x, fmt, granularity, bm, bk, scale)
+                                                     mark_valid=True, ub_mode=ub_mode))
+        return plan(x, scale, ub)
+    if isinstance(ub, float):
+        ub = torch.full((), ub, dtype=torch.float32, device=x.device)
+    return _fp8_quantize_op(x, fmt, granularity, bm, bk, scale, ub)
 
 
 def dequantize_fp8(q: torch.Tensor, scale: torch.Tensor, *, out_dtype: torch.dtype = torch.float32,
@@ -1022,7 +1337,8 @@ def dequantize_fp8(q: torch.Tensor, scale: torch.Tensor, *, out_dtype: torch.dty
     """``q.float() * scale`` cast to ``out_dtype`` (fp16/bf16/fp32).
 
     The granularity is inferred from the scale's shape when not given (``[]``/``[1]`` tensor, ``[*lead, 1]``
-    row, ``[1, K]`` column); block scales need ``granularity="block", block_size=...``.
+    row, ``[1, K]`` column); block scales need ``granularity="block", block_size=...``, the block size they
+    were made with (every shape :func:`quantize_fp8` takes, -1 included).
     """
     key = plan_key(q, scale) if _plain_block(block_size) else None
     if key is not None:
@@ -1063,22 +1379,28 @@ def dequantize_fp8(q: torch.Tensor, scale: torch.Tensor, *, out_dtype: torch.dty
 
 
 class FP8Quantizer(torch.nn.Module):
-    """Module form of :func:`quantize_fp8` (dynamic scaling)."""
+    """Module form of :func:`quantize_fp8` (dynamic scaling; ``scale_ub`` a float, as there)."""
 
     def __init__(self, dtype: torch.dtype = torch.float8_e4m3fn, granularity: str = "row",
-                 block_size: tuple[int, int] | None = None):
+                 block_size: tuple[int, int] | None = None, scale_ub: float | None = None):
         super().__init__()
         _check_fp8_dtype(dtype)
         if granularity not in GRANULARITIES:
             raise InvalidArgumentError(f"granularity={granularity!r} is not supported; expected one of "
                                        f"{GRANULARITIES}")
         bm, bk = _check_block(granularity, block_size)
+        if scale_ub is not None:
+            if isinstance(scale_ub, torch.Tensor):
+                raise InvalidArgumentError("FP8Quantizer takes scale_ub as a float; pass a tensor bound to "
+                                           "quantize_fp8 directly")
+            scale_ub = _check_scale_ub(scale_ub, granularity, False, None, False)
         # kept as a tuple of ints (a list or numpy ints given), the form the launch plans are keyed on
         block_size = None if block_size is None else (bm, bk)
-        self.dtype, self.granularity, self.block_size = dtype, granularity, block_size
+        self.dtype, self.granularity, self.block_size, self.scale_ub = dtype, granularity, block_size, scale_ub
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return quantize_fp8(x, dtype=self.dtype, granularity=self.granularity, block_size=self.block_size)
+        return quantize_fp8(x, dtype=self.dtype, granularity=self.granularity, block_size=self.block_size,
+                            scale_ub=self.scale_ub)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -1094,4 +1416,5 @@ def compile_specs(arch: int) -> list:
 
 
 __all__ = ["quantize_fp8", "dequantize_fp8", "FP8Quantizer", "FP8_MAX", "MIN_SCALE", "GRANULARITIES",
-           "row_config", "tile_config", "scale_shape", "column_scales", "quantize_operands_for_gemm", "compile_specs"]
+           "UB_GRANULARITIES", "row_config", "block_config", "tile_config", "scale_shape", "column_scales",
+           "quantize_operands_for_gemm", "compile_specs"]
