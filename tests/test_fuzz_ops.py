@@ -444,7 +444,7 @@ def _quant_case(draw):
     if bad == "gran":
         kw["granularity"], error = "channel", _also(error, InvalidArgumentError)
     elif bad == "block":
-        kw["granularity"], kw["block_size"] = "block", draw(st.sampled_from([(1.5, 128), (3, 128), (1, 100), None]))
+        kw["granularity"], kw["block_size"] = "block", draw(st.sampled_from([(1.5, 128), (0, 128), (1, -2), None]))
         error = _also(error, InvalidArgumentError)
     elif bad == "dtype":
         kw["dtype"], error = torch.float16, _also(error, InvalidArgumentError, DTypeError)

@@ -36,7 +36,7 @@ FUSED_NORM = {"llama": "post_attention_layernorm", "phi3": "post_attention_layer
 def _norm_mlp(layer, norm, hidden_states, residual):
     """``mlp(norm(hidden_states + residual))`` and the new residual; FP8 from the norm on for an FP8 MLP."""
     mlp = layer.mlp
-    if isinstance(mlp, FusedMLP) and mlp.is_fp8:
+    if isinstance(mlp, FusedMLP) and mlp.takes_fp8_input:
         q, scale, residual = norm(hidden_states, residual, out_dtype=torch.float8_e4m3fn, out_scaling="token")
         return mlp(q, scale, out_dtype=residual.dtype), residual
     hidden_states, residual = norm(hidden_states, residual)

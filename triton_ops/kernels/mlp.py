@@ -22,6 +22,7 @@ from torch import nn
 
 from ..exceptions import InvalidArgumentError, UnsupportedError
 from ..validation import FLOAT_DTYPES, check_choice, check_float_dtype_or_none, check_int, check_module_device
+from .fp8_gemm import SMALL_M
 from .fp8_linear import FP8Linear
 from .gated_mlp import ACTIVATIONS, FusedGatedMLP, canonical_activation, fused_gated_mlp, quantize_rows_fp8
 
@@ -211,16 +212,33 @@ class FusedMLP(nn.Module):
 
     # --- forward ------------------------------------------------------------------------------------
 
+    @property
+    def takes_fp8_input(self) -> bool:
+        """Whether ``forward`` takes an e4m3 ``x`` with its per-token ``x_scale``: an FP8 module that
+        ``triton_ops.parallel`` has not sharded (the sharded forward takes float activations)."""
+        return self.is_fp8 and getattr(self, "_triton_ops_tp", None) is None
+
     def forward(self, x: torch.Tensor, x_scale: torch.Tensor | None = None, *,
                 out_dtype: torch.dtype | None = None) -> torch.Tensor:
         """The MLP of ``x``. An FP8 module also takes an e4m3 ``x`` with its per-token ``x_scale`` (from
         ``fused_add_rmsnorm(..., out_dtype=torch.float8_e4m3fn, out_scaling="token")``; ``out_dtype``,
-        default bfloat16, is then the output's dtype). In FP8 the gated kernel's epilogue writes
-        ``act(gate) * up`` as e4m3 with (1, 128) block scales, which the down projection reads directly:
-        the [tokens, intermediate] activation crosses memory once, in one byte per element."""
+        default bfloat16, is then the output's dtype). In FP8, above decode sizes (more than
+        ``fp8_gemm.SMALL_M`` = 64 tokens), the gated kernel's epilogue writes ``act(gate) * up`` as e4m3
+        with (1, 128) block scales, which the down projection reads directly: the [tokens, intermediate]
+        activation crosses memory once, in one byte per element. At decode sizes h stays in float and the
+        down projection runs weight-only, as FP8Linear does for float input."""
         if self.is_fp8:
+            if not self.takes_fp8_input:
+                # sharded by triton_ops.parallel: its gate_up and down_proj forwards are the sharded ones
+                if x_scale is not None or out_dtype is not None:
+                    raise UnsupportedError("a tensor-parallel FP8 FusedMLP takes a float x only")
+                return self.down_proj(self.gate_up(x))
             if out_dtype is None:
                 out_dtype = x.dtype if x_scale is None and x.dtype in FLOAT_DTYPES else torch.bfloat16
+            if x.numel() <= SMALL_M * x.shape[-1]:
+                # decode sizes: the down projection streams its e4m3 weights against float activations
+                # (fp8_gemm's weight-only path), so h stays in out_dtype and is not quantized
+                return self.down_proj(self.gate_up(x, x_scale, out_dtype=out_dtype))
             h_q, h_s = self.gate_up(x, x_scale, out_dtype=torch.float8_e4m3fn, out_scaling="block")
             return self.down_proj(h_q, h_s, out_dtype=out_dtype)
         if x_scale is not None or out_dtype is not None:
