@@ -56,10 +56,15 @@ from .rmsnorm_rope import _load_pairs, _pair_offsets, _store_pairs
 #: the rotated gradient, the weight, the dw accumulator and temporaries), about three times the forward,
 #: whose tile holds 8192 16-bit elements: 4096 keeps the Llama/Qwen row of 4096 in one pass.
 MAX_TILE_ELEMS = 4096
-#: Elements of a tile per thread (per tensor: one 16-byte load of a 16-bit s and of dy). At 16 the compile
-#: check spilled 48 bytes on sm_89 for the Llama row (bf16, 32 heads of 128, with the residual-sum gradient,
-#: 8 warps at 128 registers) and 40 bytes on sm_80 for two-pass rows (fp16, hd 128, rotary 64, gptj).
-ELEMS_PER_THREAD = 8
+#: Elements of a tile per thread (per tensor). 16 (8 warps for the Llama/Qwen row of 4096): 118-150
+#: registers per thread on sm_90, so two 8-warp programs share an SM where the kernel stays <= 128 and
+#: overlap each other's reductions. Measured on an H200 at (8, 2048, 4096) bf16 (bwd_variants.py): the
+#: backward alone 116.6 us = 84.5% of the copy of its bytes at 16, against 180.6 us (54.5%) at 8 (16
+#: warps, one program per SM) and 130.5 us at 32 (4 warps). Every compile variant builds without spills.
+ELEMS_PER_THREAD = 16
+#: Two-pass rows (wider than one tile) keep 8: at 16 a sm_90 build of (h 14336, hd 128, rotary 64)
+#: spilled 8 bytes, and these rows run from L2 in their second pass anyway.
+TWO_PASS_ELEMS_PER_THREAD = 8
 #: Warps per SM in the persistent grid. The one-tile kernels use 64-98 registers per thread (sm_90
 #: build), so a 16-warp program takes 32-50K of the SM's 64K registers and only one is resident: 32 (two
 #: programs of 16 warps) ran the second half of the grid as a second wave. 16 warps of <= 128 registers
@@ -330,7 +335,8 @@ def pick_backward_config(hidden: int, head_dim: int, rot_dim: int, per_head: boo
 
     * the tile covers all heads of a row up to ``MAX_TILE_ELEMS`` elements, else chunks of heads (the row
       norm then takes two passes; its chunk is halved, as in the forward, for pass 1's accumulators);
-    * ``ELEMS_PER_THREAD`` elements of the tile per thread: warps = tile / (32 * 8), in [1, 16];
+    * ``ELEMS_PER_THREAD`` (two-pass rows: ``TWO_PASS_ELEMS_PER_THREAD``) elements of the tile per
+      thread: warps = tile / (32 * that), in [1, 16];
     * persistent grid: ``WARPS_PER_SM / num_warps`` programs per SM (at least one);
     * the row loop pipelined ``PIPELINE_STAGES`` deep, except for two-pass rows (see there).
     """
@@ -344,8 +350,10 @@ def pick_backward_config(hidden: int, head_dim: int, rot_dim: int, per_head: boo
         nh_block = max(1, nh_block // 2)
     n_chunks = cdiv(n_heads, nh_block)
     tile = per_head_elems * nh_block
-    num_warps = _prev_power_of_2(min(16, max(1, tile // (32 * ELEMS_PER_THREAD))))
-    stages = PIPELINE_STAGES if (per_head or n_chunks == 1) else 1
+    one_pass = per_head or n_chunks == 1
+    per_thread = ELEMS_PER_THREAD if one_pass else TWO_PASS_ELEMS_PER_THREAD
+    num_warps = _prev_power_of_2(min(16, max(1, tile // (32 * per_thread))))
+    stages = PIPELINE_STAGES if one_pass else 1
     return RMSNormRoPEBackwardConfig(half_block, pass_block, nh_block, n_chunks, num_warps,
                                      max(1, WARPS_PER_SM // num_warps), stages)
 
