@@ -16,6 +16,8 @@ from triton_ops.exceptions import (
     TritonOpsError,
 )
 
+from .conftest import DEVICE
+
 # ---------------------------------------------------------------------------------------------- dtype, device
 
 
@@ -296,9 +298,9 @@ def test_output_apart_only_by_the_exact_check_is_accepted_and_rechecked():
     from triton_ops.kernels.rmsnorm import add_rmsnorm_reference, fused_add_rmsnorm
 
     torch.manual_seed(0)
-    buf = torch.randn(512)
+    buf = torch.randn(512, device=DEVICE)
     x = buf.as_strided((2, 32), (96, 1), 0)
-    w = torch.randn(32)
+    w = torch.randn(32, device=DEVICE)
     for _ in range(2):
         out = buf.as_strided((2, 32), (128, 1), 32)
         out.fill_(float("nan"))
@@ -317,9 +319,9 @@ def _fp8_rr_call(**kw):
     from triton_ops.kernels.rmsnorm_rope import fused_rmsnorm_rope
 
     torch.manual_seed(1)
-    x = torch.randn(1, 3, 128)
-    w = torch.randn(128)
-    cos, sin = torch.rand(8, 64), torch.rand(8, 64)
+    x = torch.randn(1, 3, 128, device=DEVICE)
+    w = torch.randn(128, device=DEVICE)
+    cos, sin = torch.rand(8, 64, device=DEVICE), torch.rand(8, 64, device=DEVICE)
     if kw.get("half_width_tables"):
         cos, sin = cos[:, :32].contiguous(), sin[:, :32].contiguous()
     return fused_rmsnorm_rope(x, w, cos, sin, out_dtype=torch.float8_e4m3fn, **kw)
