@@ -82,7 +82,7 @@ def test_unhashable_scalar_is_a_miss_not_a_crash(device):
         T.fused_rmsnorm_rope(x, w, cos, sin, eps=[1e-6])
 
 
-def test_autograd_goes_through_the_custom_op(device):
+def test_autograd_records_a_node_and_no_fast_path_plan(device):
     x, w, cos, sin = _rope_inputs(device)
     x.requires_grad_(True)
     y = T.fused_rmsnorm_rope(x, w, cos, sin)
@@ -90,6 +90,37 @@ def test_autograd_goes_through_the_custom_op(device):
     assert launch.plan_counts()["rmsnorm_rope"] == 0
     y.sum().backward()
     assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+@pytest.mark.parametrize("with_residual", [False, True])
+def test_eager_autograd_equals_the_custom_op(device, with_residual):
+    """Eager training calls record launch.EagerAutograd (the custom op's implementation and registered
+    autograd formula without its dispatch layers): outputs and every gradient equal the custom op's, bit
+    for bit; a double backward still refuses (the backward kernel has no derivative)."""
+    x, w, cos, sin = _rope_inputs(device)
+    r = torch.randn_like(x)
+    dy = torch.randn_like(x)
+    got, want = [], []
+    for out, eager in ((got, True), (want, False)):
+        xs, ws, rs = (t.clone().requires_grad_(True) for t in (x, w, r))
+        if eager:
+            res = T.fused_rmsnorm_rope(xs, ws, cos, sin, residual=rs if with_residual else None)
+        elif with_residual:
+            res = torch.ops.triton_ops.add_rmsnorm_rope(xs, rs, ws, cos, sin, None, 1e-6, 64, False, 0.0, False)
+        else:
+            res = torch.ops.triton_ops.rmsnorm_rope(xs, ws, cos, sin, None, 1e-6, 64, False, 0.0, False)
+        y = res[0] if with_residual else res
+        if eager:
+            assert type(y.grad_fn).__name__.startswith("EagerAutograd")
+        loss = (y * dy).sum() + (res[1].square().sum() if with_residual else 0)
+        loss.backward()
+        out += [y.detach(), xs.grad, ws.grad] + ([rs.grad] if with_residual else [])
+    for a, b in zip(got, want):
+        assert torch.equal(a, b)
+    xs = x.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(T.fused_rmsnorm_rope(xs, w, cos, sin).square().sum(), xs, create_graph=True)
+    with pytest.raises(RuntimeError):
+        g.sum().backward()
 
 
 def test_out_buffer_signature_and_in_place(device):
@@ -218,3 +249,28 @@ def test_interpreter_numpy_failure_names_the_fix():
     assert info.value.__cause__ is opaque
     launch._explain_interpreter_failure(InterpreterError("something else"))  # not ours to explain
     launch._explain_interpreter_failure(TypeError("only 0-dimensional arrays"))
+
+
+@pytest.mark.parametrize("with_residual", [False, True])
+def test_eager_autograd_equals_the_custom_op_for_add_rmsnorm(device, with_residual):
+    """fused_add_rmsnorm's eager training path (launch.EagerAutograd) against its custom op: equal outputs
+    and gradients, bit for bit."""
+    x = torch.randn(3, 200, device=device)
+    w = 1 + 0.1 * torch.randn(200, device=device)
+    r = torch.randn_like(x)
+    dy = torch.randn_like(x)
+    got, want = [], []
+    for out, eager in ((got, True), (want, False)):
+        xs, ws, rs = (t.clone().requires_grad_(True) for t in (x, w, r))
+        if eager:
+            res = T.fused_add_rmsnorm(xs, ws, 1e-6, residual=rs if with_residual else None)
+        elif with_residual:
+            res = torch.ops.triton_ops.add_rmsnorm(xs, rs, ws, 1e-6, 0.0, False)
+        else:
+            res = torch.ops.triton_ops.rmsnorm(xs, ws, 1e-6, 0.0, False)
+        y = res[0] if with_residual else res
+        assert type(y.grad_fn).__name__.startswith("EagerAutograd") == eager
+        ((y * dy).sum() + (res[1].square().sum() if with_residual else 0)).backward()
+        out += [y.detach(), xs.grad, ws.grad] + ([rs.grad] if with_residual else [])
+    for a, b in zip(got, want):
+        assert torch.equal(a, b)

@@ -26,7 +26,7 @@ import triton.language as tl
 
 from .. import validation as V
 from ..exceptions import InvalidArgumentError, ShapeError
-from ..launch import KernelLaunch, PlanCache, mark_written, plan_key
+from ..launch import EagerAutograd, KernelLaunch, PlanCache, eager_autograd, mark_written, plan_key
 from ..utils import cdiv, interpreter_enabled, next_power_of_2, num_sms
 from . import fp8_out as F8
 from .fp8_out import _fp8_codes
@@ -451,12 +451,23 @@ def _launch_fp8(x, weight, residual, residual_out, out_scale, eps, weight_offset
 # ----------------------------------------------------------------------------------------------------
 # Layer 3: torch.library custom ops (work under torch.compile(fullgraph=True) and CUDA graphs)
 # ----------------------------------------------------------------------------------------------------
-@torch.library.custom_op("triton_ops::rmsnorm", mutates_args=())
-def _rmsnorm_op(x: torch.Tensor, weight: torch.Tensor, eps: float, weight_offset: float,
-                round_before_weight: bool) -> torch.Tensor:
+def _rmsnorm_impl(x, weight, eps, weight_offset, round_before_weight):
     out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     _launch(x, weight, None, out, None, eps, weight_offset, round_before_weight)
     return out
+
+
+def _add_rmsnorm_impl(x, residual, weight, eps, weight_offset, round_before_weight):
+    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    res_out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    _launch(x, weight, residual, out, res_out, eps, weight_offset, round_before_weight)
+    return out, res_out
+
+
+@torch.library.custom_op("triton_ops::rmsnorm", mutates_args=())
+def _rmsnorm_op(x: torch.Tensor, weight: torch.Tensor, eps: float, weight_offset: float,
+                round_before_weight: bool) -> torch.Tensor:
+    return _rmsnorm_impl(x, weight, eps, weight_offset, round_before_weight)
 
 
 @_rmsnorm_op.register_fake
@@ -467,10 +478,7 @@ def _(x, weight, eps, weight_offset, round_before_weight):
 @torch.library.custom_op("triton_ops::add_rmsnorm", mutates_args=())
 def _add_rmsnorm_op(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float,
                     weight_offset: float, round_before_weight: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-    res_out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-    _launch(x, weight, residual, out, res_out, eps, weight_offset, round_before_weight)
-    return out, res_out
+    return _add_rmsnorm_impl(x, residual, weight, eps, weight_offset, round_before_weight)
 
 
 @_add_rmsnorm_op.register_fake
@@ -733,6 +741,14 @@ def fused_add_rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6, 
                 x, memory_format=torch.contiguous_format)
         torch.ops.triton_ops.add_rmsnorm_out(x, residual, weight, y, ro, eps, weight_offset, round_before_weight)
         return y if residual is None else (y, ro)
+    if eager_autograd(x, weight, residual):
+        # training in eager mode: the same implementation and autograd formula without the custom op's
+        # dispatch layers (launch.EagerAutograd)
+        if residual is None:
+            return EagerAutograd.apply(_rmsnorm_impl, _setup_plain, _backward_plain, x, weight, eps, weight_offset,
+                                       round_before_weight)
+        return EagerAutograd.apply(_add_rmsnorm_impl, _setup_add, _backward_add, x, residual, weight, eps,
+                                   weight_offset, round_before_weight)
     if residual is None:
         return torch.ops.triton_ops.rmsnorm(x, weight, eps, weight_offset, round_before_weight)
     return torch.ops.triton_ops.add_rmsnorm(x, residual, weight, eps, weight_offset, round_before_weight)

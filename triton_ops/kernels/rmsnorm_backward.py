@@ -30,7 +30,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..launch import KernelLaunch, PlanCache, tensor_key
+from ..launch import KernelLaunch, PlanCache, eager_backward, tensor_key
 from ..utils import cdiv, interpreter_enabled, next_power_of_2, num_sms
 from ..validation import as_3d as _as_3d
 from .rmsnorm import _rounded
@@ -309,6 +309,10 @@ def norm_grads(ctx, s, weight, grad_y, grad_s=None):
         if gs is not None:
             gs = (gs + grad_s.float() if grad_s is not None else gs).to(s.dtype)
         return gs, gw
+    if eager_backward(grad_y, s, weight, grad_s):
+        # an eager backward: the implementation itself, without the custom op's dispatch
+        return add_rmsnorm_backward(grad_y, s, weight, grad_s, ctx.eps, ctx.weight_offset, ctx.round_before_weight,
+                                    need_input, need_weight)
     dx, dw = torch.ops.triton_ops.add_rmsnorm_backward(grad_y, s, weight, grad_s, ctx.eps, ctx.weight_offset,
                                                        ctx.round_before_weight, need_input, need_weight)
     return (dx if need_input else None), (dw if need_weight else None)

@@ -27,7 +27,7 @@ import triton.language as tl
 from .. import validation as V
 from ..autotuner import runtime as _rt
 from ..exceptions import InvalidArgumentError, ShapeError, UnsupportedError
-from ..launch import KernelLaunch, PlanCache, mark_written, plan_key, tensor_key
+from ..launch import EagerAutograd, KernelLaunch, PlanCache, eager_autograd, mark_written, plan_key, tensor_key
 from ..launch import tensor_key as _tensor_key
 from ..utils import cdiv, interpreter_enabled, next_power_of_2, num_sms
 from . import fp8_out as F8
@@ -654,14 +654,28 @@ def _launch_fp8(x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor, sin: t
 # ----------------------------------------------------------------------------------------------------
 # Layer 3: torch.library custom ops (work under torch.compile(fullgraph=True) and CUDA graphs)
 # ----------------------------------------------------------------------------------------------------
-@torch.library.custom_op("triton_ops::rmsnorm_rope", mutates_args=())
-def _rmsnorm_rope_op(x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                     position_ids: Optional[torch.Tensor], eps: float, head_dim: int, gptj: bool,
-                     weight_offset: float, per_token_tables: bool) -> torch.Tensor:
+def _rmsnorm_rope_impl(x, weight, cos, sin, position_ids, eps, head_dim, gptj, weight_offset, per_token_tables):
     out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     _launch(x, weight, cos, sin, position_ids, None, out, None, eps, head_dim, gptj, weight_offset,
             per_token_tables)
     return out
+
+
+def _add_rmsnorm_rope_impl(x, residual, weight, cos, sin, position_ids, eps, head_dim, gptj, weight_offset,
+                           per_token_tables):
+    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    res_out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    _launch(x, weight, cos, sin, position_ids, residual, out, res_out, eps, head_dim, gptj, weight_offset,
+            per_token_tables)
+    return out, res_out
+
+
+@torch.library.custom_op("triton_ops::rmsnorm_rope", mutates_args=())
+def _rmsnorm_rope_op(x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                     position_ids: Optional[torch.Tensor], eps: float, head_dim: int, gptj: bool,
+                     weight_offset: float, per_token_tables: bool) -> torch.Tensor:
+    return _rmsnorm_rope_impl(x, weight, cos, sin, position_ids, eps, head_dim, gptj, weight_offset,
+                              per_token_tables)
 
 
 @_rmsnorm_rope_op.register_fake
@@ -674,11 +688,8 @@ def _add_rmsnorm_rope_op(x: torch.Tensor, residual: torch.Tensor, weight: torch.
                          sin: torch.Tensor, position_ids: Optional[torch.Tensor], eps: float, head_dim: int,
                          gptj: bool, weight_offset: float, per_token_tables: bool
                          ) -> tuple[torch.Tensor, torch.Tensor]:
-    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-    res_out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-    _launch(x, weight, cos, sin, position_ids, residual, out, res_out, eps, head_dim, gptj, weight_offset,
-            per_token_tables)
-    return out, res_out
+    return _add_rmsnorm_rope_impl(x, residual, weight, cos, sin, position_ids, eps, head_dim, gptj,
+                                  weight_offset, per_token_tables)
 
 
 @_add_rmsnorm_rope_op.register_fake
@@ -1053,6 +1064,14 @@ def fused_rmsnorm_rope(x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor,
         torch.ops.triton_ops.rmsnorm_rope_out(x, weight, cos, sin, position_ids, residual, out, res_out,
                                               eps, head_dim, gptj, weight_offset, per_token)
         return out if residual is None else (out, res_out)
+    if eager_autograd(x, weight, cos, sin, position_ids, residual):
+        # training in eager mode: the same implementation and autograd formula without the custom op's
+        # dispatch layers (launch.EagerAutograd)
+        if residual is None:
+            return EagerAutograd.apply(_rmsnorm_rope_impl, _setup_plain, _backward_plain, x, weight, cos, sin,
+                                       position_ids, eps, head_dim, gptj, weight_offset, per_token)
+        return EagerAutograd.apply(_add_rmsnorm_rope_impl, _setup_add, _backward_add, x, residual, weight, cos,
+                                   sin, position_ids, eps, head_dim, gptj, weight_offset, per_token)
     if residual is None:
         return torch.ops.triton_ops.rmsnorm_rope(x, weight, cos, sin, position_ids, eps, head_dim, gptj,
                                                  weight_offset, per_token)
