@@ -28,7 +28,16 @@ import triton.language as tl
 
 from .. import validation as V
 from ..exceptions import InvalidArgumentError, ShapeError
-from ..launch import KernelLaunch, PlanCache, mark_written, plan_key, tensor_key
+from ..launch import (
+    EagerAutograd,
+    KernelLaunch,
+    PlanCache,
+    eager_autograd,
+    eager_backward,
+    mark_written,
+    plan_key,
+    tensor_key,
+)
 from ..utils import cdiv, interpreter_enabled, next_power_of_2, num_sms
 from .rmsnorm import _rounded
 
@@ -376,13 +385,23 @@ def _empty_like(t: torch.Tensor) -> torch.Tensor:
     return torch.empty_like(t)  # t's dim order, dense: the layout _out_layout gives the eager plans
 
 
+def _rope_impl(q, k, cos, sin, position_ids, gptj, rotary_dim, half_width_tables, bshd, backward):
+    qo, ko = _empty_like(q), _empty_like(k)
+    _launch(q, k, cos, sin, position_ids, gptj, rotary_dim, half_width_tables, bshd, backward, False, qo, ko)
+    return qo, ko
+
+
+def _rope_q_impl(q, cos, sin, position_ids, gptj, rotary_dim, half_width_tables, bshd, backward):
+    qo = _empty_like(q)
+    _launch(q, None, cos, sin, position_ids, gptj, rotary_dim, half_width_tables, bshd, backward, False, qo)
+    return qo
+
+
 @torch.library.custom_op("triton_ops::rope", mutates_args=())
 def _rope_op(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
              position_ids: Optional[torch.Tensor], gptj: bool, rotary_dim: int, half_width_tables: bool,
              bshd: bool, backward: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    qo, ko = _empty_like(q), _empty_like(k)
-    _launch(q, k, cos, sin, position_ids, gptj, rotary_dim, half_width_tables, bshd, backward, False, qo, ko)
-    return qo, ko
+    return _rope_impl(q, k, cos, sin, position_ids, gptj, rotary_dim, half_width_tables, bshd, backward)
 
 
 @_rope_op.register_fake
@@ -393,9 +412,7 @@ def _(q, k, cos, sin, position_ids, gptj, rotary_dim, half_width_tables, bshd, b
 @torch.library.custom_op("triton_ops::rope_q", mutates_args=())
 def _rope_q_op(q: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, position_ids: Optional[torch.Tensor],
                gptj: bool, rotary_dim: int, half_width_tables: bool, bshd: bool, backward: bool) -> torch.Tensor:
-    qo = _empty_like(q)
-    _launch(q, None, cos, sin, position_ids, gptj, rotary_dim, half_width_tables, bshd, backward, False, qo)
-    return qo
+    return _rope_q_impl(q, cos, sin, position_ids, gptj, rotary_dim, half_width_tables, bshd, backward)
 
 
 @_rope_q_op.register_fake
@@ -460,11 +477,12 @@ def _backward_tensors(ctx, gq, gk):
     gptj, rot, half, bshd, backward = ctx.args
     like = gq if gq is not None else gk
     gq = _grad_input(gq, ctx.shapes[0], like)
-    if ctx.has_k:
-        gk = _grad_input(gk, ctx.shapes[1], like)
-        dq, dk = torch.ops.triton_ops.rope(gq, gk, cos, sin, pos, gptj, rot, half, bshd, not backward)
-    else:
-        dq, dk = torch.ops.triton_ops.rope_q(gq, cos, sin, pos, gptj, rot, half, bshd, not backward), None
+    gk = _grad_input(gk, ctx.shapes[1], like) if ctx.has_k else None
+    if eager_backward(gq, gk, cos, sin, pos):  # an eager backward: the implementation itself
+        dq, dk = (_rope_impl(gq, gk, cos, sin, pos, gptj, rot, half, bshd, not backward) if ctx.has_k else
+                  (_rope_q_impl(gq, cos, sin, pos, gptj, rot, half, bshd, not backward), None))
+    else:  # traced, or a double backward (the rotation is linear: its backward is the op again)
+        dq, dk = _call(gq, gk, cos, sin, pos, gptj, rot, half, bshd, not backward)
     gc = gs = None
     if ctx.table_grad:
         gc, gs = _table_grads(ctx, gq, gk)
@@ -492,6 +510,21 @@ def _backward_q(ctx, gq):
 
 _rope_op.register_autograd(_backward_qk, setup_context=_setup_qk)
 _rope_q_op.register_autograd(_backward_q, setup_context=_setup_q)
+
+
+def _call(q, k, cos, sin, position_ids, gptj, rot, half, bshd, backward):
+    """The out-of-place rotation with autograd: ``(q_out, k_out or None)``. Eager training records
+    launch.EagerAutograd (the same implementation and formula without the custom op's dispatch layers);
+    tracing and tensor subclasses go through the custom ops."""
+    if eager_autograd(q, k, cos, sin, position_ids):
+        if k is None:
+            return EagerAutograd.apply(_rope_q_impl, _setup_q, _backward_q, q, cos, sin, position_ids, gptj, rot,
+                                       half, bshd, backward), None
+        return EagerAutograd.apply(_rope_impl, _setup_qk, _backward_qk, q, k, cos, sin, position_ids, gptj, rot,
+                                   half, bshd, backward)
+    if k is None:
+        return torch.ops.triton_ops.rope_q(q, cos, sin, position_ids, gptj, rot, half, bshd, backward), None
+    return torch.ops.triton_ops.rope(q, k, cos, sin, position_ids, gptj, rot, half, bshd, backward)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -613,10 +646,7 @@ def apply_rope(q: torch.Tensor, k: Optional[torch.Tensor], cos: torch.Tensor, si
             raise InvalidArgumentError("apply_rope(inplace=True) cannot be differentiated; use inplace=False")
         torch.ops.triton_ops.rope_(q, k, cos, sin, position_ids, gptj, rot, half_width_tables, bshd)
         return q, k
-    if k is None:
-        return torch.ops.triton_ops.rope_q(q, cos, sin, position_ids, gptj, rot, half_width_tables, bshd,
-                                           False), None
-    return torch.ops.triton_ops.rope(q, k, cos, sin, position_ids, gptj, rot, half_width_tables, bshd, False)
+    return _call(q, k, cos, sin, position_ids, gptj, rot, half_width_tables, bshd, False)
 
 
 def rope_reference(q, k, cos, sin, *, position_ids=None, rotary_layout="neox", rotary_dim=None,
