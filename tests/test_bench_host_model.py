@@ -21,6 +21,7 @@ def test_host_bench_cpu_mode_reports_python_cost():
 
 def test_model_bench_needs_a_gpu():
     if torch.cuda.is_available():
+        # what is tested is the refusal without a GPU; with one the bench runs (gpu_run.sh's model section)
         pytest.skip("has a GPU")
     from triton_ops.benchmark.model import run_model_bench
 

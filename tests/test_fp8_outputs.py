@@ -15,7 +15,6 @@ against the same results.
 from __future__ import annotations
 
 import math
-import os
 
 import numpy as np
 import pytest
@@ -38,12 +37,13 @@ from triton_ops.kernels import gated_mlp as G
 from triton_ops.kernels.rmsnorm import FusedAddRMSNorm, add_rmsnorm_reference, fused_add_rmsnorm, pick_config
 from triton_ops.kernels.rmsnorm_rope import FusedRMSNormRoPE, fused_rmsnorm_rope, rmsnorm_rope_reference
 from triton_ops.launch import clear_plans, plan_counts
+from triton_ops.utils import interpreter_enabled
 
 from ._rope_helpers import tables
 from .conftest import DEVICE
 
 E4M3 = torch.float8_e4m3fn
-INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+INTERPRETED = interpreter_enabled()
 GRAN = {"token": ("row", None), "block": ("block", (1, 128)), "static": ("tensor", None)}
 OPCHECKS = ("test_schema", "test_faketensor", "test_aot_dispatch_dynamic")
 

@@ -218,6 +218,7 @@ def test_dequantize_leading_dims():
         q, s = quantize_fp8(x, granularity="block", block_size=bs)
         y = dequantize_fp8(q, s, granularity="block", block_size=bs)
         want = ref.dequantize(q.float().cpu().numpy().reshape(15, 48), s.cpu().numpy(), "block", bs)
+        # one fp32 product (code x scale) each side, rounded once: 2^-24 relative; 1e-6 is ~16 ulp
         np.testing.assert_allclose(y.cpu().numpy().reshape(15, 48), want, rtol=1e-6)
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import tempfile
 import threading
@@ -28,6 +27,7 @@ from triton_ops.autotuner.cache import ConfigCache
 from triton_ops.autotuner.entry import parse_shape
 from triton_ops.benchmark import suite as suite_mod
 from triton_ops.exceptions import InvalidArgumentError, TritonOpsError
+from triton_ops.utils import interpreter_enabled
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")  # damage reports are expected here
 
@@ -333,7 +333,7 @@ OUTS = {"none": (None, True), "new dir": ("{root}/new/{n}", True), "existing dir
         "a file": ("{root}/a_file", False), "under a file": ("{root}/a_file/x", False)}
 # "cpu" runs the kernels in Triton's interpreter: refused (one clear line, exit 2) where it is off, as on a
 # GPU machine
-_CPU_OK = os.environ.get("TRITON_INTERPRET") == "1"
+_CPU_OK = interpreter_enabled()
 DEVICE_ARGS = {None: True, "cpu": _CPU_OK, " cpu ": _CPU_OK, "cpu:0": _CPU_OK, "gpu": False, "": False, "mps": False,
                "cuda:x": False, "meta": False, "cuda": torch.cuda.is_available()}
 

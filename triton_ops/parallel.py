@@ -74,6 +74,7 @@ from .kernels.gated_mlp import FusedGatedMLP, fused_gated_mlp, fused_gated_mlp_f
 from .kernels.mlp import FusedMLP
 from .kernels.rmsnorm_rope import FusedRMSNormRoPE
 from .kernels.sharded_norm import rmsnorm_rope_from_stats, row_sum_of_squares
+from .utils import cdiv
 from .validation import FP8_DTYPES
 
 #: Attribute of a sharded module holding its tensor-parallel state.
@@ -240,10 +241,11 @@ def _gather_strided(t: DTensor) -> torch.Tensor:
     local = t.to_local().detach()
     raw = local.view(torch.uint8) if local.dtype in FP8_DTYPES else local  # gloo has no FP8 types
     raw = raw.movedim(p.dim, 0).contiguous()
-    n = torch.tensor([raw.shape[0]], device=raw.device)
-    sizes = [torch.zeros_like(n) for _ in range(world)]
-    dist.all_gather(sizes, n, group=group)
-    sizes = [int(v) for v in sizes]
+    # every rank's share follows from the global shape (torch.chunk of each part over the ranks): no
+    # collective for the sizes
+    part = t.shape[p.dim] // p.split_factor
+    step = cdiv(part, world)
+    sizes = [p.split_factor * max(0, min(step, part - r * step)) for r in range(world)]
     padded = raw.new_zeros((max(sizes), *raw.shape[1:]))
     padded[: raw.shape[0]] = raw
     parts = [torch.empty_like(padded) for _ in range(world)]

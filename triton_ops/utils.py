@@ -27,6 +27,17 @@ def next_power_of_2(n: int) -> int:
     return 1 if n <= 1 else 1 << (n - 1).bit_length()
 
 
+def prev_power_of_2(n: int) -> int:
+    """Largest power of two <= n (1 for n <= 1)."""
+    return 1 << (max(1, n).bit_length() - 1)
+
+
+def last_dim_contiguous(t):
+    """``t``, or a contiguous copy when its last dim is strided (an incoming gradient: ``y.sum()`` hands
+    back expanded ones)."""
+    return t if t.stride(-1) == 1 or t.shape[-1] == 1 else t.contiguous()
+
+
 @functools.lru_cache(maxsize=16)
 def _capability(index: int) -> tuple[int, int]:
     return torch.cuda.get_device_capability(index)

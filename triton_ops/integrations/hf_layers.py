@@ -11,10 +11,11 @@ the result is the one Hugging Face's forward computes. Everything else in the fo
 * ``"phi3"``: the same, after Phi-3's residual dropout;
 * ``"gemma2"`` (Gemma2, Gemma3, post-norm attention output): the add before ``pre_feedforward_layernorm``.
 
-When the MLP is an FP8 :class:`~triton_ops.FusedMLP` (``patch_model(..., fp8=True)``), that norm writes its
-output as e4m3 with per-token scales and the MLP takes them as they are: norm -> gated-MLP GEMM (FP8
-epilogue, (1, 128) block scales) -> down GEMM, every activation between the norm and the down projection
-crossing memory once, in one byte per element.
+When the MLP is an FP8 :class:`~triton_ops.FusedMLP` (``patch_model(..., fp8=True)``) and the step is above
+decode sizes (``FusedMLP.fp8_chain``), that norm writes its output as e4m3 with per-token scales and
+the MLP takes them as they are: norm -> gated-MLP GEMM (FP8 epilogue, (1, 128) block scales) -> down
+GEMM, every activation between the norm and the down projection crossing memory once, in one byte per
+element.
 
 The add at the end of each layer feeds the next layer's ``input_layernorm``; fusing it would change the
 model's own forward (the layer loop), so it stays as it is.
@@ -36,7 +37,7 @@ FUSED_NORM = {"llama": "post_attention_layernorm", "phi3": "post_attention_layer
 def _norm_mlp(layer, norm, hidden_states, residual):
     """``mlp(norm(hidden_states + residual))`` and the new residual; FP8 from the norm on for an FP8 MLP."""
     mlp = layer.mlp
-    if isinstance(mlp, FusedMLP) and mlp.takes_fp8_input:
+    if isinstance(mlp, FusedMLP) and mlp.fp8_chain(hidden_states):
         q, scale, residual = norm(hidden_states, residual, out_dtype=torch.float8_e4m3fn, out_scaling="token")
         return mlp(q, scale, out_dtype=residual.dtype), residual
     hidden_states, residual = norm(hidden_states, residual)

@@ -218,6 +218,13 @@ class FusedMLP(nn.Module):
         ``triton_ops.parallel`` has not sharded (the sharded forward takes float activations)."""
         return self.is_fp8 and getattr(self, "_triton_ops_tp", None) is None
 
+    def fp8_chain(self, x: torch.Tensor) -> bool:
+        """Whether ``forward(x)`` runs the e4m3 chain (gated epilogue in FP8, block-scaled down GEMM): an
+        unsharded FP8 module above decode sizes (more than ``fp8_gemm.SMALL_M`` = 64 tokens). At decode
+        sizes a producer need not quantize for it: the gated kernel quantizes x per token itself, and
+        its planned float path costs less host time per call."""
+        return self.takes_fp8_input and x.numel() > SMALL_M * x.shape[-1]
+
     def forward(self, x: torch.Tensor, x_scale: torch.Tensor | None = None, *,
                 out_dtype: torch.dtype | None = None) -> torch.Tensor:
         """The MLP of ``x``. An FP8 module also takes an e4m3 ``x`` with its per-token ``x_scale`` (from
@@ -235,9 +242,12 @@ class FusedMLP(nn.Module):
                 return self.down_proj(self.gate_up(x))
             if out_dtype is None:
                 out_dtype = x.dtype if x_scale is None and x.dtype in FLOAT_DTYPES else torch.bfloat16
-            if x.numel() <= SMALL_M * x.shape[-1]:
+            if not self.fp8_chain(x):
                 # decode sizes: the down projection streams its e4m3 weights against float activations
-                # (fp8_gemm's weight-only path), so h stays in out_dtype and is not quantized
+                # (fp8_gemm's weight-only path), so h stays in out_dtype and is not quantized; a float x
+                # in its own dtype takes the modules' planned eager paths
+                if x_scale is None and out_dtype == x.dtype:
+                    return self.down_proj(self.gate_up(x))
                 return self.down_proj(self.gate_up(x, x_scale, out_dtype=out_dtype))
             h_q, h_s = self.gate_up(x, x_scale, out_dtype=torch.float8_e4m3fn, out_scaling="block")
             return self.down_proj(h_q, h_s, out_dtype=out_dtype)

@@ -27,7 +27,7 @@ import triton.language as tl
 from .. import validation as V
 from ..exceptions import InvalidArgumentError, ShapeError
 from ..launch import EagerAutograd, KernelLaunch, PlanCache, eager_autograd, mark_written, plan_key
-from ..utils import cdiv, interpreter_enabled, next_power_of_2, num_sms
+from ..utils import cdiv, interpreter_enabled, next_power_of_2, num_sms, prev_power_of_2
 from . import fp8_out as F8
 from .fp8_out import _fp8_codes
 from .fp8_quantize import _finite_abs, _mark_valid, _scale_from_amax, check_scale_values
@@ -247,10 +247,6 @@ class RMSNormConfig:
     num_warps: int
 
 
-def _prev_power_of_2(n: int) -> int:
-    return 1 << (max(1, n).bit_length() - 1)
-
-
 def pick_config(n_rows: int, n_cols: int, itemsize: int = 2, has_residual: bool = False,
                 n_sms: int = 132, fp8_out: bool = False) -> RMSNormConfig:
     """Tile shape and warps for a problem. Pure: depends only on its arguments.
@@ -279,7 +275,7 @@ def pick_config(n_rows: int, n_cols: int, itemsize: int = 2, has_residual: bool 
         bytes_per_thread = 32
     else:
         bytes_per_thread = 64 if has_residual else 128
-    num_warps = _prev_power_of_2(min(16, max(1, in_bytes // (32 * bytes_per_thread))))
+    num_warps = prev_power_of_2(min(16, max(1, in_bytes // (32 * bytes_per_thread))))
     if fp8_out and n_chunks == 1 and rows == 1:
         # FP8 output of a row held whole: 4-8 warps. The row amax and the code temporaries (and sm_80's
         # integer encoding) spilled 8-16 B in the compile check on 16 warps (sm_80, where ptxas gave a

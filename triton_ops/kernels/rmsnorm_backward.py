@@ -31,7 +31,7 @@ import triton
 import triton.language as tl
 
 from ..launch import KernelLaunch, PlanCache, eager_backward, tensor_key
-from ..utils import cdiv, interpreter_enabled, next_power_of_2, num_sms
+from ..utils import cdiv, interpreter_enabled, last_dim_contiguous, next_power_of_2, num_sms, prev_power_of_2
 from ..validation import as_3d as _as_3d
 from .rmsnorm import _rounded
 
@@ -177,10 +177,6 @@ class RMSNormBackwardConfig:
     num_stages: int
 
 
-def _prev_power_of_2(n: int) -> int:
-    return 1 << (max(1, n).bit_length() - 1)
-
-
 def pick_backward_config(n_rows: int, n_cols: int, n_sms: int = 132, max_block: int | None = None,
                          programs: int | None = None) -> RMSNormBackwardConfig:
     """Tile, warps and programs per SM for the backward. Pure: depends only on its arguments.
@@ -200,11 +196,11 @@ def pick_backward_config(n_rows: int, n_cols: int, n_sms: int = 132, max_block: 
         n_chunks = cdiv(n_cols, block)
     rows = 1
     while n_chunks == 1 and rows < 64 and block * rows * 2 <= PACK_ELEMS:
-        warps = _prev_power_of_2(min(16, max(1, block * rows * 2 // (32 * ELEMS_PER_THREAD))))
+        warps = prev_power_of_2(min(16, max(1, block * rows * 2 // (32 * ELEMS_PER_THREAD))))
         if cdiv(n_rows, rows * 2) < (programs or n_sms * max(1, WARPS_PER_SM // warps)):
             break
         rows *= 2
-    num_warps = _prev_power_of_2(min(16, max(1, block * rows // (32 * ELEMS_PER_THREAD))))
+    num_warps = prev_power_of_2(min(16, max(1, block * rows // (32 * ELEMS_PER_THREAD))))
     return RMSNormBackwardConfig(block, rows, n_chunks, num_warps, max(1, WARPS_PER_SM // num_warps),
                                  PIPELINE_STAGES if n_chunks == 1 else 1)
 
@@ -240,11 +236,6 @@ def _make_plan(dy3, s3, gs3, x_st, round_before_weight, need_dx, need_dw, max_bl
 _plans = PlanCache("add_rmsnorm_backward")
 
 
-def _grad_input(g: torch.Tensor) -> torch.Tensor:
-    """An incoming gradient with a contiguous last dim (``y.sum()`` hands back expanded ones)."""
-    return g if g.stride(-1) == 1 or g.shape[-1] == 1 else g.contiguous()
-
-
 def add_rmsnorm_backward(grad_y: torch.Tensor, s: torch.Tensor, weight: torch.Tensor,
                          grad_s: Optional[torch.Tensor], eps: float, weight_offset: float,
                          round_before_weight: bool, need_input: bool = True, need_weight: bool = True,
@@ -256,8 +247,8 @@ def add_rmsnorm_backward(grad_y: torch.Tensor, s: torch.Tensor, weight: torch.Te
         if dx is not None and grad_s is not None:
             dx.copy_(grad_s)
         return dx, (torch.zeros_like(weight) if need_weight else None)
-    grad_y = _grad_input(grad_y)
-    grad_s = _grad_input(grad_s) if grad_s is not None else None
+    grad_y = last_dim_contiguous(grad_y)
+    grad_s = last_dim_contiguous(grad_s) if grad_s is not None else None
     s3 = _as_3d(s, "s")
     dy3 = _as_3d(grad_y, "grad_y")
     gs3 = _as_3d(grad_s, "grad_s") if grad_s is not None else None

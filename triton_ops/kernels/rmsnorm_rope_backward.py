@@ -47,7 +47,7 @@ import triton
 import triton.language as tl
 
 from ..launch import KernelLaunch, PlanCache, eager_backward, tensor_key
-from ..utils import cdiv, interpreter_enabled, next_power_of_2, num_sms
+from ..utils import cdiv, interpreter_enabled, last_dim_contiguous, next_power_of_2, num_sms, prev_power_of_2
 from ..validation import as_3d as _as_3d
 from .rmsnorm import _rounded
 from .rmsnorm_rope import _load_pairs, _pair_offsets, _store_pairs
@@ -325,10 +325,6 @@ class RMSNormRoPEBackwardConfig:
     num_stages: int
 
 
-def _prev_power_of_2(n: int) -> int:
-    return 1 << (max(1, n).bit_length() - 1)
-
-
 def pick_backward_config(hidden: int, head_dim: int, rot_dim: int, per_head: bool,
                          tile_elems: int | None = None) -> RMSNormRoPEBackwardConfig:
     """Tile shape, warps and programs per SM for the backward. Pure: depends only on its arguments.
@@ -345,14 +341,14 @@ def pick_backward_config(hidden: int, head_dim: int, rot_dim: int, per_head: boo
     half_block = next_power_of_2(rot_dim // 2)
     pass_block = next_power_of_2(head_dim - rot_dim) if head_dim > rot_dim else 1
     per_head_elems = 2 * half_block + (pass_block if head_dim > rot_dim else 0)
-    nh_block = min(next_power_of_2(n_heads), _prev_power_of_2(max(1, tile_elems // per_head_elems)))
+    nh_block = min(next_power_of_2(n_heads), prev_power_of_2(max(1, tile_elems // per_head_elems)))
     if nh_block < n_heads and not per_head:
         nh_block = max(1, nh_block // 2)
     n_chunks = cdiv(n_heads, nh_block)
     tile = per_head_elems * nh_block
     one_pass = per_head or n_chunks == 1
     per_thread = ELEMS_PER_THREAD if one_pass else TWO_PASS_ELEMS_PER_THREAD
-    num_warps = _prev_power_of_2(min(16, max(1, tile // (32 * per_thread))))
+    num_warps = prev_power_of_2(min(16, max(1, tile // (32 * per_thread))))
     stages = PIPELINE_STAGES if one_pass else 1
     return RMSNormRoPEBackwardConfig(half_block, pass_block, nh_block, n_chunks, num_warps,
                                      max(1, WARPS_PER_SM // num_warps), stages)
@@ -400,11 +396,6 @@ def _make_plan(dy3, s3, weight, cos, sin, pos2, gs3, x_strides, head_dim, gptj, 
 _plans = PlanCache("rmsnorm_rope_backward")
 
 
-def _grad_input(g: torch.Tensor) -> torch.Tensor:
-    """An incoming gradient with a contiguous last dim (``y.sum()`` hands back expanded ones)."""
-    return g if g.stride(-1) == 1 or g.shape[-1] == 1 else g.contiguous()
-
-
 def rmsnorm_rope_backward(grad_y: torch.Tensor, s: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor,
                           sin: torch.Tensor, position_ids: Optional[torch.Tensor], grad_s: Optional[torch.Tensor],
                           eps: float, head_dim: int, gptj: bool, weight_offset: float,
@@ -417,8 +408,8 @@ def rmsnorm_rope_backward(grad_y: torch.Tensor, s: torch.Tensor, weight: torch.T
     dx = torch.empty(s.shape, dtype=s.dtype, device=s.device) if need_input else None
     if s.numel() == 0:
         return dx, (torch.zeros_like(weight) if need_weight else None)
-    grad_y = _grad_input(grad_y)
-    grad_s = _grad_input(grad_s) if grad_s is not None else None
+    grad_y = last_dim_contiguous(grad_y)
+    grad_s = last_dim_contiguous(grad_s) if grad_s is not None else None
     s3 = _as_3d(s, "s")
     dy3 = _as_3d(grad_y, "grad_y")
     gs3 = _as_3d(grad_s, "grad_s") if grad_s is not None else None

@@ -38,7 +38,7 @@ from ..launch import (
     plan_key,
     tensor_key,
 )
-from ..utils import cdiv, interpreter_enabled, next_power_of_2, num_sms
+from ..utils import cdiv, interpreter_enabled, next_power_of_2, num_sms, prev_power_of_2
 from .rmsnorm import _rounded
 
 LAYOUTS = ("neox", "gptj")
@@ -167,10 +167,6 @@ class RoPEConfig:
     num_warps: int
 
 
-def _prev_power_of_2(n: int) -> int:
-    return 1 << (max(1, n).bit_length() - 1)
-
-
 def pick_config(n_tokens: int, n_q_heads: int, n_k_heads: int, head_dim: int, rot: int | None = None,
                 copy_pass: bool = True, n_sms: int = 132) -> RoPEConfig:
     """Tile shape and warps. Pure: depends only on its arguments.
@@ -187,12 +183,12 @@ def pick_config(n_tokens: int, n_q_heads: int, n_k_heads: int, head_dim: int, ro
     pass_block = next_power_of_2(head_dim - rot) if has_pass else 1
     per_head = 2 * half_block + (pass_block if has_pass else 0)
     n_heads = max(1, n_q_heads + n_k_heads)
-    top = min(_prev_power_of_2(TILE_ELEMS // per_head), next_power_of_2(n_heads))
+    top = min(prev_power_of_2(TILE_ELEMS // per_head), next_power_of_2(n_heads))
     cands = [top >> i for i in range(4) if top >> i >= 1]
     hb = min(cands, key=lambda h: (cdiv(n_heads, h) * h, -h))
     while hb > 1 and n_tokens * cdiv(n_heads, hb) < 2 * n_sms:
         hb //= 2
-    num_warps = _prev_power_of_2(min(8, max(1, hb * per_head // (32 * 16))))
+    num_warps = prev_power_of_2(min(8, max(1, hb * per_head // (32 * 16))))
     return RoPEConfig(half_block, pass_block, hb, num_warps)
 
 
