@@ -1037,24 +1037,9 @@ def fused_gated_mlp_fp8(x_q: torch.Tensor, x_scale: torch.Tensor, gate_q: torch.
         plan = _plans_fp8.get(key)
         if plan is not None:
             return plan(x_q, gate_q, up_q, None, None, None, x_scale, gate_scale, up_scale)
-    _validate(x_q, gate_q, up_q, activation, allowed=(torch.float8_e4m3fn,))
+    _check_fp8_operands(x_q, x_scale, gate_q, gate_scale, up_q, up_scale, activation)
     activation = canonical_activation(activation)
     check_dtype(torch.empty(0, dtype=out_dtype), "out_dtype", FLOAT_DTYPES)
-    rows = math.prod(x_q.shape[:-1])
-    inter = gate_q.shape[0]
-    for name, s, n in (("x_scale", x_scale, rows), ("gate_scale", gate_scale, inter),
-                       ("up_scale", up_scale, inter)):
-        check_tensor(s, name)
-        check_dtype(s, name, (torch.float32,))
-        if s.numel() != n:
-            raise ShapeError(f"{name} has shape {tuple(s.shape)} ({s.numel()} values); expected one scale "
-                             f"per {'row of x' if name == 'x_scale' else 'output channel'} ({n})")
-    check_same_device({"x_q": x_q, "x_scale": x_scale, "gate_q": gate_q, "gate_scale": gate_scale,
-                       "up_q": up_q, "up_scale": up_scale})
-    arch = device_arch(x_q.device)
-    if arch is not None and arch < 89:
-        raise UnsupportedError(f"the FP8 gated MLP needs FP8 tensor cores (sm_89 or newer); this device is "
-                               f"sm_{arch}. Use the fp16/bf16 path (FusedGatedMLP without fp8) instead")
     xs, gs, us = x_scale.reshape(-1).contiguous(), gate_scale.reshape(-1).contiguous(), \
         up_scale.reshape(-1).contiguous()
     if key is not None:
