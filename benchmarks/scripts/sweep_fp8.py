@@ -228,8 +228,11 @@ def sec_auto(quick: bool):
 def sec_linear(quick: bool):
     from torch import nn
 
+    # the issue's target range (M 1024..16384) at 4096 -> 4096, and the MLP's up and down shapes
     shapes = [(8, 64, 96), (80, 64, 96)] if quick else [(1, 4096, 4096), (16, 4096, 4096), (1024, 4096, 4096),
-                                                        (4096, 4096, 4096)]
+                                                        (2048, 4096, 4096), (4096, 4096, 4096), (8192, 4096, 4096),
+                                                        (16384, 4096, 4096), (4096, 14336, 4096),
+                                                        (4096, 4096, 14336)]
     for M, N, K in shapes:
         label = f"M={M} {K}->{N} bf16"
         lin = nn.Linear(K, N, device=DEV, dtype=torch.bfloat16)
@@ -269,72 +272,175 @@ def sec_decode(quick: bool):
 
 
 def _cfg(name, M, N, K, **over):
+    """A launch config of fp8_gemm's CONFIGS[name] with overrides: tile/warps/stages keys as in the config
+    dict, plus ``ctas`` (persistent programs per SM), ``tma``, ``ws`` (warp specialisation) and
+    ``persistent=False`` (one program per tile)."""
     cfg = fg._finish_config(name, M, N, K, fg._arch(torch.device(DEV)), fg.num_sms(torch.device(DEV)),
-                            group_m=over.pop("GROUP_M", 8))
+                            group_m=over.pop("GROUP_M", 8), ctas_per_sm=over.pop("ctas", 1),
+                            tma=over.pop("tma", False), warp_spec=over.pop("ws", False))
+    persistent = over.pop("persistent", True)
     cfg.update(over)
-    if over.get("persistent") is False:
-        cfg.pop("persistent")
+    if not persistent:
         tiles = fg.cdiv(M, cfg["BLOCK_M"]) * fg.cdiv(N, cfg["BLOCK_N"])
         cfg.update(NUM_PROGS=tiles, FLATTEN=False)
     return cfg
 
 
+def _time_variants(section, label, variants, qa, qb, sa, sb, fl, quick, keep=None):
+    """Time fp8_gemm plans of each config variant on the same operands (graph replays), each checked
+    against the default plan's result."""
+    ref = fg.fp8_gemm(qa, qb, a_scale=sa, b_scale=sb, out_dtype=torch.bfloat16).float()
+    for vname, (name, over) in variants.items():
+        if keep is not None and vname not in keep:
+            continue
+        try:
+            plan = fg._plan_gemm(qa, qb, sa, sb, None, torch.bfloat16, "auto", _cfg(name, *fl[1:], **dict(over)))
+            got = plan(qa, qb, sa, sb, None).float()
+        except Exception as exc:
+            print(f"  {section}  {label} {vname}: {type(exc).__name__}: {str(exc)[:300]}")
+            ROWS.append({"section": section, "shape": label, "system": vname, "error": f"{type(exc).__name__}"})
+            continue
+        err = ((got - ref).norm() / ref.norm()).item()
+        # same operands, another tiling: only the accumulation order and bf16 rounding differ (<~4e-3)
+        row = measure(section, label, vname, lambda p=plan: p(qa, qb, sa, sb, None), flops=fl[0], events=False,
+                      note=f"rel err vs default {err:.1e}" + (" WRONG" if err > 1e-2 else ""))
+        row["rel_err_vs_default"] = err
+
+
+#: Pre-quantized e4m3 config variants (per-tensor / per-row scales).
+GEMM_VARIANTS = {
+    "h_256 (default) g8": ("h_256", {}),
+    "h_256 g16": ("h_256", {"GROUP_M": 16}),
+    "h_256 g4": ("h_256", {"GROUP_M": 4}),
+    "h_256 s3": ("h_256", {"num_stages": 3}),
+    "h_256 no flatten": ("h_256", {"FLATTEN": False}),
+    "h_256 not persistent": ("h_256", {"persistent": False}),
+    "h_128 s4": ("h_128", {}),
+    "h_128 s5": ("h_128", {"num_stages": 5}),
+    "128x256x64 s6": ("h_256", {"BLOCK_K": 64, "num_stages": 6}),
+    "256x128x128 s3": ("h_256", {"BLOCK_M": 256, "BLOCK_N": 128, "num_stages": 3}),
+    "h_256 TMA": ("h_256", {"tma": True}),
+    "h_256 TMA g16": ("h_256", {"tma": True, "GROUP_M": 16}),
+    "h_256 TMA s3": ("h_256", {"tma": True, "num_stages": 3}),
+    "h_128 TMA": ("h_128", {"tma": True}),
+    "128x128 w4 TMA WS": ("h_128", {"tma": True, "ws": True, "num_warps": 4}),
+    "128x128 w4 TMA WS s3 2cta": ("h_128", {"tma": True, "ws": True, "num_warps": 4, "num_stages": 3, "ctas": 2}),
+}
+
+
 def sec_configs(quick: bool):
-    """GEMM config variants for the pre-quantized e4m3 -> bf16 GEMM (stretch target: >= 1.1x
-    torch._scaled_mm at 4096^3 and 8192^3). Timed as graph replays (GPU time)."""
-    shapes = [(80, 96, 128)] if quick else [(4096, 4096, 4096), (8192, 8192, 8192)]
-    variants = {
-        "h_256 (default) g8": ("h_256", {}),
-        "h_256 g16": ("h_256", {"GROUP_M": 16}),
-        "h_256 g4": ("h_256", {"GROUP_M": 4}),
-        "h_256 s3": ("h_256", {"num_stages": 3}),
-        "h_256 no flatten": ("h_256", {"FLATTEN": False}),
-        "h_256 not persistent": ("h_256", {"persistent": False}),
-        "h_128 s4": ("h_128", {}),
-        "h_128 s5": ("h_128", {"num_stages": 5}),
-        "128x256x64 s6": ("h_256", {"BLOCK_K": 64, "num_stages": 6}),
-        "256x128x128 s3": ("h_256", {"BLOCK_M": 256, "BLOCK_N": 128, "num_stages": 3}),
-        "h_256 TMA": ("h_256", {"tma": True}),
-        "h_256 TMA g16": ("h_256", {"tma": True, "GROUP_M": 16}),
-        "h_128 TMA": ("h_128", {"tma": True}),
-    }
+    """GEMM config variants for the pre-quantized e4m3 -> bf16 GEMM (target: >= 1.1x torch._scaled_mm at
+    4096^3 and 8192^3, per tensor and per row). Timed as graph replays (GPU time)."""
+    shapes = [(80, 96, 128)] if quick else [(4096, 4096, 4096), (8192, 8192, 8192), (16384, 4096, 14336)]
     for M, N, K in shapes:
         for gran in ("row", "tensor"):
+            if K == 14336 and gran == "tensor":
+                continue
             label = f"{M}x{N}x{K} {gran}"
             qa, sa = quantize_fp8(torch.randn(M, K, device=DEV, dtype=torch.bfloat16), granularity=gran)
             qw, sw = quantize_fp8(torch.randn(N, K, device=DEV, dtype=torch.bfloat16), granularity=gran)
             sa = sa.reshape(1) if gran == "tensor" else sa
             sb = sw.reshape(1) if gran == "tensor" else sw.t()
             qb = qw.t()
-            fl = 2.0 * M * N * K
-            for vname, (name, over) in variants.items():
-                if quick and vname not in ("h_256 (default) g8", "h_128 s4", "h_128 TMA"):
-                    continue
-                if gran == "tensor" and vname not in ("h_256 (default) g8", "h_256 g16", "h_256 TMA", "h_256 TMA g16"):
-                    continue  # tensor scales: the default and the two likeliest winners only
-                over = dict(over)
-                tma = over.pop("tma", False)
-                cfg = _cfg(name, M, N, K, **over)
-                fg.NATIVE_TMA = tma  # read when the plan is made; the plan keeps its choice
-                try:
-                    plan = fg._plan_gemm(qa, qb, sa, sb, None, torch.bfloat16, "auto", cfg)
-                except Exception as exc:
-                    print(f"  configs  {label} {vname}: {type(exc).__name__}: {exc}")
-                    continue
-                finally:
-                    fg.NATIVE_TMA = False
-                got = plan(qa, qb, sa, sb, None).float()
-                ref = fg.fp8_gemm(qa, qb, a_scale=sa, b_scale=sb, out_dtype=torch.bfloat16).float()
-                err = ((got - ref).norm() / ref.norm()).item()
-                # same operands, another tiling: only the accumulation order and bf16 rounding differ (<~4e-3)
-                row = measure("configs", label, vname, lambda p=plan: p(qa, qb, sa, sb, None), flops=fl,
-                              events=False, note=f"rel err vs default {err:.1e}" + (" WRONG" if err > 1e-2 else ""))
-                row["rel_err_vs_default"] = err
+            keep = ("h_256 (default) g8", "h_128 s4", "h_128 TMA") if quick else None
+            _time_variants("configs", label, GEMM_VARIANTS, qa, qb, sa, sb, (2.0 * M * N * K, M, N, K), quick, keep)
             if GPU:
                 measure("configs", label, "torch_scaled_mm", lambda: torch._scaled_mm(
                     qa, qb, scale_a=sa.reshape(()) if gran == "tensor" else sa,
-                    scale_b=sb.reshape(()) if gran == "tensor" else sb, out_dtype=torch.bfloat16), flops=fl,
-                    events=False, baseline="ceiling")
+                    scale_b=sb.reshape(()) if gran == "tensor" else sb, out_dtype=torch.bfloat16),
+                    flops=2.0 * M * N * K, events=False, baseline="ceiling")
+            fp8_cache.clear()
+
+
+#: Block-scaled variants (a per (1, 128) block; b per column or per (128, 128) block).
+BLOCK_VARIANTS = {
+    "h_blk (default)": ("h_blk", {}),
+    "h_blk 2cta": ("h_blk", {"ctas": 2}),
+    "h_blk s3 2cta": ("h_blk", {"ctas": 2, "num_stages": 3}),
+    "h_blk not persistent": ("h_blk", {"persistent": False}),
+    "h_blk TMA": ("h_blk", {"tma": True}),
+    "h_blk TMA 2cta s3": ("h_blk", {"tma": True, "ctas": 2, "num_stages": 3}),
+    "h_blk TMA WS": ("h_blk", {"tma": True, "ws": True}),
+    "h_blk TMA WS s3 2cta": ("h_blk", {"tma": True, "ws": True, "num_stages": 3, "ctas": 2}),
+    "128x128 w8": ("h_blk", {"BLOCK_M": 128, "num_warps": 8}),
+    "128x128 w8 TMA": ("h_blk", {"BLOCK_M": 128, "num_warps": 8, "tma": True}),
+    "128x128 w4 TMA WS": ("h_blk", {"BLOCK_M": 128, "tma": True, "ws": True}),
+    "128x128 w4 TMA WS s3": ("h_blk", {"BLOCK_M": 128, "tma": True, "ws": True, "num_stages": 3}),
+}
+
+
+def sec_blockscaled(quick: bool):
+    """Block-scaled e4m3 GEMMs: the FP8 MLP chain's down projection (16384 x 4096 x 14336, a from the gated
+    epilogue with (1, 128) block scales, b per column) and 8192^3 with (128, 128) weight blocks (DeepSeek
+    style), config variants against the same GEMM with per-row scales and torch._scaled_mm."""
+    shapes = [(80, 96, 256)] if quick else [(16384, 4096, 14336), (8192, 8192, 8192)]
+    for M, N, K in shapes:
+        x = torch.randn(M, K, device=DEV, dtype=torch.bfloat16)
+        w = torch.randn(N, K, device=DEV, dtype=torch.bfloat16)
+        qa, sa = quantize_fp8(x, granularity="block", block_size=(1, 128))
+        fl = (2.0 * M * N * K, M, N, K)
+        for bgran in ("column", "block"):
+            if bgran == "column":
+                qw, sw = quantize_fp8(w, granularity="row")
+                sb = sw.t()
+            else:
+                qw, sw = quantize_fp8(w, granularity="block", block_size=(128, 128))
+                sb = sw.t()
+            label = f"{M}x{N}x{K} a(1x128) b {bgran}"
+            keep = ("h_blk (default)", "h_blk 2cta", "h_blk TMA WS") if quick else None
+            _time_variants("blockscaled", label, BLOCK_VARIANTS, qa, qw.t(), sa, sb, fl, quick, keep)
+            if GPU:
+                try:
+                    measure("blockscaled", label, "torch_scaled_mm blockwise", lambda: torch._scaled_mm(
+                        qa, qw.t(), scale_a=sa, scale_b=sb, out_dtype=torch.bfloat16), flops=fl[0], events=False,
+                        baseline="ceiling")
+                except Exception as exc:  # cuBLASLt block scaling needs particular scale layouts / versions
+                    print(f"  blockscaled {label} torch_scaled_mm blockwise: {type(exc).__name__}: {str(exc)[:200]}")
+        qr, sr = quantize_fp8(x, granularity="row")
+        qw, sw = quantize_fp8(w, granularity="row")
+        label = f"{M}x{N}x{K} a row b column"
+        measure("blockscaled", label, "triton_ops fp8_gemm", lambda: fg.fp8_gemm(
+            qr, qw.t(), a_scale=sr, b_scale=sw.t(), out_dtype=torch.bfloat16, check_scales=False), flops=fl[0],
+            events=False)
+        if GPU:
+            measure("blockscaled", label, "torch_scaled_mm rowwise", lambda: torch._scaled_mm(
+                qr, qw.t(), scale_a=sr, scale_b=sw.t(), out_dtype=torch.bfloat16), flops=fl[0], events=False,
+                baseline="ceiling")
+        fp8_cache.clear()
+        if GPU:
+            torch.cuda.empty_cache()
+
+
+def _quant_tensor_parts(x, label):
+    """The per-tensor quantize's two passes timed alone, and variants of their grids and order."""
+    from triton_ops.kernels import fp8_quantize as fq
+
+    R, C = x.shape
+    fmax = fq.FP8_MAX[torch.float8_e4m3fn]
+    q = torch.empty(R, C, dtype=torch.float8_e4m3fn, device=DEV)
+    for per_sm in (2, 4, 8):
+        fq.AMAX_PROGS_PER_SM = per_sm
+        n, per = fq._grid_rows(R, x.device)
+        br, bc, warps = fq.tile_config(R, C)
+        amax = fq.KernelLaunch(fq._amax_rows_kernel, (n,), dict(BLOCK_R=br, BLOCK_C=bc), num_warps=warps)
+        part = torch.zeros(n + 1, dtype=torch.float32, device=DEV)
+        measure("quant", label, f"amax pass alone ({per_sm}/SM)", lambda a=amax, p=part, nn=per: a(x, p, R, C, C, nn),
+                graph=True, note=f"{R * C * 2 / 1e6:.0f} MB read")
+        if per_sm == 4:
+            amax(x, part, R, C, C, per)
+            for rev in (True, False):
+                step = fq.scale_tiles_step(R, C, (C, 1), (C, 1), (0, 0), 1, fmax, dequant=False, n_part=n,
+                                           reverse=rev)
+                measure("quant", label, f"scale pass alone ({'reverse' if rev else 'forward'})",
+                        lambda st=step, p=part: st(x, q, p), graph=True, note=f"{R * C * 3 / 1e6:.0f} MB moved")
+    fq.AMAX_PROGS_PER_SM = 4
+    for per_sm in (2, 8):
+        fq.AMAX_PROGS_PER_SM = per_sm
+        clear_plans()
+        measure("quant", label, f"quantize_fp8 (amax {per_sm}/SM)", lambda: quantize_fp8(x, granularity="tensor"),
+                graph=True)
+    fq.AMAX_PROGS_PER_SM = 4
+    clear_plans()
 
 
 def sec_quant(quick: bool):
@@ -349,6 +455,8 @@ def sec_quant(quick: bool):
         if GPU and args_compile:
             f = compiled(torch_quantize)
             measure("quant", label, "torch_compile", lambda g=gran: f(x, g), baseline="ceiling")
+        if gran == "tensor":
+            _quant_tensor_parts(x, label)
         if GPU:
             src = torch.empty(M * K * 3 // 2, dtype=torch.uint8, device=DEV)
             dst = torch.empty_like(src)
@@ -419,6 +527,7 @@ def sec_tests(quick: bool):
 
 
 SECTIONS = {"tests": sec_tests, "check": sec_check, "layouts": sec_layouts, "auto": sec_auto, "linear": sec_linear,
+            "blockscaled": sec_blockscaled,
             "decode": sec_decode, "configs": sec_configs, "quant": sec_quant, "host": sec_host}
 
 
@@ -460,6 +569,15 @@ def _summary() -> list[str]:
     return lines
 
 
+def _write(out: str, t0: float) -> str:
+    env = {"gpu": torch.cuda.get_device_name() if GPU else "cpu (interpreter)", "torch": torch.__version__,
+           "triton": __import__("triton").__version__, "seconds": round(time.time() - t0, 1)}
+    path = os.path.join(out, "sweep_fp8.json")
+    with open(path, "w") as fh:
+        json.dump({"env": env, "rows": ROWS}, fh, indent=1, default=str)
+    return path
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("out", nargs="?", default=os.environ.get("OUT", "."))
@@ -481,13 +599,9 @@ def main(argv=None) -> int:
             traceback.print_exc()
             ROWS.append({"section": name, "error": f"{type(exc).__name__}: {exc}"})
         _policy(NATIVE_MN_POLICY="copy", WEIGHT_ONLY_KMAJOR_COPY=False, NATIVE_TMA=False)
-    env = {"gpu": torch.cuda.get_device_name() if GPU else "cpu (interpreter)", "torch": torch.__version__,
-           "triton": __import__("triton").__version__, "seconds": round(time.time() - t0, 1)}
-    path = os.path.join(args.out, "sweep_fp8.json")
-    with open(path, "w") as fh:
-        json.dump({"env": env, "rows": ROWS}, fh, indent=1, default=str)
+        path = _write(args.out, t0)  # after every section: a run cut short keeps what it measured
     print("\n".join(_summary()))
-    print(f"\nwrote {path} ({len(ROWS)} rows, {env['seconds']} s)")
+    print(f"\nwrote {path} ({len(ROWS)} rows, {time.time() - t0:.1f} s)")
     return 0
 
 

@@ -162,7 +162,8 @@ def _fp8_gemm_kernel(a_ptr, b_ptr, c_ptr, as_ptr, bs_ptr, bias_ptr, ws_ptr, M, N
                      B_E5M2: tl.constexpr, DOT_TY: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                      GROUP_M: tl.constexpr, FLATTEN: tl.constexpr, SPLIT_K: tl.constexpr,
-                     HW_CVT: tl.constexpr, A_MN: tl.constexpr, B_MN: tl.constexpr, USE_TMA: tl.constexpr):
+                     HW_CVT: tl.constexpr, A_MN: tl.constexpr, B_MN: tl.constexpr, USE_TMA: tl.constexpr,
+                     WARP_SPEC: tl.constexpr = False):
     """Persistent tiled GEMM. Scale modes (A_SCALE / B_SCALE): 0 one scale, 1 per row of a / per column
     of b, 2 per (1, BLOCK_K) block of a / per (BLOCK_K, 128) block of b (BLOCK_K == 128), 3 (a only) none.
     *_DECODE: the operand holds FP8 bits (uint8) decoded to DOT_TY in registers; otherwise it feeds
@@ -183,7 +184,7 @@ def _fp8_gemm_kernel(a_ptr, b_ptr, c_ptr, as_ptr, bs_ptr, bias_ptr, ws_ptr, M, N
     num_tiles = num_pid_m * num_pid_n
     k_tiles = tl.cdiv(K, BLOCK_K)
     offs_k = tl.arange(0, BLOCK_K)
-    for item in tl.range(pid, num_tiles * SPLIT_K, NUM_PROGS, flatten=FLATTEN):
+    for item in tl.range(pid, num_tiles * SPLIT_K, NUM_PROGS, flatten=FLATTEN, warp_specialize=WARP_SPEC):
         if SPLIT_K > 1:
             tile = item // SPLIT_K
             split = item % SPLIT_K
@@ -384,7 +385,13 @@ def _small_split(tiles: int, k_tiles: int, sms: int) -> int:
 
 
 def _finish_config(name: str, M: int, N: int, K: int, arch: int, sms: int, *, group_m: int = 8,
-                   split_k: int | None = None) -> dict:
+                   split_k: int | None = None, ctas_per_sm: int = 1, tma: bool | None = None,
+                   warp_spec: bool = False) -> dict:
+    """The launch config of CONFIGS[name] for one problem. ``ctas_per_sm``: persistent programs per SM (2 lets
+    a second program's MMAs fill the gaps of a block-scaled tile's per-step rescaling); ``tma``: read the
+    K-major operands through TMA descriptors (None: ``NATIVE_TMA``); ``warp_spec``: warp-specialised
+    persistent loop (a TMA producer warp group beside the MMA warp group; Triton 3.6 does it for 4-warp
+    tiles on sm_90; it needs the tile loop unflattened)."""
     bm, bn, bk, warps, stages = CONFIGS[name]
     tiles = cdiv(M, bm) * cdiv(N, bn)
     k_tiles = max(1, cdiv(K, bk))
@@ -398,9 +405,10 @@ def _finish_config(name: str, M: int, N: int, K: int, arch: int, sms: int, *, gr
     items = tiles * split_k
     return {"name": name, "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "num_warps": warps, "num_stages": stages,
             "GROUP_M": int(group_m), "SPLIT_K": split_k, "K_TILES_PER_SPLIT": per,
-            "NUM_PROGS": max(1, min(items, sms) if persistent else items),
+            "NUM_PROGS": max(1, min(items, sms * ctas_per_sm) if persistent else items),
             # loop flattening of the persistent loop assumes a fixed inner trip count
-            "FLATTEN": persistent and arch >= 90 and split_k == 1}
+            "FLATTEN": persistent and arch >= 90 and split_k == 1 and not warp_spec,
+            "TMA": NATIVE_TMA if tma is None else bool(tma), "WARP_SPEC": bool(warp_spec)}
 
 
 def gemm_config(M: int, N: int, K: int, arch: int, *, weight_only: bool = False, block_scaled: bool = False,
@@ -510,7 +518,8 @@ def _gemm_step(M: int, N: int, K: int, a_st, b_st, c_st, sa_st, sb_st, a_mode: i
         A_SCALE=a_mode, B_SCALE=b_mode, HAS_BIAS=has_bias, A_DECODE=a_decode, B_DECODE=b_decode, A_E5M2=a_e5,
         B_E5M2=b_e5, DOT_TY=dot_ty, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"],
         GROUP_M=cfg["GROUP_M"], FLATTEN=cfg["FLATTEN"], SPLIT_K=split, HW_CVT=hw_cvt, A_MN=a_mn, B_MN=b_mn,
-        USE_TMA=use_tma), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+        USE_TMA=use_tma, WARP_SPEC=cfg.get("WARP_SPEC", False) and use_tma), num_warps=cfg["num_warps"],
+        num_stages=cfg["num_stages"])
     ints = (M, N, K, a_st[0], a_st[1], b_st[0], b_st[1], c_st[0], c_st[1], sa_st[0], sa_st[1], sb_st[0],
             sb_st[1], float(factor), cfg["NUM_PROGS"], cfg["K_TILES_PER_SPLIT"])
     # Pointers a launch never reads are passed as None (a's scale on the weight-only path, the bias when
@@ -712,8 +721,8 @@ def _plan_gemm(a: torch.Tensor, b: torch.Tensor, a_scale, b_scale, bias, out_dty
     cfg = config or tuned_config(M, N, K, arch, dev, weight_only=decode, block_scaled=block_scaled, sms=sms,
                                  out_fp32=out_fp32)
     # TMA: K-major operands with 16-byte rows (fp8: K % 16 == 0); the plan key fixes the bases' alignment.
-    tma = (NATIVE_TMA and not decode and arch >= 90 and cfg["SPLIT_K"] == 1 and a_kst[1] == 1 and b_kst[0] == 1
-           and a_kst[0] % 16 == 0 and b_kst[1] % 16 == 0 and K % 16 == 0)
+    tma = (cfg.get("TMA", NATIVE_TMA) and not decode and arch >= 90 and cfg["SPLIT_K"] == 1 and a_kst[1] == 1
+           and b_kst[0] == 1 and a_kst[0] % 16 == 0 and b_kst[1] % 16 == 0 and K % 16 == 0)
     core = _gemm_step(M, N, K, a_kst, b_kst, out_st, sa_st, sb_st, a_mode, b_mode, has_bias, a_decode=decode,
                       b_decode=decode, a_e5=a_e5, b_e5=b_e5, hw_cvt=False, dot_ty=tl.float16, factor=factor,
                       cfg=cfg, device=dev, clamp=NATIVE_MN_POLICY == "clamp" and not decode, use_tma=tma)

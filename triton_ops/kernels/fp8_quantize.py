@@ -609,9 +609,13 @@ def _on_sm80(device: torch.device) -> bool:
     return cap is not None and cap < (8, 9)
 
 
+#: Programs per SM of the per-tensor amax pass (each reduces a contiguous band of rows to one partial).
+AMAX_PROGS_PER_SM = 4
+
+
 def _grid_rows(R: int, device: torch.device) -> tuple[int, int]:
     """(programs, rows per program) for the per-tensor amax pass: <= MAX_PARTIALS programs."""
-    want = min(MAX_PARTIALS, max(1, 4 * num_sms(device)), R)
+    want = min(MAX_PARTIALS, max(1, AMAX_PROGS_PER_SM * num_sms(device)), R)
     per = cdiv(R, want)
     return cdiv(R, per), per
 
