@@ -273,11 +273,11 @@ def sec_decode(quick: bool):
 
 def _cfg(name, M, N, K, **over):
     """A launch config of fp8_gemm's CONFIGS[name] with overrides: tile/warps/stages keys as in the config
-    dict, plus ``ctas`` (persistent programs per SM), ``tma``, ``ws`` (warp specialisation) and
-    ``persistent=False`` (one program per tile)."""
+    dict, plus ``ctas`` (persistent programs per SM), ``tma`` and ``persistent=False`` (one program per
+    tile)."""
     cfg = fg._finish_config(name, M, N, K, fg._arch(torch.device(DEV)), fg.num_sms(torch.device(DEV)),
                             group_m=over.pop("GROUP_M", 8), ctas_per_sm=over.pop("ctas", 1),
-                            tma=over.pop("tma", False), warp_spec=over.pop("ws", False))
+                            tma=over.pop("tma", False))
     persistent = over.pop("persistent", True)
     cfg.update(over)
     if not persistent:
@@ -311,20 +311,12 @@ def _time_variants(section, label, variants, qa, qb, sa, sb, fl, quick, keep=Non
 GEMM_VARIANTS = {
     "h_256 (default) g8": ("h_256", {}),
     "h_256 g16": ("h_256", {"GROUP_M": 16}),
-    "h_256 g4": ("h_256", {"GROUP_M": 4}),
     "h_256 s3": ("h_256", {"num_stages": 3}),
-    "h_256 no flatten": ("h_256", {"FLATTEN": False}),
-    "h_256 not persistent": ("h_256", {"persistent": False}),
-    "h_128 s4": ("h_128", {}),
-    "h_128 s5": ("h_128", {"num_stages": 5}),
-    "128x256x64 s6": ("h_256", {"BLOCK_K": 64, "num_stages": 6}),
-    "256x128x128 s3": ("h_256", {"BLOCK_M": 256, "BLOCK_N": 128, "num_stages": 3}),
     "h_256 TMA": ("h_256", {"tma": True}),
     "h_256 TMA g16": ("h_256", {"tma": True, "GROUP_M": 16}),
     "h_256 TMA s3": ("h_256", {"tma": True, "num_stages": 3}),
-    "h_128 TMA": ("h_128", {"tma": True}),
-    "128x128 w4 TMA WS": ("h_128", {"tma": True, "ws": True, "num_warps": 4}),
-    "128x128 w4 TMA WS s3 2cta": ("h_128", {"tma": True, "ws": True, "num_warps": 4, "num_stages": 3, "ctas": 2}),
+    "h_128 TMA s3 2cta": ("h_128", {"tma": True, "num_stages": 3, "ctas": 2}),
+    "256x128x128 s3 TMA": ("h_256", {"BLOCK_M": 256, "BLOCK_N": 128, "num_stages": 3, "tma": True}),
 }
 
 
@@ -342,7 +334,7 @@ def sec_configs(quick: bool):
             sa = sa.reshape(1) if gran == "tensor" else sa
             sb = sw.reshape(1) if gran == "tensor" else sw.t()
             qb = qw.t()
-            keep = ("h_256 (default) g8", "h_128 s4", "h_128 TMA") if quick else None
+            keep = ("h_256 (default) g8", "h_256 TMA") if quick else None
             _time_variants("configs", label, GEMM_VARIANTS, qa, qb, sa, sb, (2.0 * M * N * K, M, N, K), quick, keep)
             if GPU:
                 measure("configs", label, "torch_scaled_mm", lambda: torch._scaled_mm(
@@ -355,17 +347,11 @@ def sec_configs(quick: bool):
 #: Block-scaled variants (a per (1, 128) block; b per column or per (128, 128) block).
 BLOCK_VARIANTS = {
     "h_blk (default)": ("h_blk", {}),
-    "h_blk 2cta": ("h_blk", {"ctas": 2}),
-    "h_blk s3 2cta": ("h_blk", {"ctas": 2, "num_stages": 3}),
-    "h_blk not persistent": ("h_blk", {"persistent": False}),
-    "h_blk TMA": ("h_blk", {"tma": True}),
     "h_blk TMA 2cta s3": ("h_blk", {"tma": True, "ctas": 2, "num_stages": 3}),
-    "h_blk TMA WS": ("h_blk", {"tma": True, "ws": True}),
-    "h_blk TMA WS s3 2cta": ("h_blk", {"tma": True, "ws": True, "num_stages": 3, "ctas": 2}),
-    "128x128 w8": ("h_blk", {"BLOCK_M": 128, "num_warps": 8}),
-    "128x128 w8 TMA": ("h_blk", {"BLOCK_M": 128, "num_warps": 8, "tma": True}),
-    "128x128 w4 TMA WS": ("h_blk", {"BLOCK_M": 128, "tma": True, "ws": True}),
-    "128x128 w4 TMA WS s3": ("h_blk", {"BLOCK_M": 128, "tma": True, "ws": True, "num_stages": 3}),
+    "h_blk TMA 2cta s4": ("h_blk", {"tma": True, "ctas": 2}),
+    "h_blk TMA 2cta s3 g16": ("h_blk", {"tma": True, "ctas": 2, "num_stages": 3, "GROUP_M": 16}),
+    "h_blk TMA 3cta s2": ("h_blk", {"tma": True, "ctas": 3, "num_stages": 2}),
+    "128x128 w8 TMA s3": ("h_blk", {"BLOCK_M": 128, "num_warps": 8, "tma": True, "num_stages": 3}),
 }
 
 
@@ -387,7 +373,7 @@ def sec_blockscaled(quick: bool):
                 qw, sw = quantize_fp8(w, granularity="block", block_size=(128, 128))
                 sb = sw.t()
             label = f"{M}x{N}x{K} a(1x128) b {bgran}"
-            keep = ("h_blk (default)", "h_blk 2cta", "h_blk TMA WS") if quick else None
+            keep = ("h_blk (default)", "h_blk TMA 2cta s3") if quick else None
             _time_variants("blockscaled", label, BLOCK_VARIANTS, qa, qw.t(), sa, sb, fl, quick, keep)
             if GPU:
                 try:

@@ -37,13 +37,14 @@ targets below comes from one run.
   >= 1.2x ``torch_compile`` of norm + quantize.
 * ``norm_fp8_mlp_block``: RMSNorm -> FP8 -> gated-MLP GEMM -> FP8 -> down GEMM at H=4096, I=14336,
   M=2048 and 16384, bf16 activations, weights quantized once (e4m3, one scale per output channel)
-  outside the timed region. ``triton_ops`` is the FP8 chain of :func:`~triton_ops.fused_gated_mlp_fp8`'s
-  docstring: ``fused_add_rmsnorm`` writing e4m3 with per-token scales (the FP8 gated kernel takes one
-  scale per row of its input), :class:`~triton_ops.FusedGatedMLP` (fp8) writing e4m3 with 1x128 block
-  scales, then :func:`~triton_ops.fp8_gemm` on the down projection's :class:`~triton_ops.FP8Linear`
-  weights (``FP8Linear.forward`` takes bf16 activations only, so its buffers are passed to ``fp8_gemm``
-  with the block scales). ``triton_ops_patched`` is what ``patch_model(model, fp8=True)`` runs today: the
-  bf16 norm, then ``FusedMLP.to_fp8()`` (activations quantized per token inside the gated kernel's call
+  outside the timed region. ``triton_ops`` is the FP8 chain: ``fused_add_rmsnorm`` writing e4m3 with
+  per-token scales (the FP8 gated kernel takes one scale per row of its input),
+  :class:`~triton_ops.FusedGatedMLP` (fp8) writing h in bf16, then the down projection's
+  :class:`~triton_ops.FP8Linear` (h quantized per token, row-scaled GEMM). ``triton_ops_block_epilogue``
+  has the gated epilogue write h as e4m3 with 1x128 block scales instead, read by a block-scaled
+  :func:`~triton_ops.fp8_gemm` (no quantize pass, slower GEMM: see ``mlp.BLOCK_EPILOGUE``).
+  ``triton_ops_patched`` is what ``patch_model(model, fp8=True)`` runs: the bf16 norm, then
+  ``FusedMLP.to_fp8()`` (activations quantized per token inside the gated kernel's call
   and inside FP8Linear). Baselines: ``hf_bf16_eager`` = a PyTorch RMSNorm (Hugging Face's Llama order)
   and an HF MLP of three bf16 ``nn.Linear`` with SiLU; ``unfused_fp8_eager`` / ``unfused_fp8_compile`` =
   PyTorch norm, per-token quantize, ``torch._scaled_mm`` over the packed gate/up e4m3 weights (row-wise
@@ -448,7 +449,13 @@ def _mlp_block_case(label: str, M: int, H: int, inter: int, device: str) -> Benc
         }
 
     def chain(i):
-        # per-token scales: the FP8 gated kernel takes one scale per row of its input
+        # per-token scales: the FP8 gated kernel takes one scale per row of its input; h in bf16, quantized
+        # per token by the down projection (row-scaled GEMM, see mlp.BLOCK_EPILOGUE)
+        xq, xs = fused_add_rmsnorm(i["x"], i["w_norm"], EPS, out_dtype=E4M3, out_scaling="token")
+        return i["fp8_mlp"].down_proj(i["gu"](xq, xs, out_dtype=i["x"].dtype))
+
+    def block_chain(i):
+        # h as e4m3 with (1, 128) block scales from the gated epilogue: no quantize pass, block-scaled GEMM
         xq, xs = fused_add_rmsnorm(i["x"], i["w_norm"], EPS, out_dtype=E4M3, out_scaling="token")
         aq, a_s = i["gu"](xq, xs, out_dtype=E4M3, out_scaling="block")
         return fp8_gemm(aq, i["wd_t"], a_scale=a_s, b_scale=i["wd_s"], out_dtype=i["x"].dtype)
@@ -461,6 +468,7 @@ def _mlp_block_case(label: str, M: int, H: int, inter: int, device: str) -> Benc
     systems: dict[str, Any] = {
         "triton_ops": chain,
         "triton_ops_patched": patched,
+        "triton_ops_block_epilogue": block_chain,
         "hf_bf16_eager": lambda i: i["hf"](torch_rmsnorm(i["x"], i["w_norm"])),
         "unfused_fp8_eager": lambda i: torch_fp8_mlp_block(*fp8_args(i)),
         "unfused_fp8_compile": lambda i: comp(*fp8_args(i)),

@@ -361,10 +361,15 @@ def gemm_compile_specs(arch: int) -> list[CompileSpec]:
                                    must=must))
         specs.append(_spec(blk, arch, a_ty="fp8e4nv", b_ty="fp8e4nv", a_decode=False, b_decode=False, a_mode=2,
                            b_mode=2, bias=False, flatten=arch >= 90, must=must))
-        if arch >= 90:  # the TMA variant of the large tiles (NATIVE_TMA, measured by the sweep)
+        if arch >= 90:  # TMA reads: the default of h_256 and h_blk (CONFIG_TMA), NATIVE_TMA for h_128
             for name in big:
-                specs.append(_spec(name, arch, a_ty="fp8e4nv", b_ty="fp8e4nv", a_decode=False, b_decode=False,
-                                   a_mode=1, b_mode=1, bias=True, flatten=True, must=must, tma=True))
+                for a_mode, b_mode, bias, out in ((0, 0, False, "bf16"), (1, 1, True, "bf16")):
+                    specs.append(_spec(name, arch, a_ty="fp8e4nv", b_ty="fp8e4nv", a_decode=False, b_decode=False,
+                                       a_mode=a_mode, b_mode=b_mode, bias=bias, flatten=True, out_ty=out, must=must,
+                                       tma=True))
+            for a_mode, b_mode in ((2, 1), (2, 2), (1, 2)):
+                specs.append(_spec(blk, arch, a_ty="fp8e4nv", b_ty="fp8e4nv", a_decode=False, b_decode=False,
+                                   a_mode=a_mode, b_mode=b_mode, bias=False, flatten=True, must=must, tma=True))
         for name in ("small_16", "small_16_n32", "small_32", "small_64"):
             for split in (1, 2):  # the small configs split K when N alone gives too few programs
                 specs.append(_spec(name, arch, a_ty="fp8e4nv", b_ty="fp8e4nv", a_decode=False, b_decode=False,

@@ -162,8 +162,7 @@ def _fp8_gemm_kernel(a_ptr, b_ptr, c_ptr, as_ptr, bs_ptr, bias_ptr, ws_ptr, M, N
                      B_E5M2: tl.constexpr, DOT_TY: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                      GROUP_M: tl.constexpr, FLATTEN: tl.constexpr, SPLIT_K: tl.constexpr,
-                     HW_CVT: tl.constexpr, A_MN: tl.constexpr, B_MN: tl.constexpr, USE_TMA: tl.constexpr,
-                     WARP_SPEC: tl.constexpr = False):
+                     HW_CVT: tl.constexpr, A_MN: tl.constexpr, B_MN: tl.constexpr, USE_TMA: tl.constexpr):
     """Persistent tiled GEMM. Scale modes (A_SCALE / B_SCALE): 0 one scale, 1 per row of a / per column
     of b, 2 per (1, BLOCK_K) block of a / per (BLOCK_K, 128) block of b (BLOCK_K == 128), 3 (a only) none.
     *_DECODE: the operand holds FP8 bits (uint8) decoded to DOT_TY in registers; otherwise it feeds
@@ -184,7 +183,7 @@ def _fp8_gemm_kernel(a_ptr, b_ptr, c_ptr, as_ptr, bs_ptr, bias_ptr, ws_ptr, M, N
     num_tiles = num_pid_m * num_pid_n
     k_tiles = tl.cdiv(K, BLOCK_K)
     offs_k = tl.arange(0, BLOCK_K)
-    for item in tl.range(pid, num_tiles * SPLIT_K, NUM_PROGS, flatten=FLATTEN, warp_specialize=WARP_SPEC):
+    for item in tl.range(pid, num_tiles * SPLIT_K, NUM_PROGS, flatten=FLATTEN):
         if SPLIT_K > 1:
             tile = item // SPLIT_K
             split = item % SPLIT_K
@@ -314,7 +313,8 @@ def _transpose_kernel(x_ptr, y_ptr, R, C, stride_xr, stride_xc, stride_yr, strid
 #: is (BM + BN) * BK bytes: 48 KB for "h_256" (4 stages = 192 KB of the H100's 227 KB).
 CONFIGS = {
     # Hopper, native FP8: 128x256 accumulator = 128 fp32 registers/thread over 8 warps (two warpgroups).
-    "h_256": (128, 256, 128, 8, 4),
+    # 3 stages with TMA (CONFIG_TMA) beat 4: 872.6 vs 883.4 us at 8192^3 (H200, sweep_fp8.py configs).
+    "h_256": (128, 256, 128, 8, 3),
     "h_128": (128, 128, 128, 8, 4),  # fewer tiles than SMs with 128x256, or block-scaled b
     # Ada (sm_89, ~99 KB shared memory per block): 16 KB/stage for fp8 at 128x128x64.
     "ada_128": (128, 128, 64, 8, 4),
@@ -327,12 +327,26 @@ CONFIGS = {
     # Candidate for M <= 16: half-width tiles, 448 programs for N=14336 (3 resident per SM at 64 KB of
     # shared memory) instead of 224 on 132 SMs; costs twice the L2 reads of the activations.
     "small_16_n32": (16, 32, 256, 4, 4),
-    # Block-scaled (K step fixed at 128 by the scale groups): the per-step partial product doubles the
-    # accumulator registers, so one warpgroup owns a 64x128 tile (128x128 over 8 warps spilled 1.5 KB).
-    "h_blk": (64, 128, 128, 4, 4),
+    # Block-scaled (K step fixed at 128 by the scale groups): every K step's product is scaled before it
+    # is added, so the wgmma chain waits each step; one warpgroup owns a 64x128 tile and two programs share
+    # an SM (CONFIG_CTAS_PER_SM: 214 registers x 128 threads, 2 x ~80 KB of shared memory at 3 stages), so
+    # one's MMAs run while the other rescales.
+    "h_blk": (64, 128, 128, 4, 3),
     "blk_ada": (64, 128, 128, 4, 3),
     "amp_blk": (64, 128, 128, 8, 3),  # both operands decoded: 4 warps spilled 100 B on sm_80
 }
+#: Configs whose K-major operands are read through TMA descriptors on sm_90 (when K % 16 == 0 and the rows
+#: are 16-byte aligned; otherwise the same tiles through pointers), and persistent programs per SM.
+#: Measured on an H200 (benchmarks/scripts/sweep_fp8.py, sections configs and blockscaled, graph replays):
+#: h_256 + TMA, 3 stages: 872.6 us at 8192^3 per row (pointers, 4 stages: 889.7; cuBLASLt 922.7), 1494.7 at
+#: 16384x4096x14336 (1515.8; cuBLASLt 1640.3). h_blk + TMA, 2 per SM, 3 stages, a per (1, 128) block: b per
+#: column 2454 us at 16384x4096x14336 (one per SM, pointers, 4 stages: 3594), b per (128, 128) block 2910
+#: (3902); 1408 / 1670 us at 8192^3 (2028 / 2198). 3 per SM (2 stages) was slower (2638 / 4824), as were
+#: 4 stages (2606 / 3026) and 128x128 over 8 warps (2507 / 9844). A warp-specialised variant
+#: (``tl.range(warp_specialize=True)``, a TMA producer warp group) ran at 3976 us and one of its tile shapes
+#: hung the GPU, so it is not used.
+CONFIG_TMA = {"h_256": True, "h_blk": True}
+CONFIG_CTAS_PER_SM = {"h_blk": 2}
 #: M at or below this takes the small-M configs (and, from float activations, the weight-only kernel).
 SMALL_M = 64
 #: Split-K of the small-M configs: aim for this many programs per SM (each streams its weight slice
@@ -354,8 +368,8 @@ WEIGHT_ONLY_KMAJOR_COPY = False
 #: as it was before A_MN / B_MN: clamped indices along the contiguous dimension, one-byte uncoalesced loads).
 #: The last two exist to be measured against the first (benchmarks/scripts/sweep_fp8.py).
 NATIVE_MN_POLICY = "copy"
-#: Native FP8 path on sm_90: read the K-major operands through TMA descriptors instead of pointer loads
-#: (fewer address registers, no per-thread cp.async issue). Off until measured (sweep_fp8.py, configs).
+#: Native FP8 path on sm_90: read the K-major operands of every config through TMA descriptors (True), not
+#: only those of CONFIG_TMA (a measurement knob: the tests check the TMA reads of every tile give the same bits).
 NATIVE_TMA = False
 
 
@@ -385,13 +399,14 @@ def _small_split(tiles: int, k_tiles: int, sms: int) -> int:
 
 
 def _finish_config(name: str, M: int, N: int, K: int, arch: int, sms: int, *, group_m: int = 8,
-                   split_k: int | None = None, ctas_per_sm: int = 1, tma: bool | None = None,
-                   warp_spec: bool = False) -> dict:
-    """The launch config of CONFIGS[name] for one problem. ``ctas_per_sm``: persistent programs per SM (2 lets
-    a second program's MMAs fill the gaps of a block-scaled tile's per-step rescaling); ``tma``: read the
-    K-major operands through TMA descriptors (None: ``NATIVE_TMA``); ``warp_spec``: warp-specialised
-    persistent loop (a TMA producer warp group beside the MMA warp group; Triton 3.6 does it for 4-warp
-    tiles on sm_90; it needs the tile loop unflattened)."""
+                   split_k: int | None = None, ctas_per_sm: int | None = None, tma: bool | None = None) -> dict:
+    """The launch config of CONFIGS[name] for one problem. ``ctas_per_sm``: persistent programs per SM
+    (default CONFIG_CTAS_PER_SM); ``tma``: read the K-major operands through TMA descriptors on sm_90
+    (default CONFIG_TMA or ``NATIVE_TMA``)."""
+    if ctas_per_sm is None:
+        ctas_per_sm = CONFIG_CTAS_PER_SM.get(name, 1)
+    if tma is None:
+        tma = NATIVE_TMA or CONFIG_TMA.get(name, False)
     bm, bn, bk, warps, stages = CONFIGS[name]
     tiles = cdiv(M, bm) * cdiv(N, bn)
     k_tiles = max(1, cdiv(K, bk))
@@ -407,8 +422,8 @@ def _finish_config(name: str, M: int, N: int, K: int, arch: int, sms: int, *, gr
             "GROUP_M": int(group_m), "SPLIT_K": split_k, "K_TILES_PER_SPLIT": per,
             "NUM_PROGS": max(1, min(items, sms * ctas_per_sm) if persistent else items),
             # loop flattening of the persistent loop assumes a fixed inner trip count
-            "FLATTEN": persistent and arch >= 90 and split_k == 1 and not warp_spec,
-            "TMA": NATIVE_TMA if tma is None else bool(tma), "WARP_SPEC": bool(warp_spec)}
+            "FLATTEN": persistent and arch >= 90 and split_k == 1,
+            "TMA": bool(tma)}
 
 
 def gemm_config(M: int, N: int, K: int, arch: int, *, weight_only: bool = False, block_scaled: bool = False,
@@ -518,8 +533,7 @@ def _gemm_step(M: int, N: int, K: int, a_st, b_st, c_st, sa_st, sb_st, a_mode: i
         A_SCALE=a_mode, B_SCALE=b_mode, HAS_BIAS=has_bias, A_DECODE=a_decode, B_DECODE=b_decode, A_E5M2=a_e5,
         B_E5M2=b_e5, DOT_TY=dot_ty, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"],
         GROUP_M=cfg["GROUP_M"], FLATTEN=cfg["FLATTEN"], SPLIT_K=split, HW_CVT=hw_cvt, A_MN=a_mn, B_MN=b_mn,
-        USE_TMA=use_tma, WARP_SPEC=cfg.get("WARP_SPEC", False) and use_tma), num_warps=cfg["num_warps"],
-        num_stages=cfg["num_stages"])
+        USE_TMA=use_tma), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     ints = (M, N, K, a_st[0], a_st[1], b_st[0], b_st[1], c_st[0], c_st[1], sa_st[0], sa_st[1], sb_st[0],
             sb_st[1], float(factor), cfg["NUM_PROGS"], cfg["K_TILES_PER_SPLIT"])
     # Pointers a launch never reads are passed as None (a's scale on the weight-only path, the bias when

@@ -219,21 +219,20 @@ class FusedMLP(nn.Module):
         return self.is_fp8 and getattr(self, "_triton_ops_tp", None) is None
 
     def fp8_chain(self, x: torch.Tensor) -> bool:
-        """Whether ``forward(x)`` runs the e4m3 chain (gated epilogue in FP8, block-scaled down GEMM): an
-        unsharded FP8 module above decode sizes (more than ``fp8_gemm.SMALL_M`` = 64 tokens). At decode
-        sizes a producer need not quantize for it: the gated kernel quantizes x per token itself, and
-        its planned float path costs less host time per call."""
+        """Whether a producer should hand ``forward`` e4m3 activations (the norm's FP8 output with per-token
+        scales): an unsharded FP8 module above decode sizes (more than ``fp8_gemm.SMALL_M`` = 64 tokens).
+        At decode sizes a producer need not quantize for it: the gated kernel quantizes x per token
+        itself, and its planned float path costs less host time per call."""
         return self.takes_fp8_input and x.numel() > SMALL_M * x.shape[-1]
 
     def forward(self, x: torch.Tensor, x_scale: torch.Tensor | None = None, *,
                 out_dtype: torch.dtype | None = None) -> torch.Tensor:
         """The MLP of ``x``. An FP8 module also takes an e4m3 ``x`` with its per-token ``x_scale`` (from
         ``fused_add_rmsnorm(..., out_dtype=torch.float8_e4m3fn, out_scaling="token")``; ``out_dtype``,
-        default bfloat16, is then the output's dtype). In FP8, above decode sizes (more than
-        ``fp8_gemm.SMALL_M`` = 64 tokens), the gated kernel's epilogue writes ``act(gate) * up`` as e4m3
-        with (1, 128) block scales, which the down projection reads directly: the [tokens, intermediate]
-        activation crosses memory once, in one byte per element. At decode sizes h stays in float and the
-        down projection runs weight-only, as FP8Linear does for float input."""
+        default bfloat16, is then the output's dtype). In FP8 the gated kernel writes ``act(gate) * up`` in
+        ``out_dtype`` and the down projection (FP8Linear) quantizes it per token (``BLOCK_EPILOGUE``
+        says why not e4m3 blocks from the gated epilogue); at decode sizes it runs weight-only, h not
+        quantized."""
         if self.is_fp8:
             if not self.takes_fp8_input:
                 # sharded by triton_ops.parallel: its gate_up and down_proj forwards are the sharded ones
@@ -249,8 +248,10 @@ class FusedMLP(nn.Module):
                 if x_scale is None and out_dtype == x.dtype:
                     return self.down_proj(self.gate_up(x))
                 return self.down_proj(self.gate_up(x, x_scale, out_dtype=out_dtype))
-            h_q, h_s = self.gate_up(x, x_scale, out_dtype=torch.float8_e4m3fn, out_scaling="block")
-            return self.down_proj(h_q, h_s, out_dtype=out_dtype)
+            if BLOCK_EPILOGUE:
+                h_q, h_s = self.gate_up(x, x_scale, out_dtype=torch.float8_e4m3fn, out_scaling="block")
+                return self.down_proj(h_q, h_s, out_dtype=out_dtype)
+            return self.down_proj(self.gate_up(x, x_scale, out_dtype=out_dtype))
         if x_scale is not None or out_dtype is not None:
             raise InvalidArgumentError("x_scale / out_dtype are for an FP8 FusedMLP (call to_fp8() first)")
         g, u, gb, ub = self._gate_up()
@@ -260,6 +261,14 @@ class FusedMLP(nn.Module):
     def extra_repr(self) -> str:
         return (f"hidden_size={self.hidden_size}, intermediate_size={self.intermediate_size}, "
                 f"activation={self.activation!r}, packed={self.packed}, fp8={self.is_fp8}")
+
+
+#: FP8 FusedMLP above decode sizes: the gated epilogue writes h as e4m3 with (1, 128) block scales for
+#: the down GEMM (True), or h in the output dtype, quantized per token by FP8Linear (False). Blocks save
+#: the quantize pass (~0.2 ms at 16384 x 14336) but make the down GEMM block-scaled, whose per-step
+#: rescaling costs more: 2454 us vs 1495 us per row at 16384 x 4096 x 14336 (H200, sweep_fp8.py,
+#: blockscaled and configs sections).
+BLOCK_EPILOGUE = False
 
 
 def _fp8_state_dict_post_hook(module: FusedMLP, state_dict: dict, prefix: str, local_metadata) -> None:
