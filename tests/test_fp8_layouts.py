@@ -291,7 +291,7 @@ def test_plans_are_reused_and_hold_no_tensors():
     counts0 = plan_counts()
     x = torch.randn(80, 64, device=DEVICE, dtype=torch.float16)
     lin = FP8Linear(64, 48, dtype=torch.float16).to(DEVICE)
-    assert isinstance(lin.bias, nn.Parameter) and lin.bias.requires_grad  # the default: a trainable bias
+    assert "bias" in dict(lin.named_buffers()) and not lin.bias.requires_grad  # inference only: a buffer
     outs = [lin(x) for _ in range(3)]
     assert all(torch.equal(o, outs[0]) for o in outs)
     counts = plan_counts()

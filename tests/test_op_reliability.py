@@ -664,7 +664,7 @@ def test_meta_tensors_never_find_the_plan_of_cpu_ones():
             T.fused_rmsnorm_rope(x, w.to("meta"), cos, sin)
         with pytest.raises(DeviceError, match="meta"):
             T.fused_gated_mlp(xm, wg.to("meta"), wg)
-        lin.bias = torch.nn.Parameter(bias.detach().to("meta"))
+        lin.bias = bias.detach().to("meta")
         with pytest.raises(DeviceError, match="meta"):
             lin(xm)
         lin.bias = bias

@@ -168,8 +168,9 @@ def _shard_member(module: nn.Module, name: str, mesh, placement, src_data_rank: 
             return
         d = _distribute(p, mesh, placement, src_data_rank)
         module._parameters[name] = nn.Parameter(d, requires_grad=p.requires_grad) if d is not p else p
-    elif name in module._buffers and module._buffers[name] is not None:
-        module._buffers[name] = _distribute(module._buffers[name], mesh, placement, src_data_rank)
+    elif name in module._buffers:
+        if module._buffers[name] is not None:  # None: a registered buffer that is absent (no bias)
+            module._buffers[name] = _distribute(module._buffers[name], mesh, placement, src_data_rank)
     else:
         raise InvalidArgumentError(f"{type(module).__name__} has no tensor {name!r}")
 
@@ -423,7 +424,7 @@ class GatedMLPColwiseParallel(ParallelStyle):
 def _local_fp8_linear(mod: FP8Linear, with_bias: bool) -> FP8Linear:
     """An FP8Linear over this rank's shards (their storage, no copy), rebuilt when a tensor of ``mod`` is
     replaced (a load with assign=True, a device move): it runs FP8Linear's own planned forward."""
-    w, s, b = mod._buffers["weight"], mod._buffers["weight_scale"], mod._parameters.get("bias")
+    w, s, b = mod._buffers["weight"], mod._buffers["weight_scale"], mod.bias
     cached = mod.__dict__.get("_triton_ops_local")
     if cached is not None and cached[0] is w and cached[1] is s and cached[2] is b:
         return cached[3]
@@ -437,7 +438,7 @@ def _local_fp8_linear(mod: FP8Linear, with_bias: bool) -> FP8Linear:
     if with_bias and b is not None:
         loc.register_buffer("bias", (b._local_tensor if isinstance(b, DTensor) else b).detach())
     else:
-        loc.register_parameter("bias", None)
+        loc.register_buffer("bias", None)
     mod.__dict__["_triton_ops_local"] = (w, s, b, loc)
     return loc
 
@@ -654,11 +655,9 @@ def _row_sharded_fp8_linear(w_local: torch.Tensor, in_features: int, bias, tp: _
     lin.fp8_dtype, lin.weight_granularity = torch.float8_e4m3fn, "channel"
     lin.register_buffer("weight", _from_local(q.contiguous(), tp.mesh, Shard(1), (w_local.shape[0], in_features)))
     lin.register_buffer("weight_scale", _from_local(s, tp.mesh, Replicate(), s.shape))
-    if bias is not None:
-        b = _local(bias).detach().clone()
-        lin.bias = nn.Parameter(_from_local(b, tp.mesh, Replicate(), b.shape), requires_grad=False)
-    else:
-        lin.register_parameter("bias", None)
+    # a buffer, as in every FP8Linear (inference only)
+    lin.register_buffer("bias", None if bias is None else _from_local(_local(bias).detach().clone(), tp.mesh,
+                                                                         Replicate(), bias.shape))
     state = _TPState(tp.mesh, tp.use_local_output, tp.reduce_dtype)
     _install(lin, _fp8_rowwise_forward, state)
     return lin

@@ -49,6 +49,17 @@ def check_dtype(x: torch.Tensor, name: str, allowed: Iterable[torch.dtype]) -> N
         raise DTypeError(f"{name} has dtype {str(x.dtype).replace('torch.', '')}; expected one of: {names}")
 
 
+def check_out_dtype(out_dtype, allowed: Iterable[torch.dtype], name: str = "out_dtype") -> None:
+    """``out_dtype`` is one of ``allowed``: a string (``"bfloat16"``), a Python type or a number is refused
+    here with the same :class:`InvalidArgumentError` as an unsupported dtype, never torch's TypeError from
+    an allocation deep inside the op. Every op's ``out_dtype`` argument goes through it."""
+    allowed = tuple(allowed)
+    if not isinstance(out_dtype, torch.dtype) or out_dtype not in allowed:
+        names = ", ".join(dict.fromkeys(str(d).replace("torch.", "") for d in allowed))
+        hint = " (a torch.dtype, e.g. torch.bfloat16)" if not isinstance(out_dtype, torch.dtype) else ""
+        raise InvalidArgumentError(f"{name}={out_dtype!r} is not supported; expected one of: {names}{hint}")
+
+
 def check_same_dtype(tensors: dict[str, torch.Tensor]) -> None:
     items = [(n, t) for n, t in tensors.items() if t is not None]
     if not items:

@@ -75,6 +75,7 @@ from ..validation import (
     FLOAT_DTYPES,
     FP8_DTYPES,
     check_dtype,
+    check_out_dtype,
     check_runnable_device,
     check_same_device,
     check_tensor,
@@ -89,6 +90,8 @@ from .fp8_quantize import (
     _same_memory,
     check_scale_values,
     cols_step,
+    fp8_dot_nan,
+    fp8_to,
     gemm_prep_step,
     rows_step,
 )
@@ -104,14 +107,15 @@ def _decode_fp8_bits(bits, E5M2: tl.constexpr, TY: tl.constexpr):
 
     e5m2 is the top byte of an fp16. For e4m3, ``(bits & 0x7F) << 7`` read as fp16 is the value divided
     by 2^8 for normals and subnormals alike (fp16 exponent bias 15 vs 7); the launcher folds the 2^8
-    back into the epilogue scale. The e4m3 NaN code decodes to a finite value: quantized weights never
-    hold NaN (quantization saturates).
+    back into the epilogue scale. The e4m3 NaN code (0x7F / 0xFF) becomes NaN (one compare and select
+    more per element), so a NaN in a quantized operand reaches the outputs it touches, as on sm_89+.
     """
     b = bits.to(tl.uint16)
     if E5M2:
         h = (b << 8).to(tl.float16, bitcast=True)
     else:
         h = (((b & 0x7F) << 7) | ((b & 0x80) << 8)).to(tl.float16, bitcast=True)
+        h = tl.where((b & 0x7F) == 0x7F, float("nan"), h)
     return h.to(TY)
 
 
@@ -231,7 +235,7 @@ def _fp8_gemm_kernel(a_ptr, b_ptr, c_ptr, as_ptr, bs_ptr, bias_ptr, ws_ptr, M, N
                 b = b_ptr.load([pid_n * BLOCK_N, kt * BLOCK_K]).T
             elif A_DECODE:
                 if HW_CVT:
-                    a = tl.load(a_ptrs, mask=amask, other=0.0).to(DOT_TY)
+                    a = fp8_to(tl.load(a_ptrs, mask=amask, other=0.0), DOT_TY)
                 else:
                     a = _decode_fp8_bits(tl.load(a_ptrs, mask=amask, other=0), A_E5M2, DOT_TY)
             elif B_DECODE:
@@ -242,13 +246,13 @@ def _fp8_gemm_kernel(a_ptr, b_ptr, c_ptr, as_ptr, bs_ptr, bias_ptr, ws_ptr, M, N
                 pass
             elif B_DECODE:
                 if HW_CVT:
-                    b = tl.load(b_ptrs, mask=bmask, other=0.0).to(DOT_TY)
+                    b = fp8_to(tl.load(b_ptrs, mask=bmask, other=0.0), DOT_TY)
                 else:
                     b = _decode_fp8_bits(tl.load(b_ptrs, mask=bmask, other=0), B_E5M2, DOT_TY)
             else:
                 b = tl.load(b_ptrs, mask=bmask, other=0.0)
             if A_SCALE == 2 or B_SCALE == 2:
-                part = tl.dot(a, b)
+                part = fp8_dot_nan(tl.dot(a, b), a, b)
                 if A_SCALE == 2:
                     sa = _checked(tl.load(as_ptr + rm_c * stride_asm + kt * stride_ask))
                     part = part * sa[:, None]
@@ -257,7 +261,7 @@ def _fp8_gemm_kernel(a_ptr, b_ptr, c_ptr, as_ptr, bs_ptr, bias_ptr, ws_ptr, M, N
                     part = part * sb[None, :]
                 acc += part
             else:
-                acc = tl.dot(a, b, acc)
+                acc = fp8_dot_nan(tl.dot(a, b, acc), a, b)
             if not USE_TMA:
                 a_ptrs += BLOCK_K * stride_ak
                 b_ptrs += BLOCK_K * stride_bk
@@ -679,8 +683,12 @@ def _plan_gemm(a: torch.Tensor, b: torch.Tensor, a_scale, b_scale, bias, out_dty
 
     # ---- weight-only: float a, FP8 b decoded in registers --------------------------------------------
     if weight_only:
-        cast_a = a.dtype == torch.float32  # fp16 A tiles (fp32 ones would double the stages' shared memory)
-        dot = tl.float16 if a.dtype != torch.bfloat16 else (tl.float32 if interpreter_enabled() else tl.bfloat16)
+        # fp32 activations are cast to bf16 A tiles (fp32 ones would double the stages' shared memory): bf16
+        # keeps fp32's range (fp16 overflowed to inf above 65504) and its 8-bit mantissa sits far below the
+        # e4m3 weights' 4 bits
+        cast_a = a.dtype == torch.float32
+        a16 = torch.bfloat16 if cast_a else a.dtype
+        dot = tl.float16 if a16 == torch.float16 else (tl.float32 if interpreter_enabled() else tl.bfloat16)
         hw = arch >= 89
         b_e5 = (not b_float) and b.dtype == torch.float8_e5m2
         factor = 1.0 if (hw or b_e5) else 256.0
@@ -690,7 +698,7 @@ def _plan_gemm(a: torch.Tensor, b: torch.Tensor, a_scale, b_scale, bias, out_dty
                           factor=factor, cfg=cfg, device=dev)
 
         def run_weight_only(a, b, a_scale, b_scale, bias):
-            x = a.to(torch.float16, memory_format=torch.contiguous_format) if cast_a else a_view(a)
+            x = a.to(torch.bfloat16, memory_format=torch.contiguous_format) if cast_a else a_view(a)
             if b_float:
                 qb, sb = _cached(b, _TAG_QUANT, quantize_b)
             else:
@@ -865,9 +873,8 @@ def _check_operands(a, b, bias, out_dtype, names=("a", "b")):
     if a.shape[-1] != b.shape[0]:
         raise ShapeError(f"inner dims differ: {na} is {tuple(a.shape)} (K={a.shape[-1]}) but {nb} is "
                          f"{tuple(b.shape)} (K={b.shape[0]}); {na} @ {nb} needs {na} [M, K] and {nb} [K, N]")
-    if out_dtype is not None and out_dtype not in _OUT_DTYPES:
-        raise InvalidArgumentError(f"out_dtype={out_dtype!r} is not supported; expected float16, bfloat16 or "
-                                   "float32")
+    if out_dtype is not None:
+        check_out_dtype(out_dtype, _OUT_DTYPES)
     if bias is not None:
         check_tensor(bias, "bias")
         check_dtype(bias, "bias", FLOAT_DTYPES)
@@ -895,8 +902,8 @@ def fp8_gemm(a: torch.Tensor, b: torch.Tensor, *, a_scale: torch.Tensor | None =
     * fp16/bf16/fp32 operands are quantized automatically to e4m3 (dynamic: b per column, a per row).
       A float ``b`` passed again unchanged (same tensor or view base, same version counter) reuses its FP8
       copy (see ``fp8_cache``), so a weight is quantized once. For M <= 64 (and on sm_80) float activations
-      are not quantized: fp16/bf16 ``a`` times the FP8 ``b`` (fp32 ``a`` through fp16), closer to the float
-      product than e4m3 x e4m3.
+      are not quantized: fp16/bf16 ``a`` times the FP8 ``b`` (fp32 ``a`` through bf16, which keeps its
+      range), closer to the float product than e4m3 x e4m3.
     * FP8 operands (e4m3fn or e5m2) come with their dequantization scales (``x ~= q.float() * scale``):
       ``a_scale`` ``[]``/``[1]``, ``[M, 1]`` or ``[M, ceil(K/128)]`` (1x128 blocks); ``b_scale`` ``[]``/``[1]``,
       ``[1, N]`` or ``[ceil(K/128), ceil(N/128)]`` (128x128 blocks).
@@ -959,7 +966,8 @@ def fp8_weight_only_gemm(x: torch.Tensor, w_t: torch.Tensor, w_scale: torch.Tens
     ``w_scale`` per tensor or per column ``[1, N]``.
 
     Works on every GPU from sm_80 (no FP8 instruction is used); the small-M (decode) path of FP8Linear.
-    The kernel writes NaN wherever ``w_scale`` is not finite and positive.
+    The kernel writes NaN wherever ``w_scale`` is not finite and positive, and a NaN in ``x`` or a NaN code
+    in ``w_t`` gives NaN in the outputs it touches. fp32 ``x`` is rounded to bf16 (its range kept).
     """
     key = plan_key(x, w_t, w_scale, bias)
     if key is not None:

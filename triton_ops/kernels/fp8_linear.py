@@ -13,6 +13,10 @@ swaps the ``nn.Linear`` layers of a model.
   input signature (``triton_ops.launch``), keyed on x, the weight, its scale and the bias; a repeated call
   allocates the output (and x's FP8 copy) and launches, with no per-call views, detaches or dtype checks.
   Buffers and ``nn.Parameter`` weights take the same path.
+* Inference only: the FP8 weight, its scales and the bias are buffers (no parameters to train); when
+  autograd records through ``x`` (grad mode, ``x.requires_grad``), the forward still runs and a backward
+  through it raises :class:`~triton_ops.UnsupportedError` instead of leaving the layers before it
+  without gradients. Train with ``nn.Linear`` and convert for inference.
 """
 
 from __future__ import annotations
@@ -108,11 +112,10 @@ class FP8Linear(KeepBufferDtypes, nn.Module):
         q, s = quantize_weight(w, fp8_dtype, weight_granularity)
         self.register_buffer("weight", q)
         self.register_buffer("weight_scale", s)
-        if bias:
-            bound = 1.0 / math.sqrt(self.in_features)
-            self.bias = nn.Parameter(torch.empty(self.out_features, device=device, dtype=dtype).uniform_(-bound, bound))
-        else:
-            self.register_parameter("bias", None)
+        bound = 1.0 / math.sqrt(self.in_features)
+        # a buffer like the weight: the layer is inference only (see the module doc), nothing to train
+        self.register_buffer("bias", torch.empty(self.out_features, device=device, dtype=dtype).uniform_(-bound, bound)
+                             if bias else None)
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, *, fp8_dtype: torch.dtype = torch.float8_e4m3fn,
@@ -131,10 +134,7 @@ class FP8Linear(KeepBufferDtypes, nn.Module):
         q, s = quantize_weight(w, fp8_dtype, weight_granularity)
         mod.register_buffer("weight", q.contiguous())
         mod.register_buffer("weight_scale", s)
-        if linear.bias is not None:
-            mod.bias = nn.Parameter(linear.bias.detach().to(dtype).clone(), requires_grad=False)
-        else:
-            mod.register_parameter("bias", None)
+        mod.register_buffer("bias", None if linear.bias is None else linear.bias.detach().to(dtype).clone())
         return mod
 
     def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -152,6 +152,13 @@ class FP8Linear(KeepBufferDtypes, nn.Module):
         ``fused_add_rmsnorm`` / ``fused_gated_mlp`` emit them with ``out_dtype=torch.float8_e4m3fn`` -- and
         is used as is: the activation crosses memory once, in one byte per element. ``out_dtype`` (FP8
         input only; default bfloat16, or the bias's dtype) is the output's dtype."""
+        if torch.is_grad_enabled() and getattr(x, "requires_grad", False):
+            # inference only: computed without recording, tied to x so that a backward raises clearly
+            from .gated_mlp_backward import inference_only  # imports gated_mlp, which imports this module
+
+            with torch.no_grad():
+                out = self.forward(x.detach(), x_scale, out_dtype=out_dtype)
+            return inference_only(out, x, "FP8Linear")
         if x_scale is not None or out_dtype is not None:
             return self._forward_fp8_input(x, x_scale, out_dtype)
         w, ws, bias = self.weight, self.weight_scale, self.bias
@@ -215,8 +222,8 @@ _linear_plans = PlanCache("fp8_linear")
 
 
 def _bias_sig(bias: torch.Tensor | None):
-    """The bias's part of a plan key. The bias is read by the kernel only (never differentiated: as in
-    every FP8Linear path it is used detached), so a Parameter that requires grad keys like a plain tensor."""
+    """The bias's part of a plan key. The bias is read by the kernel only (FP8Linear is inference only; a
+    bias assigned as a Parameter that requires grad is read detached), so it keys like a plain tensor."""
     if bias is None:
         return None
     # bias.device: get_device() is -1 for CPU and meta alike (see launch.plan_key)

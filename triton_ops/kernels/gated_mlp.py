@@ -57,6 +57,7 @@ from ..validation import (
     check_ndim,
     check_no_overlap,
     check_out,
+    check_out_dtype,
     check_runnable_device,
     check_same_device,
     check_same_dtype,
@@ -68,7 +69,7 @@ from . import fp8_out as F8
 from ._tiles import grouped_tile_coords
 from .fp8_linear import quantize_weight
 from .fp8_out import _fp8_codes
-from .fp8_quantize import _finite_abs, _mark_valid, _scale_from_amax, check_scale_values
+from .fp8_quantize import _finite_abs, _mark_valid, _scale_from_amax, check_scale_values, fp8_dot_nan
 from .rmsnorm import Disjoint, _rounded
 
 #: Activation names and the constexpr id the kernel switches on.
@@ -256,8 +257,8 @@ def _gated_mlp_kernel(
             if EXACT_BF16:
                 if a.dtype == tl.bfloat16:
                     a, bg, bu = a.to(tl.float32), bg.to(tl.float32), bu.to(tl.float32)
-            acc_g = tl.dot(a, bg.T, acc_g, input_precision=DOT_PRECISION)
-            acc_u = tl.dot(a, bu.T, acc_u, input_precision=DOT_PRECISION)
+            acc_g = fp8_dot_nan(tl.dot(a, bg.T, acc_g, input_precision=DOT_PRECISION), a, bg.T)
+            acc_u = fp8_dot_nan(tl.dot(a, bu.T, acc_u, input_precision=DOT_PRECISION), a, bu.T)
         _epilogue(acc_g, acc_u, out, bg_ptr, bu_ptr, xs_ptr, wgs_ptr, wus_ptr, qs_ptr, off_m, off_n, M, N, stride_om,
                   stride_qsm, ACTIVATION, HAS_BIAS, FP8, USE_TMA, ALIGN_OUT, BLOCK_M, BLOCK_N, EXACT_BF16,
                   OUT_QUANT, OUT_BYTES)
@@ -1039,7 +1040,7 @@ def fused_gated_mlp_fp8(x_q: torch.Tensor, x_scale: torch.Tensor, gate_q: torch.
             return plan(x_q, gate_q, up_q, None, None, None, x_scale, gate_scale, up_scale)
     _check_fp8_operands(x_q, x_scale, gate_q, gate_scale, up_q, up_scale, activation)
     activation = canonical_activation(activation)
-    check_dtype(torch.empty(0, dtype=out_dtype), "out_dtype", FLOAT_DTYPES)
+    check_out_dtype(out_dtype, FLOAT_DTYPES)
     xs, gs, us = x_scale.reshape(-1).contiguous(), gate_scale.reshape(-1).contiguous(), \
         up_scale.reshape(-1).contiguous()
     if key is not None:

@@ -383,21 +383,28 @@ def wants_saving(recompute: bool | None, *tensors: torch.Tensor | None) -> bool:
 # ----------------------------------------------------------------------------------------------------
 # FP8: inference only
 # ----------------------------------------------------------------------------------------------------
-_FP8_MESSAGE = ("the FP8 gated MLP is inference only: its e4m3 weights are buffers with no FP8 backward. Train "
-                "with the bf16/fp16 module (FusedGatedMLP / FusedMLP without fp8), or run the FP8 model under "
-                "torch.no_grad()")
+#: What to train with instead, per FP8 module (the error names it).
+_FP8_TRAIN_WITH = {
+    "the FP8 gated MLP": "the bf16/fp16 module (FusedGatedMLP / FusedMLP without fp8)",
+    "FP8Linear": "nn.Linear (FP8Linear.from_linear quantizes it for inference)",
+}
+
+
+def _fp8_message(what: str) -> str:
+    return (f"{what} is inference only: its e4m3 weights (and bias) are buffers with no FP8 backward. Train with "
+            f"{_FP8_TRAIN_WITH.get(what, 'the float module')}, or run the FP8 model under torch.no_grad()")
 
 
 @torch.library.custom_op("triton_ops::fp8_inference_only", mutates_args=())
-def _fp8_inference_only(grad: torch.Tensor, shape: list[int], dtype: torch.dtype) -> torch.Tensor:
-    """Stands for the gradient of x through the FP8 module: raises when a backward really runs. An op
+def _fp8_inference_only(grad: torch.Tensor, shape: list[int], dtype: torch.dtype, what: str) -> torch.Tensor:
+    """Stands for the gradient of x through an FP8 module: raises when a backward really runs. An op
     (not a raise in the autograd formula) so that torch.compile can trace the backward graph, with this
     fake implementation, and the error comes when the compiled backward is executed."""
-    raise UnsupportedError(_FP8_MESSAGE)
+    raise UnsupportedError(_fp8_message(what))
 
 
 @_fp8_inference_only.register_fake
-def _(grad, shape, dtype):
+def _(grad, shape, dtype, what):
     return grad.new_empty(shape, dtype=dtype)
 
 
@@ -406,21 +413,21 @@ class _InferenceOnly(torch.autograd.Function):
     through the FP8 module raises instead of leaving the layers before it without gradients."""
 
     @staticmethod
-    def forward(ctx, out, x):
-        ctx.x_meta = (list(x.shape), x.dtype)
+    def forward(ctx, out, x, what):
+        ctx.x_meta = (list(x.shape), x.dtype, what)
         return out
 
     @staticmethod
     def backward(ctx, grad):
-        shape, dtype = ctx.x_meta
-        return None, torch.ops.triton_ops.fp8_inference_only(grad, shape, dtype)
+        shape, dtype, what = ctx.x_meta
+        return None, torch.ops.triton_ops.fp8_inference_only(grad, shape, dtype, what), None
 
 
-def inference_only(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+def inference_only(out: torch.Tensor, x: torch.Tensor, what: str = "the FP8 gated MLP") -> torch.Tensor:
     """``out`` itself, except that when autograd records through ``x`` its backward raises
-    :class:`UnsupportedError` (the FP8 path has no gradient)."""
+    :class:`UnsupportedError` naming ``what`` (the FP8 path has no gradient)."""
     if torch.is_grad_enabled() and x.requires_grad:
-        return _InferenceOnly.apply(out, x)
+        return _InferenceOnly.apply(out, x, what)
     return out
 
 
