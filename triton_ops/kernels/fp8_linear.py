@@ -80,7 +80,8 @@ def quantize_weight(weight: torch.Tensor, fp8_dtype: torch.dtype = torch.float8_
 class FP8Linear(KeepBufferDtypes, nn.Module):
     """``y = x @ W^T + b`` with ``W`` stored in FP8 (e4m3 by default) and an fp32 scale per output channel.
 
-    ``dtype`` is the activation/bias/output dtype the layer is used with (fp16, bf16 or fp32).
+    ``dtype`` is the activation/bias/output dtype the layer is used with (fp16, bf16 or fp32). Inference
+    only: weight, scales and bias are buffers; a backward through the layer raises UnsupportedError.
     """
 
     # model.half() must not turn the FP8 weight or its fp32 scales into fp16 values.
