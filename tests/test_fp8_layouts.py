@@ -167,26 +167,6 @@ def test_float_inputs_every_layout_same_bits(M, dtype, poisoned, fresh_cache):
             assert torch.equal(out, base), (a_kind, b_kind)
 
 
-@pytest.mark.parametrize("policy", ["strips", "split"])
-@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
-def test_column_major_a_quantize_policies_same_bits(policy, dtype, poisoned, fresh_cache, monkeypatch):
-    # a column-major float a is quantized per row by column strips of a.t() (one launch) or by column-amax
-    # partials and a quantize pass; both must give the row-major bits. K = 2100 spans three of the strip
-    # kernel's 1024-row tiles (the last ragged), M = 83 is not a multiple of its 16-column strips.
-    from triton_ops.kernels import fp8_quantize as fq
-
-    M, N, K = 83, 40, 2100
-    a = torch.randn(M, K, device=DEVICE, dtype=dtype)
-    b = torch.randn(K, N, device=DEVICE, dtype=dtype)
-    base = fp8_gemm(a, b)
-    monkeypatch.setattr(fq, "A_COLUMN_QUANT", policy)
-    fg._gemm_plans.clear()
-    try:
-        assert torch.equal(fp8_gemm(_layout(a, "col"), b), base)
-    finally:
-        fg._gemm_plans.clear()
-
-
 def test_weight_only_layouts_and_kmajor_policy(poisoned, fresh_cache, monkeypatch):
     M, N, K = 5, 72, 160
     x = torch.randn(2, M, K, device=DEVICE, dtype=torch.float16)

@@ -225,29 +225,6 @@ def sec_auto(quick: bool):
         fp8_cache.clear()
 
 
-def sec_acol(quick: bool):
-    """fp8_gemm(a, b) from fp16 with a column-major a: its per-row quantization by column strips of a.t()
-    (one launch) against column-amax partials + quantize (two launches), beside the row-major call."""
-    from triton_ops.kernels import fp8_quantize as fq
-
-    shapes = [(80, 96, 128)] if quick else [(1024, 4096, 4096), (4096, 4096, 4096), (8192, 8192, 8192)]
-    for M, N, K in shapes:
-        label = f"{M}x{N}x{K} fp16"
-        a = torch.randn(M, K, device=DEV, dtype=torch.float16)
-        b = torch.randn(K, N, device=DEV, dtype=torch.float16)
-        a_col = _col(a)
-        fl = 2.0 * M * N * K
-        measure("acol", label, "a row-major (README)", lambda: fg.fp8_gemm(a, b), flops=fl, graph=False)
-        for policy in ("strips", "split"):
-            fq.A_COLUMN_QUANT = policy
-            clear_plans()
-            measure("acol", label, f"a col-major ({policy})", lambda: fg.fp8_gemm(a_col, b), flops=fl, graph=False)
-        fq.A_COLUMN_QUANT = "strips"
-        clear_plans()
-        measure("acol", label, "cublas_fp16 a @ b", lambda: a @ b, flops=fl, baseline="ceiling", graph=False)
-        fp8_cache.clear()
-
-
 def sec_linear(quick: bool):
     from torch import nn
 
@@ -536,7 +513,7 @@ def sec_tests(quick: bool):
 
 
 SECTIONS = {"tests": sec_tests, "check": sec_check, "layouts": sec_layouts, "auto": sec_auto, "linear": sec_linear,
-            "blockscaled": sec_blockscaled, "acol": sec_acol,
+            "blockscaled": sec_blockscaled,
             "decode": sec_decode, "configs": sec_configs, "quant": sec_quant, "host": sec_host}
 
 

@@ -43,11 +43,9 @@ from .fp8_quantize import (
     _quant_block_kernel,
     _quant_cols_kernel,
     _quant_rows_kernel,
-    _quant_strip_kernel,
     _scale_tile_kernel,
     block_config,
     row_config,
-    strip_config,
 )
 
 _TUNING_PLANS = PlanCache("fp8_gemm_tuning")
@@ -185,16 +183,6 @@ def quantize_compile_specs(arch: int) -> list[CompileSpec]:
                  "REVERSE": True},
                 num_warps=warps, label=f"quant_cols {ti}->{qo} {'/'.join(const_strides)}=1",
                 aligned=tuple(a for a in _ALIGNED["quant_cols"] if a not in const_strides)))
-        # fp8_gemm's column-major float a: column strips of a.t(), codes written transposed (K-major)
-        sbr, sbc, swarps, sstages = strip_config(4 if ti == "fp32" else 2)
-        specs.append(CompileSpec(
-            _quant_strip_kernel,
-            {"x_ptr": f"*{ti}", "q_ptr": "*fp8e4nv", "s_ptr": "*fp32", "R": "i32", "C": "i32", "stride_xr": "i64",
-             "stride_qc": "i64", "FMAX": "constexpr", "BLOCK_R": "constexpr", "BLOCK_C": "constexpr",
-             "STAGES": "constexpr"},
-            {"FMAX": 448.0, "BLOCK_R": sbr, "BLOCK_C": sbc, "STAGES": sstages}, num_warps=swarps,
-            label=f"quant_strip {ti}->fp8e4nv", aligned=("x_ptr", "q_ptr", "s_ptr", "R", "C", "stride_xr",
-                                                         "stride_qc")))
         # fp8_gemm(a, b) from float inputs: a's rows + b's column amax, every row config for bf16
         for block_k in ROW_BLOCKS if bi == 0 else (4096,):
             cfg = row_config(block_k)

@@ -80,7 +80,6 @@ from ..validation import (
     check_same_device,
     check_tensor,
 )
-from . import fp8_quantize as _fq
 from ._tiles import grouped_tile_coords
 from .fp8_cache import capturing, operand_cache
 from .fp8_quantize import (
@@ -95,7 +94,6 @@ from .fp8_quantize import (
     fp8_to,
     gemm_prep_step,
     rows_step,
-    strips_step,
 )
 
 # ---------------------------------------------------------------------------------------------------
@@ -723,8 +721,7 @@ def _plan_gemm(a: torch.Tensor, b: torch.Tensor, a_scale, b_scale, bias, out_dty
         elif a_kmajor:
             quant_a = rows_step(M, K, a_st[0], K, 1, fmax, None)
         elif a_st[0] == 1:  # column-major a: per row of a = per column of a.t(), written K-major
-            quant_a = (strips_step(K, M, a_st[1], fmax, a.element_size()) if _fq.A_COLUMN_QUANT == "strips"
-                       else cols_step(K, M, (a_st[1], a_st[0]), (1, K), fmax, dev))
+            quant_a = cols_step(K, M, (a_st[1], a_st[0]), (1, K), fmax, dev)
         else:  # neither dimension contiguous: one contiguous copy per call, then rows
             quant_a = rows_step(M, K, K, K, 1, fmax, None)
         # A new row-major b next to a K-contiguous a: a's rows and b's column amaxes share launch 1.

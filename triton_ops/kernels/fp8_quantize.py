@@ -488,34 +488,6 @@ def _quant_cols_kernel(x_ptr, q_ptr, part_ptr, s_ptr, R, C, stride_xr, stride_xc
 
 
 @triton.jit
-def _quant_strip_kernel(x_ptr, q_ptr, s_ptr, R, C, stride_xr, stride_qc, FMAX: tl.constexpr, BLOCK_R: tl.constexpr,
-                        BLOCK_C: tl.constexpr, STAGES: tl.constexpr):
-    """Per-column quantization of ``x [R, C]`` (C contiguous) in one launch: each program owns a strip of
-    BLOCK_C whole columns, takes their amax over all R rows, then reads the strip again (from L2: BLOCK_C x
-    R x 2 bytes, 128 KB at R = 4096) and writes the codes transposed, ``q[c, r]`` (r contiguous), and the
-    scales ``s[c]``. fp8_gemm's column-major a: a.t() is x, so a's per-row scales and its K-major codes come
-    out of one pass over a (two reads) instead of a partial-amax launch and a quantize launch."""
-    cols = tl.program_id(0).to(tl.int64) * BLOCK_C + tl.arange(0, BLOCK_C)
-    cmask = cols < C
-    rr = tl.arange(0, BLOCK_R)
-    acc = tl.zeros([BLOCK_R, BLOCK_C], dtype=tl.float32)
-    for r0 in tl.range(0, R, BLOCK_R, num_stages=STAGES):
-        rows = (r0 + rr).to(tl.int64)
-        mask = (rows < R)[:, None] & cmask[None, :]
-        x = tl.load(x_ptr + rows[:, None] * stride_xr + cols[None, :], mask=mask, other=0.0)
-        acc = tl.maximum(acc, _finite_abs(x))
-    s = _scale_from_amax(tl.max(acc, axis=0), FMAX)
-    tl.store(s_ptr + cols, s, mask=cmask)
-    inv = tl.math.div_rn(tl.full([BLOCK_C], 1.0, tl.float32), s)
-    OUT = q_ptr.dtype.element_ty
-    for r0 in tl.range(0, R, BLOCK_R, num_stages=STAGES):
-        rows = (r0 + rr).to(tl.int64)
-        mask = (rows < R)[:, None] & cmask[None, :]
-        x = tl.load(x_ptr + rows[:, None] * stride_xr + cols[None, :], mask=mask, other=0.0)
-        tl.store(q_ptr + cols[None, :] * stride_qc + rows[:, None], _to_fp8(x, inv[None, :], FMAX, OUT), mask=mask)
-
-
-@triton.jit
 def _finalize_cols_kernel(part_ptr, s_ptr, SPLIT, C, FMAX: tl.constexpr, BLOCK_S: tl.constexpr,
                           BLOCK_C: tl.constexpr):
     """scale[c] = scale_from_amax(max_s part[s, c])."""
@@ -829,34 +801,6 @@ def cols_step(R: int, C: int, x_strides, q_strides, fmax: float, device: torch.d
         part = torch.empty(split, C, dtype=torch.float32, device=device)
         amax(x, part, *amax_ints)
         quant(x, q, part, s, *quant_ints)
-    return run
-
-
-#: Column strips (``_quant_strip_kernel``): (BLOCK_R, BLOCK_C, num_warps, stages) for 2-byte inputs. 16
-#: columns of fp16 are 32-byte runs (one sector); 1024 rows make a 32 KB tile, 3 stages keep ~96 KB in
-#: flight per program (64 KB of shared memory, ptxas). fp32 inputs take half the rows: 1024 needed 128 KB,
-#: over sm_89's 99 KB per block.
-STRIP = (1024, 16, 8, 3)
-#: fp8_gemm's column-major float a: "strips" (one launch, ``_quant_strip_kernel``) or "split" (column-amax
-#: partials, then quantize: ``cols_step``). benchmarks/scripts/sweep_fp8.py (auto) times both.
-A_COLUMN_QUANT = "strips"
-
-
-def strip_config(itemsize: int) -> tuple[int, int, int, int]:
-    br, bc, warps, stages = STRIP
-    return (br * 2 // max(itemsize, 2), bc, warps, stages)
-
-
-def strips_step(R: int, C: int, stride_xr: int, fmax: float, itemsize: int):
-    """Per-column quantization of ``x [R, C]`` (C contiguous, ``itemsize`` bytes per element) into
-    ``q [C, R]`` (contiguous: the transpose) and ``s [C]`` in one launch: ``run(x, q, s)``."""
-    br, bc, warps, stages = strip_config(itemsize)
-    launch = KernelLaunch(_quant_strip_kernel, (cdiv(C, bc),), dict(FMAX=fmax, BLOCK_R=br, BLOCK_C=bc, STAGES=stages),
-                          num_warps=warps)
-    ints = (R, C, stride_xr, R)
-
-    def run(x, q, s):
-        launch(x, q, s, *ints)
     return run
 
 
