@@ -3,8 +3,10 @@
 One Triton kernel, ``_fp8_gemm_kernel``, covers every path; constexpr switches pick the variant:
 
 * **native FP8** (sm_89 Ada, sm_90 Hopper): fp8 operands go straight into ``tl.dot`` (``wgmma ... e4m3`` on
-  Hopper when the tile has >= 64 rows, ``mma ... e4m3`` on Ada), persistent grid (one program per SM
-  walking tiles in grouped order so neighbouring programs share A rows / B columns in L2).
+  Hopper when the tile has >= 64 rows, ``mma ... e4m3`` on Ada), persistent grid (one program per SM, two
+  for block-scaled tiles, walking tiles in grouped order so neighbouring programs share A rows / B columns
+  in L2); on sm_90 the large and the block-scaled tiles read their K-major operands through TMA
+  descriptors (``CONFIG_TMA``: 1.9% faster at 8192^3, 1.46x for block scales with two programs per SM).
 * **weight-only** (sm_80 at every M; small M everywhere): B holds FP8 converted in registers to fp16/bf16,
   then an fp16/bf16 dot: by the hardware conversion on sm_89+, from the bits (read as uint8: Triton refuses
   the fp8 types on sm_80) with shifts and masks on sm_80. Weight bytes are halved against fp16, and
@@ -526,7 +528,7 @@ def _gemm_step(M: int, N: int, K: int, a_st, b_st, c_st, sa_st, sb_st, a_mode: i
                factor: float, cfg: dict, device: torch.device, clamp: bool = False, use_tma: bool = False):
     """The GEMM launch (and split-K reduction) of a plan: ``run(a, b, out, sa, sb, bias)``. ``clamp``:
     never mask along a contiguous M / N (the old kernel, for measurements only). ``use_tma``: read a and
-    b (K-major, 16-byte aligned rows) through TMA descriptors (``NATIVE_TMA``)."""
+    b (K-major, 16-byte aligned rows) through TMA descriptors (the config's ``TMA``)."""
     if 2 in (a_mode, b_mode) and cfg["BLOCK_K"] != 128:
         raise InvalidArgumentError(f"config {cfg['name']!r} has BLOCK_K={cfg['BLOCK_K']}; block-scaled operands "
                                    "need BLOCK_K == 128")
