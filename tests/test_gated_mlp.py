@@ -505,6 +505,28 @@ def test_fp8_module_accuracy_and_conversion():
     assert dense.to_fp8() is dense and dense.to_fp8().is_fp8
 
 
+def test_fp8_module_plan_same_bits_as_the_checked_path():
+    # the FP8 module's planned float forward (quantize per token, then the gated plan on cached weight
+    # views) against its unplanned path (grad mode on an x that requires grad: full checks, public ops)
+    torch.manual_seed(1)
+    H, Inter = 128, 80
+    dense = FusedGatedMLP(H, Inter, "gelu", dtype=torch.bfloat16, device=DEVICE)
+    fp8 = FusedGatedMLP.from_weights(*dense.gate_up_weights(), "gelu", fp8=True)
+    for shape in ((5, H), (2, 3, H)):
+        x = torch.randn(shape, device=DEVICE, dtype=torch.bfloat16)
+        plans = len(G._module_fp8_plans._plans)
+        with torch.no_grad():
+            first, second = fp8(x), fp8(x)
+        assert len(G._module_fp8_plans._plans) == plans + 1  # planned once, reused
+        checked = fp8(x.clone().requires_grad_(True)).detach()
+        assert first.shape == x.shape[:-1] + (Inter,) and torch.equal(first, second) and torch.equal(first, checked)
+    # the cached weight views follow a buffer replacement (e.g. load_state_dict(assign=True))
+    fp8.weight_fp8 = fp8.weight_fp8.clone()
+    fp8.weight_fp8.view(torch.uint8)[:Inter].zero_()  # gate codes 0: silu/gelu(0) * up = 0
+    with torch.no_grad():
+        assert torch.equal(fp8(x), torch.zeros_like(first))
+
+
 def test_fp8_errors():
     x = torch.randn(4, 32, device=DEVICE)
     xq, xs = G.quantize_rows_fp8(x)
