@@ -316,7 +316,7 @@ def _transpose_kernel(x_ptr, y_ptr, R, C, stride_xr, stride_xc, stride_yr, strid
 # ---------------------------------------------------------------------------------------------------
 
 #: (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) per name. Shared memory per stage for fp8 operands
-#: is (BM + BN) * BK bytes: 48 KB for "h_256" (4 stages = 192 KB of the H100's 227 KB).
+#: is (BM + BN) * BK bytes: 48 KB for "h_256" (3 stages = 144 KB of the H100's 227 KB).
 CONFIGS = {
     # Hopper, native FP8: 128x256 accumulator = 128 fp32 registers/thread over 8 warps (two warpgroups).
     # 3 stages with TMA (CONFIG_TMA) beat 4: 872.6 vs 883.4 us at 8192^3 (H200, sweep_fp8.py configs).
