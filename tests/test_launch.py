@@ -123,6 +123,52 @@ def test_eager_autograd_equals_the_custom_op(device, with_residual):
         g.sum().backward()
 
 
+@pytest.mark.parametrize("case", ["plain", "residual", "hf_tables", "per_token_tables", "positions_1xS"])
+def test_repeated_training_call_replays_what_the_checks_resolved(device, case):
+    """An eager training call of a repeated signature skips the checks and records EagerAutograd with what
+    they resolved (tables viewed as the kernel reads them, positions, head_dim): outputs and gradients
+    equal the first, fully checked call, bit for bit, for each way the tables and positions are passed."""
+    B, S, hidden, hd = 2, 3, 128, 64
+    x = torch.randn(B, S, hidden, device=device)
+    w = 1 + 0.1 * torch.randn(hidden, device=device)
+    cos, sin = tables(S + 5, hd, device=device)
+    r = torch.randn_like(x) if case == "residual" else None
+    pos = None
+    if case == "hf_tables":
+        cos, sin = cos[None, :S], sin[None, :S]  # Hugging Face's [1, seq, rot]
+    elif case == "per_token_tables":
+        idx = torch.tensor([[0, 2, 4], [1, 3, 5]], device=device)
+        cos, sin = cos[idx], sin[idx]  # [batch, seq, rot]
+    elif case == "positions_1xS":
+        pos = torch.tensor([[4, 0, 7]], device=device)  # [1, seq], row 0 used for every batch
+    dy = torch.randn_like(x)
+    results = []
+    for _ in range(3):  # first: checked; then replayed
+        xs, ws = x.clone().requires_grad_(True), w.clone().requires_grad_(True)
+        rs = r.clone().requires_grad_(True) if r is not None else None
+        res = T.fused_rmsnorm_rope(xs, ws, cos, sin, position_ids=pos, residual=rs)
+        y = res[0] if rs is not None else res
+        assert type(y.grad_fn).__name__.startswith("EagerAutograd")
+        loss = (y * dy).sum() + (res[1].square().sum() if rs is not None else 0)
+        loss.backward()
+        results.append([y.detach(), xs.grad, ws.grad] + ([rs.grad] if rs is not None else []))
+    assert len(rr._grad_calls._plans) == 1
+    for later in results[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(results[0], later))
+    with torch.no_grad():  # and they equal the planned inference call
+        want = T.fused_rmsnorm_rope(x, w, cos, sin, position_ids=pos, residual=r)
+    assert torch.equal(results[0][0], want[0] if r is not None else want)
+
+
+def test_training_call_entry_is_not_found_by_a_meta_tensor(device):
+    x, w, cos, sin = _rope_inputs(device)
+    xs = x.clone().requires_grad_(True)
+    T.fused_rmsnorm_rope(xs, w, cos, sin)
+    with pytest.raises(T.DeviceError, match="meta"):
+        T.fused_rmsnorm_rope(xs.detach().to("meta").requires_grad_(True), w.to("meta"), cos.to("meta"),
+                             sin.to("meta"))
+
+
 def test_out_buffer_signature_and_in_place(device):
     x, w, cos, sin = _rope_inputs(device)
     ref = rmsnorm_rope_reference(x, w, cos, sin)
