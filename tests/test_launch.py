@@ -160,6 +160,34 @@ def test_repeated_training_call_replays_what_the_checks_resolved(device, case):
     assert torch.equal(results[0][0], want[0] if r is not None else want)
 
 
+@pytest.mark.parametrize("with_residual", [False, True])
+def test_repeated_add_rmsnorm_training_call_is_replayed(device, with_residual):
+    from triton_ops.kernels import rmsnorm as rn
+
+    x = torch.randn(2, 3, 96, device=device)
+    w = 1 + 0.1 * torch.randn(96, device=device)
+    r = torch.randn_like(x) if with_residual else None
+    dy = torch.randn_like(x)
+    results = []
+    for _ in range(3):  # first: checked; then replayed
+        xs, ws = x.clone().requires_grad_(True), w.clone().requires_grad_(True)
+        rs = r.clone().requires_grad_(True) if r is not None else None
+        res = T.fused_add_rmsnorm(xs, ws, 1e-5, residual=rs, weight_offset=1.0)
+        y = res[0] if rs is not None else res
+        assert type(y.grad_fn).__name__.startswith("EagerAutograd")
+        ((y * dy).sum() + (res[1].square().sum() if rs is not None else 0)).backward()
+        results.append([y.detach(), xs.grad, ws.grad] + ([rs.grad] if rs is not None else []))
+    assert len(rn._grad_calls._plans) == 1
+    for later in results[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(results[0], later))
+    with torch.no_grad():
+        want = T.fused_add_rmsnorm(x, w, 1e-5, residual=r, weight_offset=1.0)
+    assert torch.equal(results[0][0], want[0] if r is not None else want)
+    with pytest.raises(T.DeviceError, match="meta"):
+        T.fused_add_rmsnorm(x.to("meta").requires_grad_(True), w.to("meta"), 1e-5, weight_offset=1.0,
+                            residual=None if r is None else r.to("meta"))
+
+
 def test_training_call_entry_is_not_found_by_a_meta_tensor(device):
     x, w, cos, sin = _rope_inputs(device)
     xs = x.clone().requires_grad_(True)

@@ -87,6 +87,14 @@ def eager_autograd(*tensors: torch.Tensor | None) -> bool:
     return wants
 
 
+def autograd_key(*tensors: torch.Tensor | None) -> tuple:
+    """Signature of an eager training call's tensors (after :func:`eager_autograd` said yes): a repeated
+    one may replay what its checks resolved into :class:`EagerAutograd`. ``t.device``, not
+    ``get_device()``: a meta tensor must not find a CPU call's entry."""
+    return tuple(None if t is None else (t.shape, t.stride(), t.dtype, t.device, t.data_ptr() % 16 == 0)
+                 for t in tensors)
+
+
 def eager_backward(*tensors: torch.Tensor | None) -> bool:
     """Whether a backward formula may call its kernel's implementation directly instead of its custom op:
     not traced (torch.compile, FakeTensor and other subclasses keep the custom op) and grad mode off (a

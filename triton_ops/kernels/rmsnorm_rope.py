@@ -27,7 +27,16 @@ import triton.language as tl
 from .. import validation as V
 from ..autotuner import runtime as _rt
 from ..exceptions import InvalidArgumentError, ShapeError, UnsupportedError
-from ..launch import EagerAutograd, KernelLaunch, PlanCache, eager_autograd, mark_written, plan_key, tensor_key
+from ..launch import (
+    EagerAutograd,
+    KernelLaunch,
+    PlanCache,
+    autograd_key,
+    eager_autograd,
+    mark_written,
+    plan_key,
+    tensor_key,
+)
 from ..launch import tensor_key as _tensor_key
 from ..utils import cdiv, interpreter_enabled, next_power_of_2, num_sms
 from . import fp8_out as F8
@@ -931,7 +940,7 @@ def fused_rmsnorm_rope(x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor,
             and eager_autograd(x, weight, cos, sin, position_ids, residual)):
         # Eager training: a repeated signature skips the checks and calls the recorded implementation
         # with what they resolved (host per forward on the CPU, launches skipped: 21.8 -> ~14 us).
-        akey = (_grad_key(x, weight, cos, sin, position_ids, residual), eps, head_dim, rotary_layout, weight_offset,
+        akey = (autograd_key(x, weight, cos, sin, position_ids, residual), eps, head_dim, rotary_layout, weight_offset,
                 rotary_dim, half_width_tables)
         call = _grad_calls.get(akey)
         if call is not None:
@@ -1099,13 +1108,6 @@ _plans = PlanCache("rmsnorm_rope")
 #: Eager training calls (launch.EagerAutograd): what the checks resolved for a signature -- eps, head_dim,
 #: gptj, weight_offset, per_token and how the tables and positions were viewed (_table_recipe).
 _grad_calls = PlanCache("rmsnorm_rope/autograd")
-
-
-def _grad_key(*tensors) -> tuple:
-    """Signature of a training call's tensors (``t.device``, not ``get_device()``: a meta tensor must not
-    find a CPU call's entry)."""
-    return tuple(None if t is None else (t.shape, t.stride(), t.dtype, t.device, t.data_ptr() % 16 == 0)
-                 for t in tensors)
 
 
 def _table_recipe(given: torch.Tensor, used: torch.Tensor, per_token: bool) -> int | None:
