@@ -188,6 +188,31 @@ def test_repeated_add_rmsnorm_training_call_is_replayed(device, with_residual):
                             residual=None if r is None else r.to("meta"))
 
 
+@pytest.mark.parametrize("layout", ["bhsd", "bshd"])
+@pytest.mark.parametrize("with_k", [False, True])
+def test_repeated_apply_rope_training_call_is_replayed(device, layout, with_k):
+    from triton_ops.kernels import rope as rp
+
+    shape_q, shape_k = ((2, 4, 3, 64), (2, 2, 3, 64)) if layout == "bhsd" else ((2, 3, 4, 64), (2, 3, 2, 64))
+    q, k = torch.randn(shape_q, device=device), torch.randn(shape_k, device=device)
+    c, s = tables(3, 32, device=device)  # partial rotary: 32 of 64 channels
+    dq, dk = torch.randn_like(q), torch.randn_like(k)
+    results = []
+    for _ in range(3):  # first: checked; then replayed
+        qs = q.clone().requires_grad_(True)
+        ks = k.clone().requires_grad_(True) if with_k else None
+        yq, yk = T.apply_rope(qs, ks, c, s, rotary_dim=32, qk_layout=layout)
+        assert type(yq.grad_fn).__name__.startswith("EagerAutograd")
+        ((yq * dq).sum() + ((yk * dk).sum() if with_k else 0)).backward()
+        results.append([yq.detach(), qs.grad] + ([yk.detach(), ks.grad] if with_k else []))
+    assert len(rp._grad_calls._plans) == 1
+    for later in results[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(results[0], later))
+    with torch.no_grad():
+        want = T.apply_rope(q, k if with_k else None, c, s, rotary_dim=32, qk_layout=layout)
+    assert torch.equal(results[0][0], want[0])
+
+
 def test_training_call_entry_is_not_found_by_a_meta_tensor(device):
     x, w, cos, sin = _rope_inputs(device)
     xs = x.clone().requires_grad_(True)

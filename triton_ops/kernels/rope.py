@@ -32,6 +32,7 @@ from ..launch import (
     EagerAutograd,
     KernelLaunch,
     PlanCache,
+    autograd_key,
     eager_autograd,
     eager_backward,
     mark_written,
@@ -622,6 +623,15 @@ def apply_rope(q: torch.Tensor, k: Optional[torch.Tensor], cos: torch.Tensor, si
     # a rotary_dim that is not a plain int, or a flag that is not a bool, never takes a plan (32.0 == 32 and
     # 1 == True as dict keys: the call would find the plan of the valid value and skip the check)
     strict = type(rotary_dim) in (int, type(None)) and type(inplace) is bool and type(half_width_tables) is bool
+    akey = None
+    if strict and not inplace and eager_autograd(q, k, cos, sin, position_ids):
+        # Eager training: a repeated signature skips the checks (they resolve the rotary width and the
+        # layout flags only) and records the implementation directly
+        akey = (autograd_key(q, k, cos, sin, position_ids), rotary_layout, rotary_dim, half_width_tables, qk_layout)
+        resolved = _grad_calls.get(akey)
+        if resolved is not None:
+            gptj, rot, bshd = resolved
+            return _call(q, k, cos, sin, position_ids, gptj, rot, half_width_tables, bshd, False)
     key = plan_key(q, k, cos, sin, position_ids) if strict else None
     if key is not None:
         key = (key, rotary_layout, rotary_dim, inplace, half_width_tables, qk_layout)
@@ -642,7 +652,13 @@ def apply_rope(q: torch.Tensor, k: Optional[torch.Tensor], cos: torch.Tensor, si
             raise InvalidArgumentError("apply_rope(inplace=True) cannot be differentiated; use inplace=False")
         torch.ops.triton_ops.rope_(q, k, cos, sin, position_ids, gptj, rot, half_width_tables, bshd)
         return q, k
+    if akey is not None:
+        _grad_calls.put(akey, (gptj, rot, bshd))
     return _call(q, k, cos, sin, position_ids, gptj, rot, half_width_tables, bshd, False)
+
+
+#: Eager training calls of apply_rope: (gptj, rotary width, bshd) as the checks resolved them per signature.
+_grad_calls = PlanCache("rope/autograd")
 
 
 def rope_reference(q, k, cos, sin, *, position_ids=None, rotary_layout="neox", rotary_dim=None,
