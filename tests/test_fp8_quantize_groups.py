@@ -369,6 +369,7 @@ def test_sm80_torch_path_matches_reference(bs, monkeypatch):
         _check(x, bs, scale_ub=torch.tensor(0.5, device=DEVICE))
         q, s = _check(x, bs, scale=torch.rand(*scale_shape((37, 300), "block", bs), device=DEVICE) + 0.01)
         y = dequantize_fp8(q, s, granularity="block", block_size=bs)
+        # one fp32 product (code x scale) each side, rounded once: 2^-24 relative; 1e-6 is ~16 ulp
         np.testing.assert_allclose(y.cpu().numpy(), ref.dequantize(q.float().cpu().numpy(), s.cpu().numpy(),
                                                                    "block", bs), rtol=1e-6)
     finally:

@@ -123,11 +123,30 @@ def test_eager_autograd_equals_the_custom_op(device, with_residual):
         g.sum().backward()
 
 
+def _train_repeatedly(call, leaves, cache, times=3):
+    """Run ``call(*leaf copies) -> (outputs, loss)`` ``times`` times as eager training steps: the first
+    is checked in full, the others replay its entry in ``cache`` (one entry). Returns each step's outputs
+    and leaf gradients; asserts they are equal to the first step's, bit for bit, and that every output was
+    recorded by launch.EagerAutograd."""
+    results = []
+    for _ in range(times):
+        leaves_ = [None if t is None else t.clone().requires_grad_(True) for t in leaves]
+        outs, loss = call(*leaves_)
+        assert all(type(o.grad_fn).__name__.startswith("EagerAutograd") for o in outs)
+        loss.backward()
+        results.append([o.detach() for o in outs] + [t.grad for t in leaves_ if t is not None])
+    assert len(cache._plans) == 1
+    for later in results[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(results[0], later))
+    return results[0]
+
+
 @pytest.mark.parametrize("case", ["plain", "residual", "hf_tables", "per_token_tables", "positions_1xS"])
 def test_repeated_training_call_replays_what_the_checks_resolved(device, case):
     """An eager training call of a repeated signature skips the checks and records EagerAutograd with what
-    they resolved (tables viewed as the kernel reads them, positions, head_dim): outputs and gradients
-    equal the first, fully checked call, bit for bit, for each way the tables and positions are passed."""
+    they resolved (head_dim, eps; the tables and positions viewed again as the checks view them): outputs
+    and gradients equal the first, fully checked call, bit for bit, for each way the tables and positions
+    are passed."""
     B, S, hidden, hd = 2, 3, 128, 64
     x = torch.randn(B, S, hidden, device=device)
     w = 1 + 0.1 * torch.randn(hidden, device=device)
@@ -142,22 +161,17 @@ def test_repeated_training_call_replays_what_the_checks_resolved(device, case):
     elif case == "positions_1xS":
         pos = torch.tensor([[4, 0, 7]], device=device)  # [1, seq], row 0 used for every batch
     dy = torch.randn_like(x)
-    results = []
-    for _ in range(3):  # first: checked; then replayed
-        xs, ws = x.clone().requires_grad_(True), w.clone().requires_grad_(True)
-        rs = r.clone().requires_grad_(True) if r is not None else None
+
+    def step(xs, ws, rs):
         res = T.fused_rmsnorm_rope(xs, ws, cos, sin, position_ids=pos, residual=rs)
-        y = res[0] if rs is not None else res
-        assert type(y.grad_fn).__name__.startswith("EagerAutograd")
-        loss = (y * dy).sum() + (res[1].square().sum() if rs is not None else 0)
-        loss.backward()
-        results.append([y.detach(), xs.grad, ws.grad] + ([rs.grad] if rs is not None else []))
-    assert len(rr._grad_calls._plans) == 1
-    for later in results[1:]:
-        assert all(torch.equal(a, b) for a, b in zip(results[0], later))
+        if rs is None:
+            return [res], (res * dy).sum()
+        return [res[0]], (res[0] * dy).sum() + res[1].square().sum()
+
+    first = _train_repeatedly(step, [x, w, r], rr._grad_calls)
     with torch.no_grad():  # and they equal the planned inference call
         want = T.fused_rmsnorm_rope(x, w, cos, sin, position_ids=pos, residual=r)
-    assert torch.equal(results[0][0], want[0] if r is not None else want)
+    assert torch.equal(first[0], want[0] if r is not None else want)
 
 
 @pytest.mark.parametrize("with_residual", [False, True])
@@ -168,21 +182,17 @@ def test_repeated_add_rmsnorm_training_call_is_replayed(device, with_residual):
     w = 1 + 0.1 * torch.randn(96, device=device)
     r = torch.randn_like(x) if with_residual else None
     dy = torch.randn_like(x)
-    results = []
-    for _ in range(3):  # first: checked; then replayed
-        xs, ws = x.clone().requires_grad_(True), w.clone().requires_grad_(True)
-        rs = r.clone().requires_grad_(True) if r is not None else None
+
+    def step(xs, ws, rs):
         res = T.fused_add_rmsnorm(xs, ws, 1e-5, residual=rs, weight_offset=1.0)
-        y = res[0] if rs is not None else res
-        assert type(y.grad_fn).__name__.startswith("EagerAutograd")
-        ((y * dy).sum() + (res[1].square().sum() if rs is not None else 0)).backward()
-        results.append([y.detach(), xs.grad, ws.grad] + ([rs.grad] if rs is not None else []))
-    assert len(rn._grad_calls._plans) == 1
-    for later in results[1:]:
-        assert all(torch.equal(a, b) for a, b in zip(results[0], later))
+        if rs is None:
+            return [res], (res * dy).sum()
+        return [res[0]], (res[0] * dy).sum() + res[1].square().sum()
+
+    first = _train_repeatedly(step, [x, w, r], rn._grad_calls)
     with torch.no_grad():
         want = T.fused_add_rmsnorm(x, w, 1e-5, residual=r, weight_offset=1.0)
-    assert torch.equal(results[0][0], want[0] if r is not None else want)
+    assert torch.equal(first[0], want[0] if r is not None else want)
     with pytest.raises(T.DeviceError, match="meta"):
         T.fused_add_rmsnorm(x.to("meta").requires_grad_(True), w.to("meta"), 1e-5, weight_offset=1.0,
                             residual=None if r is None else r.to("meta"))
@@ -197,20 +207,17 @@ def test_repeated_apply_rope_training_call_is_replayed(device, layout, with_k):
     q, k = torch.randn(shape_q, device=device), torch.randn(shape_k, device=device)
     c, s = tables(3, 32, device=device)  # partial rotary: 32 of 64 channels
     dq, dk = torch.randn_like(q), torch.randn_like(k)
-    results = []
-    for _ in range(3):  # first: checked; then replayed
-        qs = q.clone().requires_grad_(True)
-        ks = k.clone().requires_grad_(True) if with_k else None
+
+    def step(qs, ks):
         yq, yk = T.apply_rope(qs, ks, c, s, rotary_dim=32, qk_layout=layout)
-        assert type(yq.grad_fn).__name__.startswith("EagerAutograd")
-        ((yq * dq).sum() + ((yk * dk).sum() if with_k else 0)).backward()
-        results.append([yq.detach(), qs.grad] + ([yk.detach(), ks.grad] if with_k else []))
-    assert len(rp._grad_calls._plans) == 1
-    for later in results[1:]:
-        assert all(torch.equal(a, b) for a, b in zip(results[0], later))
+        if ks is None:
+            return [yq], (yq * dq).sum()
+        return [yq, yk], (yq * dq).sum() + (yk * dk).sum()
+
+    first = _train_repeatedly(step, [q, k if with_k else None], rp._grad_calls)
     with torch.no_grad():
         want = T.apply_rope(q, k if with_k else None, c, s, rotary_dim=32, qk_layout=layout)
-    assert torch.equal(results[0][0], want[0])
+    assert torch.equal(first[0], want[0])
 
 
 def test_training_call_entry_is_not_found_by_a_meta_tensor(device):

@@ -42,7 +42,7 @@ targets below comes from one run.
   :class:`~triton_ops.FusedGatedMLP` (fp8) writing h in bf16, then the down projection's
   :class:`~triton_ops.FP8Linear` (h quantized per token, row-scaled GEMM). ``triton_ops_block_epilogue``
   has the gated epilogue write h as e4m3 with 1x128 block scales instead, read by a block-scaled
-  :func:`~triton_ops.fp8_gemm` (no quantize pass, slower GEMM: see ``mlp.BLOCK_EPILOGUE``).
+  :func:`~triton_ops.fp8_gemm` (no quantize pass, slower GEMM: see ``FusedMLP.forward``).
   ``triton_ops_patched`` is what ``patch_model(model, fp8=True)`` runs: the bf16 norm, then
   ``FusedMLP.to_fp8()`` (activations quantized per token inside the gated kernel's call
   and inside FP8Linear). Baselines: ``hf_bf16_eager`` = a PyTorch RMSNorm (Hugging Face's Llama order)
@@ -429,11 +429,7 @@ def _mlp_block_case(label: str, M: int, H: int, inter: int, device: str) -> Benc
 
     def make_inputs() -> dict[str, Any]:
         g = torch.Generator(device=device).manual_seed(0)
-        hf = _HFMLP(H, inter, device, dtype)
-        with torch.no_grad():
-            for lin in (hf.gate_proj, hf.up_proj, hf.down_proj):
-                fan_in = lin.weight.shape[1]
-                lin.weight.copy_(torch.randn(lin.weight.shape, device=device, generator=g) / fan_in ** 0.5)
+        hf = _HFMLP(H, inter, device, dtype, generator=g)
         hf.requires_grad_(False)  # inference: no autograd graph in the timed calls
         # What patch_model(fp8=True) installs; quantizes the weights once, here, outside the timed region.
         # The chain below runs on the same e4m3 weights and scales.
@@ -450,7 +446,7 @@ def _mlp_block_case(label: str, M: int, H: int, inter: int, device: str) -> Benc
 
     def chain(i):
         # per-token scales: the FP8 gated kernel takes one scale per row of its input; h in bf16, quantized
-        # per token by the down projection (row-scaled GEMM, see mlp.BLOCK_EPILOGUE)
+        # per token by the down projection (row-scaled GEMM, see FusedMLP.forward)
         xq, xs = fused_add_rmsnorm(i["x"], i["w_norm"], EPS, out_dtype=E4M3, out_scaling="token")
         return i["fp8_mlp"].down_proj(i["gu"](xq, xs, out_dtype=i["x"].dtype))
 

@@ -181,13 +181,18 @@ def _rmsnorm_rope_case(label: str, dims: tuple, dtype: torch.dtype, device: str)
 class _HFMLP(torch.nn.Module):
     """What Hugging Face's Llama/Qwen MLP computes: ``down(silu(gate(x)) * up(x))``."""
 
-    def __init__(self, hidden: int, inter: int, device, dtype):
+    def __init__(self, hidden: int, inter: int, device, dtype, generator: torch.Generator | None = None):
         super().__init__()
         kw = {"bias": False, "device": device, "dtype": dtype}
         self.gate_proj = torch.nn.Linear(hidden, inter, **kw)
         self.up_proj = torch.nn.Linear(hidden, inter, **kw)
         self.down_proj = torch.nn.Linear(inter, hidden, **kw)
         self.act_fn = torch.nn.SiLU()
+        if generator is not None:  # Gaussian weights scaled by 1/sqrt(fan_in), drawn from the case's generator
+            with torch.no_grad():
+                for lin in (self.gate_proj, self.up_proj, self.down_proj):
+                    fan_in = lin.weight.shape[1]
+                    lin.weight.copy_(torch.randn(lin.weight.shape, device=device, generator=generator) / fan_in ** 0.5)
 
     def forward(self, x):
         return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
@@ -198,11 +203,7 @@ def _mlp_case(label: str, dims: tuple, dtype: torch.dtype, device: str) -> Bench
 
     def make_inputs() -> dict[str, Any]:
         g = torch.Generator(device=device).manual_seed(0)
-        hf = _HFMLP(H, inter, device, dtype)
-        with torch.no_grad():
-            for lin in (hf.gate_proj, hf.up_proj, hf.down_proj):
-                fan_in = lin.weight.shape[1]
-                lin.weight.copy_(torch.randn(lin.weight.shape, device=device, generator=g) / fan_in ** 0.5)
+        hf = _HFMLP(H, inter, device, dtype, generator=g)
         fused = FusedMLP.from_hf(hf)  # shares the three Linear layers: one set of weights and gradients
         return {"x": torch.randn(M, H, device=device, generator=g).to(dtype).requires_grad_(),
                 "dy": torch.randn(M, H, device=device, generator=g).to(dtype), "hf": hf, "fused": fused}

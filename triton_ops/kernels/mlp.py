@@ -230,8 +230,8 @@ class FusedMLP(nn.Module):
         """The MLP of ``x``. An FP8 module also takes an e4m3 ``x`` with its per-token ``x_scale`` (from
         ``fused_add_rmsnorm(..., out_dtype=torch.float8_e4m3fn, out_scaling="token")``; ``out_dtype``,
         default bfloat16, is then the output's dtype). In FP8 the gated kernel writes ``act(gate) * up`` in
-        ``out_dtype`` and the down projection (FP8Linear) quantizes it per token (``BLOCK_EPILOGUE``
-        says why not e4m3 blocks from the gated epilogue); at decode sizes it runs weight-only, h not
+        ``out_dtype`` and the down projection (FP8Linear) quantizes it per token (faster than e4m3 blocks
+        from the gated epilogue, see the comment in the code); at decode sizes it runs weight-only, h not
         quantized."""
         if self.is_fp8:
             if not self.takes_fp8_input:
@@ -248,9 +248,11 @@ class FusedMLP(nn.Module):
                 if x_scale is None and out_dtype == x.dtype:
                     return self.down_proj(self.gate_up(x))
                 return self.down_proj(self.gate_up(x, x_scale, out_dtype=out_dtype))
-            if BLOCK_EPILOGUE:
-                h_q, h_s = self.gate_up(x, x_scale, out_dtype=torch.float8_e4m3fn, out_scaling="block")
-                return self.down_proj(h_q, h_s, out_dtype=out_dtype)
+            # h in out_dtype, quantized per token by FP8Linear, not e4m3 blocks from the gated epilogue: the
+            # blocks save the quantize pass (~0.2 ms at 16384 x 14336) but make the down GEMM block-scaled,
+            # whose per-step rescaling costs more: 2454 us vs 1495 us per row at 16384 x 4096 x 14336 (H200,
+            # sweep_fp8.py blockscaled / configs); the block chain stays available as
+            # gate_up(..., out_dtype=torch.float8_e4m3fn, out_scaling="block") -> down_proj(h_q, h_s)
             return self.down_proj(self.gate_up(x, x_scale, out_dtype=out_dtype))
         if x_scale is not None or out_dtype is not None:
             raise InvalidArgumentError("x_scale / out_dtype are for an FP8 FusedMLP (call to_fp8() first)")
@@ -261,14 +263,6 @@ class FusedMLP(nn.Module):
     def extra_repr(self) -> str:
         return (f"hidden_size={self.hidden_size}, intermediate_size={self.intermediate_size}, "
                 f"activation={self.activation!r}, packed={self.packed}, fp8={self.is_fp8}")
-
-
-#: FP8 FusedMLP above decode sizes: the gated epilogue writes h as e4m3 with (1, 128) block scales for
-#: the down GEMM (True), or h in the output dtype, quantized per token by FP8Linear (False). Blocks save
-#: the quantize pass (~0.2 ms at 16384 x 14336) but make the down GEMM block-scaled, whose per-step
-#: rescaling costs more: 2454 us vs 1495 us per row at 16384 x 4096 x 14336 (H200, sweep_fp8.py,
-#: blockscaled and configs sections).
-BLOCK_EPILOGUE = False
 
 
 def _fp8_state_dict_post_hook(module: FusedMLP, state_dict: dict, prefix: str, local_metadata) -> None:

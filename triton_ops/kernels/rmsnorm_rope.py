@@ -1037,8 +1037,7 @@ def fused_rmsnorm_rope(x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor,
         if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, residual)):
             raise InvalidArgumentError("fused_rmsnorm_rope with out= does not support autograd (an input requires "
                                        "grad); call it without out= to differentiate, or under torch.no_grad()")
-    if position_ids is not None and position_ids.dim() == 2 and position_ids.shape[0] == 1 and x.dim() > 2:
-        position_ids = position_ids[0]
+    position_ids = _row_positions(x, position_ids)
     if out_dtype is not None:
         quant = F8.resolve_fp8_output(out_dtype, out_scaling, out_scale, x.dtype, device, "token",
                                       "fused_rmsnorm_rope")
@@ -1086,12 +1085,8 @@ def fused_rmsnorm_rope(x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor,
     if eager_autograd(x, weight, cos, sin, position_ids, residual):
         # training in eager mode: the same implementation and autograd formula without the custom op's
         # dispatch layers (launch.EagerAutograd)
-        if akey is not None:
-            # positions: as given, or a [1, seq] tensor's row 0 (the one view the checks take)
-            recipe = (_table_recipe(cos_given, cos, per_token), _table_recipe(sin_given, sin, per_token),
-                      position_ids is position_ids_given)
-            if None not in recipe[:2]:
-                _grad_calls.put(akey, (eps, head_dim, gptj, weight_offset, per_token, recipe))
+        if akey is not None and not half_width_tables:  # widened tables are copies, made per call
+            _grad_calls.put(akey, (eps, head_dim, gptj, weight_offset))
         if residual is None:
             return EagerAutograd.apply(_rmsnorm_rope_impl, _setup_plain, _backward_plain, x, weight, cos, sin,
                                        position_ids, eps, head_dim, gptj, weight_offset, per_token)
@@ -1105,35 +1100,23 @@ def fused_rmsnorm_rope(x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor,
 
 
 _plans = PlanCache("rmsnorm_rope")
-#: Eager training calls (launch.EagerAutograd): what the checks resolved for a signature -- eps, head_dim,
-#: gptj, weight_offset, per_token and how the tables and positions were viewed (_table_recipe).
+#: Eager training calls (launch.EagerAutograd): the checked eps, head_dim, gptj and weight_offset per
+#: signature; the tables' and positions' views are derived again per call (_normalize_tables,
+#: _row_positions: a few shape comparisons).
 _grad_calls = PlanCache("rmsnorm_rope/autograd")
 
 
-def _table_recipe(given: torch.Tensor, used: torch.Tensor, per_token: bool) -> int | None:
-    """How the checks turned a cos/sin table into the 2-D one the kernel reads, as a view: 0 as given,
-    1 leading ones dropped (Hugging Face's ``[1, seq, rot]``), 2 per-token rows (``[*lead, rot]`` ->
-    ``[tokens, rot]``); None for a copy (half-width tables widened), which is not replayed."""
-    if used is given:
-        return 0
-    if used.data_ptr() != given.data_ptr() or used.dim() != 2:
-        return None
-    return 2 if per_token else 1
-
-
-def _replay_table(t: torch.Tensor, recipe: int) -> torch.Tensor:
-    if recipe == 1:
-        while t.dim() > 2:
-            t = t[0]
-        return t
-    return t.view(-1, t.shape[-1]) if recipe == 2 else t
+def _row_positions(x: torch.Tensor, position_ids: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """``[1, seq]`` position ids of a batched x as the ``[seq]`` row every sequence uses."""
+    if position_ids is not None and position_ids.dim() == 2 and position_ids.shape[0] == 1 and x.dim() > 2:
+        return position_ids[0]
+    return position_ids
 
 
 def _grad_call(call, x, weight, cos, sin, position_ids, residual):
-    eps, head_dim, gptj, weight_offset, per_token, (rc, rs, pos_as_is) = call
-    cos, sin = _replay_table(cos, rc), _replay_table(sin, rs)
-    if not pos_as_is:
-        position_ids = position_ids[0]
+    eps, head_dim, gptj, weight_offset = call
+    cos, sin, per_token = _normalize_tables(x, cos, sin, position_ids)
+    position_ids = _row_positions(x, position_ids)
     if residual is None:
         return EagerAutograd.apply(_rmsnorm_rope_impl, _setup_plain, _backward_plain, x, weight, cos, sin,
                                    position_ids, eps, head_dim, gptj, weight_offset, per_token)
